@@ -1,0 +1,82 @@
+"""Errors users see, atomic writes, and safe weight loading (safetensors only, never pickle)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+
+class TurboVAEDError(Exception):
+    """Base class: the CLI prints these as one clear line instead of a traceback."""
+
+
+class InputError(TurboVAEDError, ValueError):
+    """Bad user input: wrong shapes, frame counts, non-finite values, unknown names."""
+
+
+class CheckpointError(TurboVAEDError):
+    """A checkpoint or weights file is missing, corrupt, unsafe, or does not match its config."""
+
+
+class VideoError(TurboVAEDError):
+    """A video file cannot be read or written."""
+
+
+@contextmanager
+def atomic_dir(target: str | Path) -> Iterator[Path]:
+    """Yield a temp folder beside `target`; on success it replaces `target`, on error it vanishes."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        yield tmp
+        if target.exists():
+            old = target.with_name(f".{target.name}.old.{os.getpid()}")
+            target.rename(old)
+            tmp.rename(target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
+def atomic_file(target: str | Path) -> Iterator[Path]:
+    """Yield a temp path beside `target`; renamed onto it only if the block succeeds."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=target.suffix, dir=target.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        tmp.replace(target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """Load a .safetensors file; refuse pickles and report truncated/corrupt files clearly."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"weights file {path} does not exist (expected a .safetensors file)")
+    with path.open("rb") as f:
+        head = f.read(8)
+    if head[:2] in (b"\x80\x02", b"\x80\x04", b"\x80\x05") or head[:4] == b"PK\x03\x04":
+        raise CheckpointError(f"{path} is a pickle/torch.save file; only safetensors weights are loaded "
+                              "(pickles can run arbitrary code)")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path} is not a readable safetensors file (truncated or corrupt?): {err}") from err

@@ -1,0 +1,217 @@
+"""Student building blocks, each in two forms over one set of weights.
+
+`reference` blocks use nn.Conv3d on (B, C, T, H, W) tensors: readable, fast to train on a GPU.
+`mobile` blocks (built by `.to_mobile()`) do the same arithmetic with 2D ops only, because no
+mobile runtime runs Conv3d well (XNNPACK has none, Core ML caps rank at 5, LiteRT cannot convert
+depthwise Conv3d). Mobile activations are (B*T, C, H, W) with frames folded into the batch; the
+frame count `t` travels alongside as a Python int, so every traced shape is static. Each temporal
+tap of a Conv3d becomes one Conv2d and the taps are summed. Every tensor stays rank <= 5, squares
+are written `x * x`, and temporal padding is done with `cat`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+PADDING_MODES = ("causal", "replicate")
+
+
+def pad_time(x: torch.Tensor, front: int, back: int, dim: int) -> torch.Tensor:
+    """Pad the frame axis by repeating edge frames (with `cat`, which every exporter lowers)."""
+    if front == 0 and back == 0:
+        return x
+    first = x.narrow(dim, 0, 1)
+    last = x.narrow(dim, x.shape[dim] - 1, 1)
+    return torch.cat([first] * front + [x] + [last] * back, dim=dim)
+
+
+def time_padding(kernel_t: int, mode: str) -> tuple[int, int]:
+    """Frames to add before/after so a temporal conv keeps the frame count."""
+    if mode == "causal":
+        return kernel_t - 1, 0
+    return (kernel_t - 1) // 2, kernel_t // 2
+
+
+class RMSNorm(nn.Module):
+    """RMS norm over channels (dim 1); the same code serves 4-D mobile and 5-D reference tensors."""
+
+    def __init__(self, channels: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = torch.rsqrt((x * x).mean(dim=1, keepdim=True) + self.eps)
+        return x * scale * self.weight.view([1, -1] + [1] * (x.dim() - 2))
+
+
+class Conv3d(nn.Module):
+    """Conv3d with explicit temporal padding (causal or replicate); spatial padding is zeros."""
+
+    def __init__(self, cin: int, cout: int, kernel_t: int, kernel_s: int, groups: int = 1,
+                 padding: str = "causal", bias: bool = True) -> None:
+        super().__init__()
+        self.pad = time_padding(kernel_t, padding)
+        self.conv = nn.Conv3d(cin, cout, (kernel_t, kernel_s, kernel_s),
+                              padding=(0, kernel_s // 2, kernel_s // 2), groups=groups, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(pad_time(x, *self.pad, dim=2))
+
+    def to_mobile(self, linear_pointwise: bool = False) -> nn.Module:
+        kt, kh, kw = self.conv.kernel_size
+        if linear_pointwise and kt == kh == kw == 1 and self.conv.groups == 1:
+            return PointwiseLinear(self.conv)
+        return TapConv2d(self.conv, self.pad)
+
+
+class TapConv2d(nn.Module):
+    """Mobile Conv3d: one Conv2d per temporal tap over frames folded into the batch, taps summed."""
+
+    def __init__(self, conv: nn.Conv3d, pad: tuple[int, int]) -> None:
+        super().__init__()
+        kt, k, _ = conv.kernel_size
+        self.pad = pad
+        self.taps = nn.ModuleList()
+        for j in range(kt):
+            has_bias = conv.bias is not None and j == kt - 1
+            tap = nn.Conv2d(conv.in_channels, conv.out_channels, k, padding=k // 2,
+                            groups=conv.groups, bias=has_bias)
+            with torch.no_grad():
+                tap.weight.copy_(conv.weight[:, :, j])
+                if has_bias:
+                    tap.bias.copy_(conv.bias)
+            self.taps.append(tap)
+
+    def forward(self, x: torch.Tensor, t: int) -> torch.Tensor:
+        if len(self.taps) == 1:
+            return self.taps[0](x)
+        n, c, h, w = x.shape
+        frames = pad_time(x.reshape(n // t, t, c, h, w), *self.pad, dim=1)
+        out = self.taps[0](frames[:, 0:t].reshape(n, c, h, w))
+        for j in range(1, len(self.taps)):
+            out = out + self.taps[j](frames[:, j:j + t].reshape(n, c, h, w))
+        return out
+
+
+class PointwiseLinear(nn.Module):
+    """Mobile 1x1x1 conv as nn.Linear on channels-last pixels (what weight-only int4 quantizers take)."""
+
+    def __init__(self, conv: nn.Conv3d) -> None:
+        super().__init__()
+        self.linear = nn.Linear(conv.in_channels, conv.out_channels, bias=conv.bias is not None)
+        with torch.no_grad():
+            self.linear.weight.copy_(conv.weight.flatten(1))
+            if conv.bias is not None:
+                self.linear.bias.copy_(conv.bias)
+
+    def forward(self, x: torch.Tensor, t: int) -> torch.Tensor:
+        return self.linear(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class SeparableConv3d(nn.Module):
+    """Depthwise k_t x k x k conv, then pointwise 1x1x1: the cheap conv Turbo-VAED uses at low resolution."""
+
+    def __init__(self, cin: int, cout: int, kernel_t: int, kernel_s: int, padding: str) -> None:
+        super().__init__()
+        self.depthwise = Conv3d(cin, cin, kernel_t, kernel_s, groups=cin, padding=padding, bias=False)
+        self.pointwise = Conv3d(cin, cout, 1, 1, padding=padding)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pointwise(self.depthwise(x))
+
+    def to_mobile(self, linear_pointwise: bool = False) -> nn.Module:
+        return MobileSeq([self.depthwise.to_mobile(), self.pointwise.to_mobile(linear_pointwise)])
+
+
+class MobileSeq(nn.Module):
+    """Runs mobile layers in order; every mobile layer takes (x, t)."""
+
+    def __init__(self, layers: list[nn.Module]) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+
+    def forward(self, x: torch.Tensor, t: int) -> torch.Tensor:
+        for layer in self.layers:
+            x = layer(x, t)
+        return x
+
+
+def make_conv(cin: int, cout: int, dense: bool, kernel_t: int, kernel_s: int, padding: str) -> nn.Module:
+    if dense:
+        return Conv3d(cin, cout, kernel_t, kernel_s, padding=padding)
+    return SeparableConv3d(cin, cout, kernel_t, kernel_s, padding)
+
+
+class ResBlock(nn.Module):
+    """RMSNorm -> SiLU -> conv -> RMSNorm -> SiLU -> conv, plus skip (Turbo-VAED's block, no GroupNorm)."""
+
+    def __init__(self, channels: int, dense: bool, kernel_t: int, kernel_s: int, padding: str,
+                 eps: float = 1e-6) -> None:
+        super().__init__()
+        self.norm1 = RMSNorm(channels, eps)
+        self.conv1 = make_conv(channels, channels, dense, kernel_t, kernel_s, padding)
+        self.norm2 = RMSNorm(channels, eps)
+        self.conv2 = make_conv(channels, channels, dense, kernel_t, kernel_s, padding)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        return x + self.conv2(F.silu(self.norm2(h)))
+
+    def to_mobile(self, linear_pointwise: bool = False) -> MobileResBlock:
+        return MobileResBlock(self, linear_pointwise)
+
+
+class MobileResBlock(nn.Module):
+    def __init__(self, block: ResBlock, linear_pointwise: bool) -> None:
+        super().__init__()
+        self.norm1, self.norm2 = block.norm1, block.norm2
+        self.conv1 = block.conv1.to_mobile(linear_pointwise)
+        self.conv2 = block.conv2.to_mobile(linear_pointwise)
+
+    def forward(self, x: torch.Tensor, t: int) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)), t)
+        return x + self.conv2(F.silu(self.norm2(h)), t)
+
+
+class PixelShuffle3d(nn.Module):
+    """Decoupled 3D pixel shuffle: a low-resolution conv to C*s_t*s*s channels, the temporal split by
+    reshape, the spatial split by 2D pixel_shuffle. Channel layout (s_t, C, s, s): sub-frame j of
+    input frame i becomes output frame i*s_t + j in both forms."""
+
+    def __init__(self, cin: int, cout: int, scale_t: int, scale_s: int, dense: bool, kernel_t: int,
+                 kernel_s: int, padding: str) -> None:
+        super().__init__()
+        self.cout, self.scale_t, self.scale_s = cout, scale_t, scale_s
+        self.conv = make_conv(cin, cout * scale_t * scale_s * scale_s, dense, kernel_t, kernel_s, padding)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        b, _, t, h, w = y.shape
+        cs = self.cout * self.scale_s * self.scale_s
+        y = y.reshape(b, self.scale_t, cs, t, h * w).permute(0, 2, 3, 1, 4)
+        t = t * self.scale_t
+        if self.scale_s == 1:
+            return y.reshape(b, cs, t, h, w)
+        y = y.reshape(b, cs, t, h, w).transpose(1, 2).reshape(b * t, cs, h, w)
+        y = F.pixel_shuffle(y, self.scale_s)
+        return y.reshape(b, t, self.cout, h * self.scale_s, w * self.scale_s).transpose(1, 2)
+
+    def to_mobile(self, linear_pointwise: bool = False) -> MobilePixelShuffle3d:
+        return MobilePixelShuffle3d(self, linear_pointwise)
+
+
+class MobilePixelShuffle3d(nn.Module):
+    def __init__(self, up: PixelShuffle3d, linear_pointwise: bool) -> None:
+        super().__init__()
+        self.cout, self.scale_t, self.scale_s = up.cout, up.scale_t, up.scale_s
+        self.conv = up.conv.to_mobile(linear_pointwise)
+
+    def forward(self, x: torch.Tensor, t: int) -> torch.Tensor:
+        y = self.conv(x, t)
+        n, _, h, w = y.shape
+        # (B*T, s_t*C', H, W) -> (B*T*s_t, C', H, W) is a plain reshape: frame order is (i, j).
+        y = y.reshape(n * self.scale_t, self.cout * self.scale_s * self.scale_s, h, w)
+        return F.pixel_shuffle(y, self.scale_s) if self.scale_s > 1 else y

@@ -1,0 +1,275 @@
+"""The student decoder: StudentConfig (saved as config.json next to the weights) and StudentDecoder.
+
+Layout, top to bottom: conv_in at latent resolution -> stages of residual blocks, with a decoupled
+3D pixel shuffle between stages -> RMSNorm/SiLU/conv_out at the last stage's resolution -> a final
+2D depth-to-space by `patch`. Heavy work sits at low resolution and the full-resolution output is
+only a depth-to-space, which is what makes the student fast on CPUs and NPUs.
+
+Frame rule: with `first_frame=True` (causal teachers: LTX, Wan, Hunyuan, ...) 1+k latent frames
+decode to 1 + r_t*k frames: the decoder makes r_t frames per latent and drops the first r_t-1.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from turbovaed.nn import PADDING_MODES, Conv3d, PixelShuffle3d, ResBlock, RMSNorm
+from turbovaed.io import CheckpointError, InputError, atomic_dir, load_safetensors
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+@dataclass
+class StudentConfig:
+    latent_channels: int = 16
+    out_channels: int = 3
+    channels: tuple[int, ...] = (128, 64)  # width of each stage, latent resolution first
+    blocks: tuple[int, ...] = (2, 1)  # residual blocks per stage
+    dense: tuple[bool, ...] = (True, False)  # per stage: full convs (True) or depthwise-separable
+    upsample: tuple[tuple[int, int], ...] = ((2, 2),)  # (temporal, spatial) shuffle between stages
+    patch: int = 4  # final spatial depth-to-space
+    final_temporal: int = 2  # temporal split folded into the output conv (1 = none)
+    kernel_t: int = 3
+    kernel_s: int = 3
+    temporal_padding: str = "causal"
+    first_frame: bool = True  # 1+k latents -> 1 + r_t*k frames (drop the first r_t - 1 frames)
+    eps: float = 1e-6
+
+    def __post_init__(self) -> None:
+        self.channels = tuple(int(c) for c in self.channels)
+        self.blocks = tuple(int(b) for b in self.blocks)
+        self.dense = tuple(bool(d) for d in self.dense)
+        self.upsample = tuple((int(a), int(b)) for a, b in self.upsample)
+        n = len(self.channels)
+        problems = []
+        if n == 0 or len(self.blocks) != n or len(self.dense) != n:
+            problems.append(f"channels, blocks and dense need one entry per stage (got {n}, "
+                            f"{len(self.blocks)}, {len(self.dense)})")
+        if len(self.upsample) != max(n - 1, 0):
+            problems.append(f"upsample needs {n - 1} (temporal, spatial) pairs, got {len(self.upsample)}")
+        if self.temporal_padding not in PADDING_MODES:
+            problems.append(f"temporal_padding must be one of {PADDING_MODES}, got {self.temporal_padding!r}")
+        if min((*self.channels, self.latent_channels, self.out_channels, self.patch, self.final_temporal,
+                self.kernel_t, self.kernel_s, *(s for pair in self.upsample for s in pair)), default=1) < 1:
+            problems.append("channels, factors and kernel sizes must be positive")
+        if self.kernel_s % 2 == 0:
+            problems.append(f"kernel_s must be odd, got {self.kernel_s}")
+        if problems:
+            raise ValueError("invalid StudentConfig: " + "; ".join(problems))
+
+    @property
+    def temporal_ratio(self) -> int:
+        return math.prod(t for t, _ in self.upsample) * self.final_temporal
+
+    @property
+    def spatial_ratio(self) -> int:
+        return math.prod(s for _, s in self.upsample) * self.patch
+
+    def frames_for(self, latent_frames: int) -> int:
+        """Output frames for a number of latent frames (the teacher's frame rule)."""
+        full = latent_frames * self.temporal_ratio
+        return full - (self.temporal_ratio - 1) if self.first_frame else full
+
+    def latents_for(self, frames: int) -> int:
+        """Latent frames that decode to `frames`; InputError if the frame rule cannot give that count."""
+        r = self.temporal_ratio
+        extra = r - 1 if self.first_frame else 0
+        if frames < 1 or (frames + extra) % r:
+            rule = f"1 + {r}k" if self.first_frame else f"{r}k"
+            raise InputError(f"{frames} frames break the frame rule: expected {rule} frames (k >= 0)")
+        return (frames + extra) // r
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> StudentConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known - {"_class_name", "preset"})
+        if unknown:
+            raise CheckpointError(f"unknown StudentConfig fields {unknown}; expected a subset of {sorted(known)}")
+        try:
+            return cls(**{k: v for k, v in data.items() if k in known})
+        except (TypeError, ValueError) as err:
+            raise CheckpointError(f"invalid student config: {err}") from err
+
+
+class StudentDecoder(nn.Module):
+    """Reference form (nn.Conv3d). `to_mobile()` gives the exact 2D-only form of the same weights."""
+
+    def __init__(self, config: StudentConfig) -> None:
+        super().__init__()
+        self.config = c = config
+        p, kt, ks = c.temporal_padding, c.kernel_t, c.kernel_s
+        self.conv_in = Conv3d(c.latent_channels, c.channels[0], kt, ks, padding=p)
+        self.stages = nn.ModuleList(
+            nn.Sequential(*[ResBlock(ch, d, kt, ks, p, c.eps) for _ in range(n)])
+            for ch, n, d in zip(c.channels, c.blocks, c.dense)
+        )
+        self.upsamplers = nn.ModuleList(
+            PixelShuffle3d(c.channels[i], c.channels[i + 1], st, ss, c.dense[i], kt, ks, p)
+            for i, (st, ss) in enumerate(c.upsample)
+        )
+        self.norm_out = RMSNorm(c.channels[-1], c.eps)
+        self.conv_out = PixelShuffle3d(c.channels[-1], c.out_channels, c.final_temporal, c.patch,
+                                       c.dense[-1], kt, ks, p)
+
+    def forward(self, z: torch.Tensor, return_features: bool = False):
+        """z: raw teacher latents (B, C, T, H, W) -> frames (B, 3, T', H*r_s, W*r_s), about [-1, 1]."""
+        x = self.conv_in(z)
+        features = []
+        for i, stage in enumerate(self.stages):
+            x = stage(x)
+            features.append(x)
+            if i < len(self.upsamplers):
+                x = self.upsamplers[i](x)
+        x = self.conv_out(F.silu(self.norm_out(x)))
+        drop = self.config.temporal_ratio - 1 if self.config.first_frame else 0
+        x = x[:, :, drop:]
+        return (x, features) if return_features else x
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Checked inference entry point: validates the latents, then runs the reference form."""
+        check_latents(z, self.config)
+        return self(z.to(next(self.parameters()).dtype))
+
+    def to_mobile(self, linear_pointwise: bool = False) -> MobileDecoder:
+        return MobileDecoder(self, linear_pointwise)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def save_pretrained(self, directory: str | Path, extra_files: dict[str, str] | None = None) -> Path:
+        """Write config.json + model.safetensors (plus any extra text files) atomically."""
+        from safetensors.torch import save_file
+
+        with atomic_dir(directory) as tmp:
+            (tmp / CONFIG_NAME).write_text(json.dumps(
+                {"_class_name": "StudentDecoder", **self.config.to_dict()}, indent=2))
+            state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
+            save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+            for name, text in (extra_files or {}).items():
+                (tmp / name).write_text(text)
+        return Path(directory)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, weights: str = WEIGHTS_NAME) -> StudentDecoder:
+        """Load a checkpoint folder; every failure is a CheckpointError naming what was expected."""
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise CheckpointError(f"checkpoint folder {directory} does not exist "
+                                  f"(expected a folder with {CONFIG_NAME} and {weights})")
+        try:
+            data = json.loads((directory / CONFIG_NAME).read_text())
+        except FileNotFoundError as err:
+            raise CheckpointError(f"{directory} has no {CONFIG_NAME}") from err
+        except json.JSONDecodeError as err:
+            raise CheckpointError(f"{directory / CONFIG_NAME} is not valid JSON: {err}") from err
+        if not isinstance(data, dict):
+            raise CheckpointError(f"{directory / CONFIG_NAME} must hold a JSON object")
+        model = cls(StudentConfig.from_dict(data))
+        state = load_safetensors(directory / weights)
+        load_state(model, state, directory / weights)
+        return model
+
+
+def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: Path | str) -> None:
+    """load_state_dict with one clear error for missing, unexpected or mis-shaped tensors."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [f"{k}: {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+              if k in state and state[k].shape != v.shape]
+    if missing or unexpected or shapes:
+        raise CheckpointError(f"{source} does not match the config: missing {missing[:5]}, "
+                              f"unexpected {unexpected[:5]}, wrong shapes {shapes[:5]}")
+    model.load_state_dict(state)
+
+
+def check_latents(z: torch.Tensor, config: StudentConfig) -> None:
+    """Reject latents the decoder cannot honour, with a message naming what was expected."""
+    if not isinstance(z, torch.Tensor):
+        raise InputError(f"latents must be a torch.Tensor, got {type(z).__name__}")
+    if z.dim() != 5:
+        raise InputError(f"latents must be 5-D (B, C, T, H, W), got shape {tuple(z.shape)}")
+    if not z.is_floating_point():
+        raise InputError(f"latents must be floating point, got {z.dtype}")
+    if z.shape[1] != config.latent_channels:
+        raise InputError(f"latents have {z.shape[1]} channels, the decoder expects {config.latent_channels}")
+    if min(z.shape) < 1:
+        raise InputError(f"latents have an empty dimension: {tuple(z.shape)}")
+    if not torch.isfinite(z).all():
+        raise InputError("latents contain NaN or inf values")
+
+
+class MobileDecoder(nn.Module):
+    """The same decoder with 2D ops only: frames folded into the batch, Conv3d taps as summed Conv2d.
+
+    Input and output layouts equal the reference form's, so the two are interchangeable."""
+
+    def __init__(self, ref: StudentDecoder, linear_pointwise: bool = False) -> None:
+        super().__init__()
+        self.config = ref.config
+        lp = linear_pointwise
+        self.conv_in = ref.conv_in.to_mobile(lp)
+        self.stages = nn.ModuleList(nn.ModuleList(b.to_mobile(lp) for b in stage) for stage in ref.stages)
+        self.upsamplers = nn.ModuleList(u.to_mobile(lp) for u in ref.upsamplers)
+        self.norm_out = ref.norm_out
+        self.conv_out = ref.conv_out.to_mobile(lp)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        b, c, t, h, w = z.shape
+        x = self.conv_in(z.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w), t)
+        for i, stage in enumerate(self.stages):
+            for block in stage:
+                x = block(x, t)
+            if i < len(self.upsamplers):
+                x = self.upsamplers[i](x, t)
+                t = t * self.upsamplers[i].scale_t
+        x = self.conv_out(F.silu(self.norm_out(x)), t)
+        t = t * self.conv_out.scale_t
+        n, c, h, w = x.shape
+        drop = self.config.temporal_ratio - 1 if self.config.first_frame else 0
+        x = x.reshape(b, t, c, h, w)[:, drop:]
+        return x.permute(0, 2, 1, 3, 4)
+
+
+# Presets. The layout follows the teacher's compression: every stage but the last runs at or near
+# latent resolution (where depthwise-separable convs are cheap), the last stage ends at 1/4 of the
+# output resolution, and a 4x4 depth-to-space finishes (measured fastest on CPU, as in TAEHV/LTX).
+_LAYOUTS = {  # spatial ratio -> (channels, blocks, upsample pairs without temporal, temporal slots)
+    8: ((384, 160), (4, 3), (2,)),
+    16: ((384, 192, 96), (3, 3, 1), (2, 2)),
+    32: ((512, 256, 128, 64), (3, 3, 2, 0), (2, 2, 2)),
+}
+
+
+def family_preset(latent_channels: int, spatial: int, temporal: int, first_frame: bool = True,
+                  mini: bool = False, temporal_padding: str = "causal") -> StudentConfig:
+    """Student layout for a teacher's compression; `mini` is a ~16x smaller variant for CPU work."""
+    if spatial not in _LAYOUTS:
+        raise InputError(f"no student layout for {spatial}x spatial compression; have {sorted(_LAYOUTS)}")
+    channels, blocks, spatial_ups = _LAYOUTS[spatial]
+    # Temporal upsampling: 2x in the first shuffle(s), the rest in the output conv.
+    temporal_ups = [1] * len(spatial_ups)
+    rest = temporal
+    for i in range(len(spatial_ups)):
+        if rest % 2 == 0 and rest > 2:
+            temporal_ups[i], rest = 2, rest // 2
+    if mini:
+        channels = tuple(max(c // 4, 16) for c in channels)
+        blocks = tuple(min(b, 1) for b in blocks)
+    return StudentConfig(
+        latent_channels=latent_channels, channels=channels, blocks=blocks,
+        dense=(False,) * len(channels), upsample=tuple(zip(temporal_ups, spatial_ups)), patch=4,
+        final_temporal=rest, temporal_padding=temporal_padding, first_frame=first_frame,
+    )

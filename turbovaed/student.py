@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from turbovaed.nn import PADDING_MODES, Conv3d, PixelShuffle3d, ResBlock, RMSNorm
 from turbovaed.io import CheckpointError, InputError, atomic_dir, load_safetensors
+from turbovaed.nn import PADDING_MODES, Conv3d, PixelShuffle3d, ResBlock, RMSNorm
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -241,6 +241,25 @@ class MobileDecoder(nn.Module):
         drop = self.config.temporal_ratio - 1 if self.config.first_frame else 0
         x = x.reshape(b, t, c, h, w)[:, drop:]
         return x.permute(0, 2, 1, 3, 4)
+
+
+def count_macs(config: StudentConfig, latent_shape: tuple[int, int, int]) -> int:
+    """Multiply-accumulates of one decode of latents (T, h, w), counted on the meta device (no compute)."""
+    with torch.device("meta"):
+        model = StudentDecoder(config)
+    total = 0
+
+    def hook(module: nn.Module, _inputs, out: torch.Tensor) -> None:
+        nonlocal total
+        if isinstance(module, (nn.Conv3d, nn.Conv2d)):
+            total += out.numel() * module.weight[0].numel()
+        elif isinstance(module, nn.Linear):
+            total += out.numel() * module.in_features
+
+    for m in model.modules():
+        m.register_forward_hook(hook)
+    model(torch.empty(1, config.latent_channels, *latent_shape, device="meta"))
+    return total
 
 
 # Presets. The layout follows the teacher's compression: every stage but the last runs at or near

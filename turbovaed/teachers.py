@@ -248,9 +248,24 @@ def _join_chunks(captured: list[tuple[int, torch.Tensor]], count: int) -> list[t
 
 
 def _diffusers_class(spec: TeacherSpec):
-    import diffusers
+    """The diffusers class, imported without the optional-kernel noise torchao prints on CPU builds."""
+    import logging
 
-    return getattr(diffusers, spec.cls)
+    import diffusers
+    from diffusers.utils import logging as dlogging
+
+    level = dlogging.get_verbosity()
+    quiet = [logging.getLogger(n) for n in ("torchao", "torch.utils._pytree")]
+    old = [q.level for q in quiet]
+    dlogging.set_verbosity_error()
+    for q in quiet:
+        q.setLevel(logging.ERROR)
+    try:
+        return getattr(diffusers, spec.cls)
+    finally:
+        dlogging.set_verbosity(level)
+        for q, lvl in zip(quiet, old):
+            q.setLevel(lvl)
 
 
 def build_tiny(name: str, seed: int = 0) -> Teacher:
@@ -276,6 +291,6 @@ def load(name: str, path: str | Path | None = None, tiny: bool = False, dtype: t
     try:
         vae = _diffusers_class(spec).from_pretrained(path, subfolder=subfolder, torch_dtype=dtype,
                                                      use_safetensors=True, local_files_only=True)
-    except (OSError, ValueError, EnvironmentError, RuntimeError) as err:
+    except (OSError, ValueError, RuntimeError) as err:
         raise CheckpointError(f"cannot load {spec.cls} from {path}: {err}") from err
     return Teacher(spec, vae)

@@ -1,0 +1,75 @@
+"""The CLI as a user runs it: a real process, real files, one clear line per bad input."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from turbovaed import teachers
+from turbovaed.student import StudentDecoder
+
+
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "turbovaed", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=300)
+
+
+def test_info_reports_params_macs_and_frame_rule():
+    result = run("info", "ltx", "--size", "256x256", "--frames", "17")
+    assert result.returncode == 0, result.stderr
+    assert "8 x 32 x 32" in result.stdout and "1+k latents -> 1+8k frames" in result.stdout
+    assert "GMACs per output frame" in result.stdout
+
+
+def test_decode_video_with_teacher_and_student_writes_mp4_and_comparison(tmp_path, videos_dir):
+    # an (untrained) student for the tiny teacher's 4 latent channels
+    student_dir = StudentDecoder(teachers.build_tiny("wan21").student_config(mini=True)).save_pretrained(
+        tmp_path / "student")
+    video = sorted(videos_dir.glob("*.mp4"))[0]
+    result = run("decode", "--video", str(video), "--teacher", "wan21", "--tiny-teacher", "--student",
+                 str(student_dir), "--frames", "9", "--size", "64x64", "--out", str(tmp_path / "out.mp4"))
+    assert result.returncode == 0, result.stderr
+    from turbovaed.data import read_frames
+
+    assert read_frames(tmp_path / "out.mp4").shape == (9, 64, 64, 3)
+    assert (tmp_path / "out.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("args,message", [
+    (["info", "nope"], "neither a checkpoint folder nor a preset"),
+    (["info", "wan21", "--frames", "16"], "break the frame rule"),
+    (["info", "wan21", "--size", "abc"], "HEIGHTxWIDTH"),
+    (["decode", "--teacher", "sora", "--latents", "LAT", "--out", "OUT"], "unknown teacher 'sora'"),
+    (["decode", "--teacher", "wan21", "--tiny-teacher", "--latents", "BADCH", "--out", "OUT"], "expects 4"),
+    (["decode", "--teacher", "wan21", "--tiny-teacher", "--latents", "NAN", "--out", "OUT"], "NaN or inf"),
+    (["decode", "--teacher", "wan21", "--tiny-teacher", "--latents", "PICKLE", "--out", "OUT"], "pickle"),
+    (["decode", "--student", "MISSING", "--latents", "LAT", "--out", "OUT"], "does not exist"),
+    (["decode", "--teacher", "wan21", "--tiny-teacher", "--video", "NOTVIDEO", "--out", "OUT"], "cannot read video"),
+])
+def test_bad_input_gives_one_clear_error_and_writes_nothing(tmp_path, args, message):
+    save_file({"latents": torch.randn(1, 4, 3, 8, 8)}, str(tmp_path / "lat.safetensors"))
+    save_file({"latents": torch.randn(1, 7, 3, 8, 8)}, str(tmp_path / "badch.safetensors"))
+    nan = torch.randn(1, 4, 3, 8, 8)
+    nan[0, 0, 0, 0, 0] = float("nan")
+    save_file({"latents": nan}, str(tmp_path / "nan.safetensors"))
+    torch.save({"latents": torch.randn(1, 4, 3, 8, 8)}, tmp_path / "pickle.safetensors")
+    (tmp_path / "notvideo.mp4").write_bytes(b"nope" * 50)
+    files = {"LAT": "lat.safetensors", "BADCH": "badch.safetensors", "NAN": "nan.safetensors",
+             "PICKLE": "pickle.safetensors", "MISSING": "missing", "NOTVIDEO": "notvideo.mp4", "OUT": "out/o.mp4"}
+    args = [str(tmp_path / files[a]) if a in files else a for a in args]
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    result = run(*args)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert message in " ".join(result.stderr.split()), result.stderr
+    assert "Traceback" not in result.stderr
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing written
+
+
+def test_quickstart_runs_end_to_end(tmp_path):
+    result = run("quickstart", "--out", str(tmp_path / "qs"))
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "qs" / "comparison.png").is_file()
+    assert (tmp_path / "qs" / "student-untrained" / "model.safetensors").is_file()

@@ -1,0 +1,3 @@
+from turbovaed.cli import main
+
+main()

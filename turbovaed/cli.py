@@ -1,0 +1,205 @@
+"""`turbovaed` command line: info, decode, quickstart (and, as they land, distill/export/profile/report)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import torch
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from turbovaed import data, teachers
+from turbovaed.io import InputError, TurboVAEDError, atomic_file, load_safetensors
+from turbovaed.student import StudentConfig, StudentDecoder, count_macs
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Distill video VAE decoders into tiny students and ship them to phones.")
+console = Console(stderr=True)
+out = Console()
+
+
+def resolve_student(target: str) -> tuple[StudentConfig, StudentDecoder | None, str]:
+    """A checkpoint folder (config + weights) or a preset name (teacher family, optionally '-mini')."""
+    path = Path(target)
+    if path.is_dir() or path.suffix or "/" in target:
+        model = StudentDecoder.from_pretrained(path)
+        return model.config, model, f"checkpoint {path}"
+    name, mini = (target[:-5], True) if target.endswith("-mini") else (target, False)
+    if name not in teachers.TEACHERS:
+        names = sorted(teachers.TEACHERS) + [n + "-mini" for n in sorted(teachers.TEACHERS)]
+        raise InputError(f"{target!r} is neither a checkpoint folder nor a preset; presets: {', '.join(names)}")
+    return teachers.get_spec(name).student_config(mini=mini), None, f"preset {target}"
+
+
+def parse_size(size: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in size.lower().split("x"))
+    except ValueError:
+        raise InputError(f"size must look like HEIGHTxWIDTH (e.g. 256x256), got {size!r}") from None
+    if h < 1 or w < 1:
+        raise InputError(f"size must be positive, got {size!r}")
+    return h, w
+
+
+@app.command()
+def info(target: Annotated[str, typer.Argument(help="preset name (e.g. ltx, wan21-mini) or checkpoint folder")],
+         size: Annotated[str, typer.Option(help="output HEIGHTxWIDTH")] = "256x256",
+         frames: Annotated[int, typer.Option(help="output frames")] = 17) -> None:
+    """Parameters, MACs per frame, compression and frame rule of a student."""
+    config, _, source = resolve_student(target)
+    h, w = parse_size(size)
+    if h % config.spatial_ratio or w % config.spatial_ratio:
+        raise InputError(f"size {h}x{w} must be a multiple of {config.spatial_ratio}")
+    t = config.latents_for(frames)
+    latent = (t, h // config.spatial_ratio, w // config.spatial_ratio)
+    with torch.device("meta"):
+        params = StudentDecoder(config).num_parameters()
+    macs = count_macs(config, latent)
+    table = Table(title=f"student {source}")
+    table.add_column("property")
+    table.add_column("value", justify="right")
+    rule = f"1+k latents -> 1+{config.temporal_ratio}k frames" if config.first_frame else \
+        f"k latents -> {config.temporal_ratio}k frames"
+    for k, v in [("parameters", f"{params / 1e6:.2f} M"), ("latent channels", str(config.latent_channels)),
+                 ("compression (t, h, w)", f"{config.temporal_ratio} x {config.spatial_ratio} x {config.spatial_ratio}"),
+                 ("frame rule", rule), ("temporal padding", config.temporal_padding),
+                 ("input latents (C, T, h, w)", str((config.latent_channels, *latent))),
+                 ("output (T, H, W)", str((frames, h, w))),
+                 ("GMACs per decode", f"{macs / 1e9:.2f}"), ("GMACs per output frame", f"{macs / 1e9 / frames:.3f}")]:
+        table.add_row(k, v)
+    out.print(table)
+
+
+def load_latents(path: Path) -> torch.Tensor:
+    tensors = load_safetensors(path)
+    if "latents" not in tensors:
+        raise InputError(f"{path} has no 'latents' tensor (has {sorted(tensors)})")
+    z = tensors["latents"]
+    return z[None] if z.dim() == 4 else z
+
+
+def save_latents(path: Path, latents: torch.Tensor, teacher: str) -> Path:
+    from safetensors.torch import save_file
+
+    with atomic_file(path) as tmp:
+        save_file({"latents": latents.contiguous()}, str(tmp), metadata={"teacher": teacher})
+    return path
+
+
+@app.command()
+def decode(out_path: Annotated[Path, typer.Option("--out", help="output .mp4 (a .png comparison is written beside it)")],
+           latents: Annotated[Optional[Path], typer.Option(help="latents .safetensors ('latents': (B,C,T,h,w))")] = None,
+           video: Annotated[Optional[Path], typer.Option(help="a video to encode with the teacher first")] = None,
+           teacher: Annotated[Optional[str], typer.Option(help=f"teacher: {', '.join(teachers.TEACHERS)}")] = None,
+           teacher_path: Annotated[Optional[Path], typer.Option(help="local diffusers folder of the teacher")] = None,
+           tiny_teacher: Annotated[bool, typer.Option(help="use a tiny random teacher of the class (tests)")] = False,
+           student: Annotated[Optional[str], typer.Option(help="student checkpoint folder")] = None,
+           mobile: Annotated[bool, typer.Option(help="run the student's 2D mobile form")] = False,
+           frames: Annotated[int, typer.Option(help="frames to take from --video")] = 17,
+           size: Annotated[str, typer.Option(help="crop HEIGHTxWIDTH from --video")] = "256x256",
+           fps: Annotated[float, typer.Option(help="fps of the written mp4")] = 24.0) -> None:
+    """Decode latents (or a video's teacher latents) with the teacher and/or a student; write mp4 + PNG."""
+    if (latents is None) == (video is None):
+        raise InputError("give exactly one of --latents FILE or --video FILE")
+    if student is None and teacher is None:
+        raise InputError("give --student CHECKPOINT and/or --teacher NAME")
+    if out_path.suffix.lower() != ".mp4":
+        raise InputError(f"--out must be an .mp4 path, got {out_path}")
+    te = teachers.load(teacher, teacher_path, tiny=tiny_teacher) if teacher else None
+    rows: dict[str, torch.Tensor] = {}
+    if video is not None:
+        if te is None:
+            raise InputError("--video needs --teacher to encode it")
+        nframes = te.spec.frames_for(max(1, round((frames - 1) / te.spec.temporal) + 1))
+        if nframes != frames:
+            raise InputError(f"{frames} frames break the {te.spec.name} frame rule; try {nframes}")
+        import random
+        clip, _ = data.sample_clip(video, frames, parse_size(size), random.Random(0), resize=min(parse_size(size)))
+        rows["ground truth"] = clip
+        z = te.encode(clip[None])
+    else:
+        z = load_latents(latents)
+    results = {}
+    if te is not None:
+        t0 = time.perf_counter()
+        rows["teacher"] = results["teacher"] = te.decode(z)[0]
+        console.print(f"teacher {te.spec.name}: {time.perf_counter() - t0:.2f} s")
+    if student is not None:
+        config, model, _ = resolve_student(student)
+        if model is None:
+            raise InputError(f"--student must be a checkpoint folder (a preset has no trained weights): {student}")
+        net = model.to_mobile().eval() if mobile else model.eval()
+        from turbovaed.student import check_latents
+
+        check_latents(z, config)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            rows["student"] = results["student"] = net(z)[0]
+        console.print(f"student ({'mobile' if mobile else 'reference'} form): {time.perf_counter() - t0:.2f} s")
+    main = results.get("student", results.get("teacher"))
+    data.write_video(out_path, main, fps)
+    png = data.save_comparison(out_path.with_suffix(".png"), rows)
+    out.print(f"wrote {out_path} ({main.shape[1]} frames {main.shape[2]}x{main.shape[3]}) and {png}")
+
+
+@app.command()
+def quickstart(video: Annotated[Optional[Path], typer.Option(help="a video to use (default: real bundled clips)")] = None,
+               out_dir: Annotated[Path, typer.Option("--out", help="output folder")] = Path("runs/quickstart"),
+               teacher: Annotated[str, typer.Option(help="teacher family (a tiny random one of the class)")] = "wan21",
+               ) -> None:
+    """The main job on the embedded default. Today: real clip -> teacher latents -> student decode in
+    both forms, checked equal, with timings and a side-by-side (distill/export/profile land next)."""
+    import random
+
+    videos = data.list_videos(video) if video else (
+        data.list_videos(data.shared_videos_dir()) if data.shared_videos_dir() else data.bundled_videos())
+    te = teachers.load(teacher, tiny=True)
+    nframes, size = te.spec.frames_for(3), (64, 64)
+    if videos:
+        clip, meta = data.sample_clip(videos[0], nframes, size, random.Random(0), resize=128)
+        source = f"{meta['video']} frames {meta['start']}..{meta['start'] + nframes - 1}"
+    else:
+        clip, source = data.synthetic_clip(nframes, *size), "synthetic clip"
+    console.print(f"[bold]clip[/]: {source}; teacher: tiny random {te.spec.cls} (trained reference teacher: pending)")
+    z = te.encode(clip[None])
+    teacher_out = te.decode(z)[0]
+    model = StudentDecoder(te.student_config(mini=True)).eval()
+    mob = model.to_mobile().eval()
+    with torch.no_grad():
+        t0 = time.perf_counter()
+        ref = model(z)
+        t1 = time.perf_counter()
+        mobile_out = mob(z)
+        t2 = time.perf_counter()
+    err = ((ref - mobile_out).abs().max() / ref.abs().max().clamp_min(1e-12)).item()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    latents_path = save_latents(out_dir / "latents.safetensors", z, te.spec.name)
+    model.save_pretrained(out_dir / "student-untrained")
+    data.write_video(out_dir / "teacher.mp4", teacher_out, 8)
+    png = data.save_comparison(out_dir / "comparison.png", {"ground truth": clip, "teacher": teacher_out,
+                                                            "student (untrained)": ref[0]})
+    table = Table(title="quickstart")
+    table.add_column("item")
+    table.add_column("value")
+    for k, v in [("latents", f"{tuple(z.shape)} -> {latents_path}"),
+                 ("student params", f"{model.num_parameters():,}"),
+                 ("reference form", f"{(t1 - t0) * 1000:.1f} ms"), ("mobile form (2D ops only)", f"{(t2 - t1) * 1000:.1f} ms"),
+                 ("reference vs mobile max rel. error", f"{err:.2e}"), ("comparison", str(png))]:
+        table.add_row(k, v)
+    out.print(table)
+
+
+def main() -> None:
+    try:
+        app()
+    except TurboVAEDError as err:
+        console.print(f"[red]error:[/] {err}")
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -94,8 +94,9 @@ def video_info(path: str | Path) -> VideoInfo:
         raise VideoError(f"cannot read video {path}: {err}") from err
 
 
-def read_frames(path: str | Path, start: int = 0, count: int | None = None) -> np.ndarray:
-    """Decode frames [start, start+count) as uint8 (T, H, W, 3) RGB."""
+def read_frames(path: str | Path, start: int = 0, count: int | None = None, allow_short: bool = False) -> np.ndarray:
+    """Decode frames [start, start+count) as uint8 (T, H, W, 3) RGB. allow_short returns what exists
+    (container frame counts can overstate what decodes by a frame or two)."""
     av = _require_av()
     path = Path(path)
     out = []
@@ -111,7 +112,7 @@ def read_frames(path: str | Path, start: int = 0, count: int | None = None) -> n
                     break
     except (av.error.FFmpegError, IndexError, OSError) as err:
         raise VideoError(f"cannot read video {path}: {err}") from err
-    if not out or (count is not None and len(out) < count):
+    if not out or (count is not None and len(out) < count and not allow_short):
         raise VideoError(f"{path} has fewer than {start + (count or 1)} frames")
     return np.stack(out)
 
@@ -172,7 +173,11 @@ def sample_clip(path: str | Path, frames: int, size: tuple[int, int], rng: rando
     if info.frames < frames:
         raise VideoError(f"{path} has {info.frames} frames, fewer than the {frames} asked for")
     start = rng.randint(0, info.frames - frames)
-    clip = to_tensor(read_frames(path, start, frames))
+    got = read_frames(path, start, frames, allow_short=True)
+    if len(got) < frames:  # the container over-counted: shift the window back by the shortfall
+        start = max(0, start - (frames - len(got)))
+        got = read_frames(path, start, frames)
+    clip = to_tensor(got)
     if resize:
         clip = resize_short_side(clip, resize)
     h, w = size

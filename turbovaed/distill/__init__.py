@@ -1,0 +1,1 @@
+"""Distillation: trainer, losses, EMA, checkpoints."""

@@ -52,20 +52,6 @@ def batch(pool: list[torch.Tensor], rng: random.Random, n: int, frames: int, siz
     return torch.stack(clips)
 
 
-def held_out_clips(videos: list[Path]) -> list[torch.Tensor]:
-    """Three fixed windows per held-out clip, short side resized to 128, centre crop 128x128."""
-    clips = []
-    for v in videos:
-        n = len(data.read_frames(v, allow_short=True))
-        for start in (0, (n - reference.EVAL_FRAMES) // 2, n - reference.EVAL_FRAMES):
-            clip = data.resize_short_side(data.to_tensor(data.read_frames(v, start, reference.EVAL_FRAMES)),
-                                          reference.EVAL_SIZE)
-            h, w = clip.shape[2:]
-            top, left = (h - reference.EVAL_SIZE) // 2, (w - reference.EVAL_SIZE) // 2
-            clips.append(clip[:, :, top:top + reference.EVAL_SIZE, left:left + reference.EVAL_SIZE])
-    return clips
-
-
 @torch.no_grad()
 def evaluate(vae, clips: list[torch.Tensor]) -> dict[str, float]:
     vae.eval()
@@ -99,7 +85,7 @@ def main() -> None:
     test_videos = [v for v in videos if v.name in reference.HELD_OUT]
     print(f"train on {len(train_videos)} clips, hold out {[v.name for v in test_videos]}", flush=True)
     pool = preload(train_videos, (128, 192, 288), max_frames=300)
-    eval_clips = held_out_clips(test_videos)
+    eval_clips = [c for c, _ in data.fixed_clips(test_videos, reference.EVAL_FRAMES, reference.EVAL_SIZE)]
 
     vae = _diffusers_class(get_spec("wan21"))(**reference.CONFIG).train()
     opt = torch.optim.AdamW(vae.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=1e-4)

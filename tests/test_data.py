@@ -84,10 +84,12 @@ def test_latent_cache_fills_resumes_and_reads_back(tmp_path):
     calls = []
     resumed.fill(teacher, sampler, count=5, shard_size=2, progress=lambda: calls.append(1))
     assert len(resumed) == 5 and len(calls) == 2  # only the missing items were encoded
-    z, frames = resumed[4]
+    item = resumed[4]
     clip, _ = sampler.clip(4)
-    assert torch.allclose(z, teacher.encode(clip[None])[0], atol=1e-5)
-    assert (frames - clip).abs().max() <= 1 / 127.5 + 1e-6  # frames stored as uint8
+    z = teacher.encode(clip[None])
+    assert torch.allclose(item["latents"], z[0], atol=1e-5)
+    assert (item["frames"] - clip).abs().max() <= 1 / 127.5 + 1e-6  # frames stored as uint8
+    assert torch.allclose(item["teacher"], teacher.decode(z)[0], atol=2e-3)  # teacher decode as fp16
     with pytest.raises(CheckpointError, match="made with"):
         resumed.fill(teachers.build_tiny("cogvideox"), sampler, count=6)
 

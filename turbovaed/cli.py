@@ -193,6 +193,65 @@ def quickstart(video: Annotated[Optional[Path], typer.Option(help="a video to us
     out.print(table)
 
 
+@app.command()
+def distill(recipe: Annotated[Path, typer.Argument(help="distill recipe (TOML), e.g. distill/quickstart.toml")],
+            resume: Annotated[bool, typer.Option(help="continue from the last checkpoint")] = False,
+            output: Annotated[Optional[Path], typer.Option(help="override the recipe's output folder")] = None,
+            steps: Annotated[Optional[int], typer.Option(help="override train.steps")] = None) -> None:
+    """Distil a student decoder from a frozen teacher (works under torchrun too)."""
+    from turbovaed.distill.recipe import DistillRecipe
+    from turbovaed.distill.trainer import distill as run_distill
+    from turbovaed.recipes import load_toml
+
+    r = load_toml(DistillRecipe, recipe)
+    if output is not None:
+        r.output = str(output)
+    if steps is not None:
+        r.train.steps = steps
+    out_dir = run_distill(r, resume=resume)
+    if out_dir.is_dir():
+        out.print((out_dir / "README.md").read_text())
+        out.print(f"student checkpoint: {out_dir}")
+
+
+@app.command("eval")
+def eval_cmd(student: Annotated[Optional[str], typer.Option(help="student checkpoint folder")] = None,
+             teacher: Annotated[str, typer.Option(help="teacher name")] = "reference",
+             teacher_path: Annotated[Optional[Path], typer.Option(help="local diffusers folder of the teacher")] = None,
+             videos: Annotated[Optional[list[Path]], typer.Option(help="held-out videos (default: the reference held-out clips)")] = None,
+             frames: Annotated[int, typer.Option(help="frames per clip")] = 9,
+             size: Annotated[int, typer.Option(help="square crop after short-side resize")] = 128,
+             per_video: Annotated[int, typer.Option(help="windows per video")] = 3,
+             json_out: Annotated[Optional[Path], typer.Option("--json", help="write the full report here")] = None) -> None:
+    """PSNR / SSIM / MS-SSIM vs ground truth and vs the teacher, per clip and averaged."""
+    import json as _json
+
+    from turbovaed.evaluate import evaluate
+    from turbovaed.reference import HELD_OUT
+
+    te = teachers.load(teacher, teacher_path)
+    if not videos:
+        shared = data.shared_videos_dir()
+        if shared is None:
+            raise InputError("no --videos given and ../shared/videos is absent")
+        videos = [shared / n for n in HELD_OUT if (shared / n).is_file()]
+    clips = data.fixed_clips(data.list_videos(videos), frames, size, per_video)
+    model = StudentDecoder.from_pretrained(student) if student else None
+    report = evaluate(model, te, clips)
+    table = Table(title=f"held-out evaluation ({len(clips)} clips, {frames}x{size}x{size})")
+    for col in ("clip", "teacher PSNR", "student PSNR", "student SSIM", "student MS-SSIM", "student vs teacher"):
+        table.add_column(col, justify="right")
+    for r in report["clips"] + [{"video": "mean", "start": "", **report["mean"]}]:
+        table.add_row(f"{r['video']} {r['start']}", f"{r['teacher_psnr']:.2f}", *(
+            f"{r[k]:.{p}f}" if k in r else "-" for k, p in (("student_psnr", 2), ("student_ssim", 4),
+                                                             ("student_msssim", 4), ("student_vs_teacher_psnr", 2))))
+    out.print(table)
+    out.print(f"LPIPS: {report['lpips']}")
+    if json_out:
+        with atomic_file(json_out) as tmp:
+            tmp.write_text(_json.dumps(report, indent=1))
+
+
 def main() -> None:
     try:
         app()

@@ -151,6 +151,15 @@ def to_uint8(frames: torch.Tensor) -> np.ndarray:
     return x.permute(1, 2, 3, 0).cpu().numpy()
 
 
+def read_window(path: str | Path, start: int, frames: int) -> tuple[int, np.ndarray]:
+    """`frames` frames from `start`, shifted back if the container over-counted its frames."""
+    got = read_frames(path, start, frames, allow_short=True)
+    if len(got) < frames:
+        start = max(0, start - (frames - len(got)))
+        got = read_frames(path, start, frames)
+    return start, got
+
+
 def resize_short_side(clip: torch.Tensor, short: int) -> torch.Tensor:
     """Resize (3, T, H, W) so min(H, W) == short, antialiased."""
     _, _, h, w = clip.shape
@@ -172,11 +181,7 @@ def sample_clip(path: str | Path, frames: int, size: tuple[int, int], rng: rando
     info = info or video_info(path)
     if info.frames < frames:
         raise VideoError(f"{path} has {info.frames} frames, fewer than the {frames} asked for")
-    start = rng.randint(0, info.frames - frames)
-    got = read_frames(path, start, frames, allow_short=True)
-    if len(got) < frames:  # the container over-counted: shift the window back by the shortfall
-        start = max(0, start - (frames - len(got)))
-        got = read_frames(path, start, frames)
+    start, got = read_window(path, rng.randint(0, info.frames - frames), frames)
     clip = to_tensor(got)
     if resize:
         clip = resize_short_side(clip, resize)
@@ -210,6 +215,25 @@ def synthetic_clip(frames: int, height: int, width: int, seed: int = 0) -> torch
         out = out * (1 - mask) + colour.view(3, 1, 1, 1) * mask
     stripes = torch.sin(40 * (xx + 0.3 * yy) + 3 * t) * 0.1  # fine texture
     return (out + stripes).clamp(-1, 1)
+
+
+def fixed_clips(videos: list[Path], frames: int, size: int, per_video: int = 3) -> list[tuple[torch.Tensor, dict]]:
+    """Evaluation clips: `per_video` evenly spaced windows per video, short side resized to `size`,
+    centre crop size x size. Deterministic, so every model is scored on the same pixels."""
+    clips = []
+    for v in videos:
+        n = video_info(v).frames
+        if n < frames:
+            raise VideoError(f"{v} has {n} frames, fewer than the {frames} asked for")
+        starts = sorted({round(i * (n - frames) / max(per_video - 1, 1)) for i in range(per_video)})
+        for start in starts:
+            start, got = read_window(v, start, frames)
+            clip = resize_short_side(to_tensor(got), size)
+            h, w = clip.shape[2:]
+            top, left = (h - size) // 2, (w - size) // 2
+            clips.append((clip[:, :, top:top + size, left:left + size].contiguous(),
+                          {"video": v.name, "start": start}))
+    return clips
 
 
 class ClipSampler:
@@ -246,8 +270,9 @@ class LatentCache:
     """Teacher latents (and their source frames) in safetensors shards, written once, resumable.
 
     Layout: DIR/index.json (teacher, shapes, shard list) and DIR/shard-00000.safetensors holding
-    `latents` (N, C, T, h, w) float32 and `frames` (N, 3, T', H, W) uint8. A shard is written to a
-    temp file and renamed, so an interrupted run loses at most the shard in progress."""
+    `latents` (N, C, T, h, w) float32, `frames` (N, 3, T', H, W) uint8 and `teacher` (the teacher's
+    decode of the latents) float16. A shard is written to a temp file and renamed, so an interrupted
+    run loses at most the shard in progress."""
 
     def __init__(self, directory: str | Path) -> None:
         self.dir = Path(directory)
@@ -268,30 +293,32 @@ class LatentCache:
         while len(self) < count:
             first = len(self)
             n = min(shard_size, count - first)
-            latents, frames, sources = [], [], []
+            items: dict[str, list[torch.Tensor]] = {"latents": [], "frames": [], "teacher": []}
+            sources = []
             for i in range(first, first + n):
                 clip, source = sampler.clip(i)
-                latents.append(teacher.encode(clip[None])[0])
-                frames.append(torch.from_numpy(to_uint8(clip)).permute(3, 0, 1, 2))
+                z = teacher.encode(clip[None])
+                items["latents"].append(z[0])
+                items["frames"].append(torch.from_numpy(to_uint8(clip)).permute(3, 0, 1, 2))
+                items["teacher"].append(teacher.decode(z)[0].half())
                 sources.append(source)
                 if progress:
                     progress()
-            self._write_shard(torch.stack(latents), torch.stack(frames), sources)
+            self._write_shard({k: torch.stack(v) for k, v in items.items()}, sources)
 
-    def _write_shard(self, latents: torch.Tensor, frames: torch.Tensor, sources: list[dict]) -> None:
+    def _write_shard(self, tensors: dict[str, torch.Tensor], sources: list[dict]) -> None:
         from safetensors.torch import save_file
 
         self.dir.mkdir(parents=True, exist_ok=True)
         name = f"shard-{len(self.index['shards']):05d}.safetensors"
         with atomic_file(self.dir / name) as tmp:
-            save_file({"latents": latents.contiguous(), "frames": frames.contiguous()}, str(tmp),
-                      metadata={"sources": json.dumps(sources)})
-        self.index["shards"].append({"file": name, "count": len(latents)})
+            save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata={"sources": json.dumps(sources)})
+        self.index["shards"].append({"file": name, "count": len(sources)})
         with atomic_file(self.index_path) as tmp:
             tmp.write_text(json.dumps(self.index, indent=1))
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(latents (C, T, h, w), frames (3, T', H, W) in [-1, 1]) of item i."""
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        """Item i: latents (C, T, h, w), frames and teacher decode (3, T', H, W) in [-1, 1], float32."""
         if not 0 <= i < len(self):
             raise IndexError(i)
         for k, shard in enumerate(self.index["shards"]):
@@ -299,7 +326,8 @@ class LatentCache:
                 if k not in self._loaded:
                     self._loaded = {k: load_safetensors(self.dir / shard["file"])}
                 data = self._loaded[k]
-                return data["latents"][i], data["frames"][i].float().div(127.5).sub(1.0)
+                return {"latents": data["latents"][i], "frames": data["frames"][i].float().div(127.5).sub(1.0),
+                        "teacher": data["teacher"][i].float()}
             i -= shard["count"]
         raise IndexError(i)
 

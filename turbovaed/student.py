@@ -148,8 +148,8 @@ class StudentDecoder(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def save_pretrained(self, directory: str | Path, extra_files: dict[str, str] | None = None) -> Path:
-        """Write config.json + model.safetensors (plus any extra text files) atomically."""
+    def save_pretrained(self, directory: str | Path, extra_files: dict[str, str | bytes] | None = None) -> Path:
+        """Write config.json + model.safetensors (plus any extra files) atomically."""
         from safetensors.torch import save_file
 
         with atomic_dir(directory) as tmp:
@@ -157,8 +157,8 @@ class StudentDecoder(nn.Module):
                 {"_class_name": "StudentDecoder", **self.config.to_dict()}, indent=2))
             state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
             save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
-            for name, text in (extra_files or {}).items():
-                (tmp / name).write_text(text)
+            for name, content in (extra_files or {}).items():
+                (tmp / name).write_bytes(content if isinstance(content, bytes) else content.encode())
         return Path(directory)
 
     @classmethod

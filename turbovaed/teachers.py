@@ -46,6 +46,10 @@ def _spec(name: str, cls: str, spatial: int, temporal: int, channels: int, model
 
 
 TEACHERS: dict[str, TeacherSpec] = {s.name: s for s in [
+    _spec("reference", "AutoencoderKLWan", 8, 4, 16, "turbovaed's shipped reference teacher (small Wan VAE "
+          "trained on real clips; the embedded default)",
+          dict(base_dim=8, z_dim=16, dim_mult=[1, 2, 2, 2], num_res_blocks=1, temperal_downsample=[False, True, True],
+               latents_mean=[0.0] * 16, latents_std=[1.0] * 16)),
     _spec("ltx", "AutoencoderKLLTXVideo", 32, 8, 128, "LTX-Video 0.9.x (Lightricks/LTX-Video, vae/)",
           dict(latent_channels=8, block_out_channels=(8, 8, 16, 16), decoder_block_out_channels=(8, 8, 16, 16),
                layers_per_block=(1, 1, 1, 1, 1), decoder_layers_per_block=(1, 1, 1, 1, 1))),
@@ -280,6 +284,13 @@ def load(name: str, path: str | Path | None = None, tiny: bool = False, dtype: t
     spec = get_spec(name)
     if tiny:
         return build_tiny(name)
+    if path is None and name == "reference":
+        from turbovaed.reference import ASSET_DIR
+
+        if not (ASSET_DIR / "config.json").is_file():
+            raise CheckpointError(f"the reference teacher is missing from {ASSET_DIR}; "
+                                  "train it with benchmarks/train_reference_teacher.py")
+        path = ASSET_DIR
     if path is None:
         raise InputError(f"teacher {name!r} needs a local weights folder (from_pretrained(dir)); "
                          "nothing is downloaded")

@@ -143,7 +143,8 @@ def test_sigkill_mid_run_then_resume_gives_identical_weights(tmp_path):
     a = load_file(str(straight / "student" / "raw.safetensors"))
     b = load_file(str(killed / "student" / "raw.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
-    ea, eb = load_file(str(straight / "student" / "model.safetensors")), load_file(str(killed / "student" / "model.safetensors"))
+    ea = load_file(str(straight / "student" / "model.safetensors"))
+    eb = load_file(str(killed / "student" / "model.safetensors"))
     assert all(torch.equal(ea[k], eb[k]) for k in ea)
     la = [json.loads(x)["loss"] for x in (straight / "student" / "log.jsonl").read_text().splitlines()]
     lb = [json.loads(x)["loss"] for x in (killed / "student" / "log.jsonl").read_text().splitlines()]

@@ -288,7 +288,8 @@ def _write_output(out: Path, student: StudentDecoder, ema: StudentDecoder, recip
     card = f"""# turbovaed student for `{recipe.teacher.name}`
 
 Distilled with turbovaed from the frozen `{report['teacher']}` teacher ({report['teacher_decoder_params']:,} decoder
-parameters) into a {report['student_params']:,}-parameter student ({report['student_params'] / report['teacher_decoder_params']:.1%}).
+parameters) into a {report['student_params']:,}-parameter student
+({report['student_params'] / report['teacher_decoder_params']:.1%} of the teacher decoder).
 `model.safetensors` holds the EMA weights (what is evaluated and exported); `raw.safetensors` the last raw weights.
 
 | on held-out clips ({len(report['clips'])}) | PSNR dB | SSIM | MS-SSIM |

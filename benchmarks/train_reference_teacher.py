@@ -1,4 +1,4 @@
-"""Train the shipped reference teacher (a small AutoencoderKLWan) as a full VAE on real clips.
+"""Train the shipped reference teacher (a small AutoencoderKLWan) as a KL-regularised VAE on real clips.
 
 Reproducible (seeded, resumable from atomic checkpoints). Trains on every clip in the video folder
 except turbovaed.reference.HELD_OUT, reports PSNR/SSIM on the held-out clips at 9x128x128, and writes
@@ -73,6 +73,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-every", type=int, default=250)
+    p.add_argument("--sample", action="store_true", help="decode posterior samples instead of the mean")
     p.add_argument("--resume", action="store_true")
     args = p.parse_args()
     if args.videos is None:
@@ -107,7 +108,8 @@ def main() -> None:
         big = step >= int(0.75 * args.steps)
         x = batch(pool, rng, max(1, args.batch // 4) if big else args.batch, frames, args.size * (2 if big else 1))
         post = vae.encode(x).latent_dist
-        y = vae.decode(post.sample()).sample
+        # Decode the posterior mean (what every consumer decodes); the KL term still regularises it.
+        y = vae.decode(post.mode() if not args.sample else post.sample()).sample
         rec = F.l1_loss(y, x) + F.mse_loss(y, x)
         kl = post.kl().mean() / x[0].numel()
         loss = rec + args.kl * kl

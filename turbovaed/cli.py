@@ -19,7 +19,7 @@ from turbovaed.student import StudentConfig, StudentDecoder, count_macs
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Distill video VAE decoders into tiny students and ship them to phones.")
 console = Console(stderr=True)
-out = Console()
+out = Console(width=max(130, __import__("shutil").get_terminal_size().columns))
 
 
 def resolve_student(target: str) -> tuple[StudentConfig, StudentDecoder | None, str]:
@@ -251,6 +251,47 @@ def eval_cmd(student: Annotated[Optional[str], typer.Option(help="student checkp
     if json_out:
         with atomic_file(json_out) as tmp:
             tmp.write_text(_json.dumps(report, indent=1))
+
+
+@app.command("export")
+def export_cmd(recipes: Annotated[Optional[list[Path]], typer.Argument(help="export recipes (TOML)")] = None,
+               checkpoint: Annotated[Path, typer.Option(help="student checkpoint folder")] = Path("runs/quickstart/student"),
+               out_dir: Annotated[Path, typer.Option("--out", help="artifacts folder")] = Path("exports"),
+               all_recipes: Annotated[bool, typer.Option("--all", help="every recipe in export/")] = False,
+               teacher: Annotated[Optional[str], typer.Option(help="override the recipes' calibration teacher")] = None,
+               tiny_teacher: Annotated[bool, typer.Option(help="tiny random teacher (tests)")] = False,
+               synthetic: Annotated[bool, typer.Option(help="calibrate on synthetic clips")] = False,
+               height: Annotated[Optional[int], typer.Option(help="override output height")] = None,
+               width: Annotated[Optional[int], typer.Option(help="override output width")] = None) -> None:
+    """Build verified mobile artifacts (ExecuTorch, Core ML, LiteRT, ONNX) with manifests."""
+    from turbovaed.export.core import ExportRecipe, export
+    from turbovaed.recipes import load_toml
+
+    paths = list(recipes or [])
+    if all_recipes:
+        paths += sorted(Path(__file__).resolve().parents[1].joinpath("export").glob("*.toml")) or sorted(
+            Path("export").glob("*.toml"))
+    if not paths:
+        raise InputError("name export recipes (e.g. export/android-executorch-int8.toml) or pass --all")
+    loaded = [load_toml(ExportRecipe, p) for p in paths]  # every recipe checked before any work
+    table = Table(title=f"export of {checkpoint}")
+    for col in ("artifact", "precision", "bytes", "PSNR vs fp32", "status", "delegated / total ops"):
+        table.add_column(col, justify="right")
+    for recipe in loaded:
+        if teacher:
+            recipe.teacher = teacher
+        recipe.teacher_tiny = recipe.teacher_tiny or tiny_teacher
+        recipe.calibration.synthetic = recipe.calibration.synthetic or synthetic
+        recipe.shape.height = height or recipe.shape.height
+        recipe.shape.width = width or recipe.shape.width
+        console.print(f"[bold]{recipe.name}[/] ({recipe.backend} {recipe.precision})")
+        m = export(recipe, checkpoint, out_dir)
+        n, ops = m["numerics"], m["ops"]
+        delegated = f"{ops['delegated']} / {ops['delegated'] + ops['not_delegated']}" if "delegated" in ops else \
+            f"- / {ops.get('total', '-')}"
+        table.add_row(f"{recipe.name}/{m['artifact']}", recipe.precision, f"{m['bytes']:,}",
+                      f"{n['psnr_db']:.1f} dB" if "psnr_db" in n else "not run", n["status"], delegated)
+    out.print(table)
 
 
 def main() -> None:

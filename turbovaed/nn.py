@@ -46,6 +46,26 @@ class RMSNorm(nn.Module):
         scale = torch.rsqrt((x * x).mean(dim=1, keepdim=True) + self.eps)
         return x * scale * self.weight.view([1, -1] + [1] * (x.dim() - 2))
 
+    def to_mobile(self, linear_pointwise: bool = False) -> MobileRMSNorm:
+        return MobileRMSNorm(self)
+
+
+class MobileRMSNorm(nn.Module):
+    """RMSNorm whose channel mean is a fixed 1x1 conv (weights 1/C): XNNPACK, Core ML and LiteRT all
+    run convs, while a mean over the channel axis falls back to slow portable kernels."""
+
+    def __init__(self, norm: RMSNorm) -> None:
+        super().__init__()
+        c = norm.weight.numel()
+        self.eps = norm.eps
+        self.weight = nn.Parameter(norm.weight.detach().clone().view(1, c, 1, 1))
+        self.mean = nn.Conv2d(c, 1, 1, bias=False)
+        with torch.no_grad():
+            self.mean.weight.fill_(1.0 / c)
+
+    def forward(self, x: torch.Tensor, t: int) -> torch.Tensor:
+        return x * torch.rsqrt(self.mean(x * x) + self.eps) * self.weight
+
 
 class Conv3d(nn.Module):
     """Conv3d with explicit temporal padding (causal or replicate); spatial padding is zeros."""
@@ -97,18 +117,23 @@ class TapConv2d(nn.Module):
 
 
 class PointwiseLinear(nn.Module):
-    """Mobile 1x1x1 conv as nn.Linear on channels-last pixels (what weight-only int4 quantizers take)."""
+    """Mobile 1x1x1 conv as nn.Linear on channels-last pixels (what weight-only int4 quantizers take).
+    The bias stays outside the Linear (XNNPACK's int4 linear takes no float bias) and the Linear sees a
+    2-D (pixels, C) matrix (XNNPACK fails to build a 4-D transpose fed by dynamically quantized data)."""
 
     def __init__(self, conv: nn.Conv3d) -> None:
         super().__init__()
-        self.linear = nn.Linear(conv.in_channels, conv.out_channels, bias=conv.bias is not None)
+        self.linear = nn.Linear(conv.in_channels, conv.out_channels, bias=False)
+        self.bias = nn.Parameter(conv.bias.detach().clone()) if conv.bias is not None else None
         with torch.no_grad():
             self.linear.weight.copy_(conv.weight.flatten(1))
-            if conv.bias is not None:
-                self.linear.bias.copy_(conv.bias)
 
     def forward(self, x: torch.Tensor, t: int) -> torch.Tensor:
-        return self.linear(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        n, c, h, w = x.shape
+        y = self.linear(x.permute(0, 2, 3, 1).reshape(n * h * w, c))
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(n, h, w, -1).permute(0, 3, 1, 2)
 
 
 class SeparableConv3d(nn.Module):
@@ -167,13 +192,13 @@ class ResBlock(nn.Module):
 class MobileResBlock(nn.Module):
     def __init__(self, block: ResBlock, linear_pointwise: bool) -> None:
         super().__init__()
-        self.norm1, self.norm2 = block.norm1, block.norm2
+        self.norm1, self.norm2 = block.norm1.to_mobile(), block.norm2.to_mobile()
         self.conv1 = block.conv1.to_mobile(linear_pointwise)
         self.conv2 = block.conv2.to_mobile(linear_pointwise)
 
     def forward(self, x: torch.Tensor, t: int) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)), t)
-        return x + self.conv2(F.silu(self.norm2(h)), t)
+        h = self.conv1(F.silu(self.norm1(x, t)), t)
+        return x + self.conv2(F.silu(self.norm2(h, t)), t)
 
 
 class PixelShuffle3d(nn.Module):

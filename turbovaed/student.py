@@ -223,7 +223,7 @@ class MobileDecoder(nn.Module):
         self.conv_in = ref.conv_in.to_mobile(lp)
         self.stages = nn.ModuleList(nn.ModuleList(b.to_mobile(lp) for b in stage) for stage in ref.stages)
         self.upsamplers = nn.ModuleList(u.to_mobile(lp) for u in ref.upsamplers)
-        self.norm_out = ref.norm_out
+        self.norm_out = ref.norm_out.to_mobile()
         self.conv_out = ref.conv_out.to_mobile(lp)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -235,7 +235,7 @@ class MobileDecoder(nn.Module):
             if i < len(self.upsamplers):
                 x = self.upsamplers[i](x, t)
                 t = t * self.upsamplers[i].scale_t
-        x = self.conv_out(F.silu(self.norm_out(x)), t)
+        x = self.conv_out(F.silu(self.norm_out(x, t)), t)
         t = t * self.conv_out.scale_t
         n, c, h, w = x.shape
         drop = self.config.temporal_ratio - 1 if self.config.first_frame else 0

@@ -1,0 +1,1 @@
+"""Export: one backend-neutral core (core.py) and a thin module per backend."""

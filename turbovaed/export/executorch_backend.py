@@ -1,0 +1,86 @@
+"""ExecuTorch (.pte): XNNPACK fp32 / int8 (PT2E static, per-channel, calibrated) / int4 (4-bit grouped
+weights on Linear-form pointwise convs, int8 dynamic activations), or the Core ML delegate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+LINEAR_POINTWISE = {"int4": True}  # torchao's int4 path quantizes nn.Linear only
+
+
+def _quantize_int8(model: torch.nn.Module, example: torch.Tensor, calib: list[torch.Tensor], keep: list[str]):
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import XNNPACKQuantizer, get_symmetric_quantization_config
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    for prefix in keep:  # mixed precision: leave these modules in fp32
+        quantizer.set_module_name(prefix, None)
+    prepared = prepare_pt2e(torch.export.export(model, (example,)).module(), quantizer)
+    with torch.no_grad():
+        for z in calib:
+            prepared(z)
+    return convert_pt2e(prepared)
+
+
+def _quantize_int4(model: torch.nn.Module, group_size: int, keep: list[str]) -> torch.nn.Module:
+    from torchao.quantization import Int8DynamicActivationIntxWeightConfig, quantize_
+    from torchao.quantization.granularity import PerGroup
+
+    def wanted(module: torch.nn.Module, name: str) -> bool:
+        return isinstance(module, torch.nn.Linear) and module.in_features % group_size == 0 and \
+            not any(name.startswith(k) for k in keep)
+
+    quantize_(model, Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4,
+                                                           weight_granularity=PerGroup(group_size)), filter_fn=wanted)
+    return model
+
+
+def delegation(edge) -> dict:
+    from executorch.devtools.backend_debug import get_delegation_info
+
+    info = get_delegation_info(edge.exported_program().graph_module)
+    df = info.get_operator_delegation_dataframe()
+    rows = {r["op_type"]: (int(r["occurrences_in_delegated_graphs"]), int(r["occurrences_in_non_delegated_graphs"]))
+            for _, r in df.iterrows() if r["op_type"] != "Total"}
+    conv = [v for k, v in rows.items() if "convolution" in k or "linear" in k]
+    return {"delegated": info.num_delegated_nodes, "not_delegated": info.num_non_delegated_nodes,
+            "delegated_subgraphs": info.num_delegated_subgraphs,
+            "conv_delegated": sum(d for d, _ in conv), "conv_not_delegated": sum(n for _, n in conv),
+            "not_delegated_ops": sorted(k for k, (_, n) in rows.items() if n and k != "getitem")}
+
+
+def convert(model: torch.nn.Module, example: torch.Tensor, recipe, calib: list[torch.Tensor], out: Path) -> dict:
+    from executorch.exir import to_edge_transform_and_lower
+
+    if recipe.precision == "int8":
+        model = _quantize_int8(model, example, calib, recipe.keep_float)
+    elif recipe.precision == "int4":
+        model = _quantize_int4(model, recipe.group_size, recipe.keep_float)
+    program = torch.export.export(model, (example,))
+    if recipe.delegate == "coreml":
+        from executorch.backends.apple.coreml.partition import CoreMLPartitioner
+
+        partitioner = CoreMLPartitioner()
+    else:
+        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+
+        partitioner = XnnpackPartitioner()
+    edge = to_edge_transform_and_lower(program, partitioner=[partitioner])
+    ops = delegation(edge)
+    (out / "decoder.pte").write_bytes(edge.to_executorch().buffer)
+    info = {"artifact": "decoder.pte", "ops": ops, "input_name": "latents", "output_name": "frames"}
+    if recipe.delegate == "coreml":
+        info["not_checked_here"] = ["running the Core ML delegate (needs Apple hardware); the lowering succeeded"]
+        info["verified_by"] = "not run"
+    return info
+
+
+def run(artifact: Path, latents: list[torch.Tensor], model=None, recipe=None) -> list[torch.Tensor] | None:
+    if recipe is not None and recipe.delegate == "coreml":
+        return None
+    from executorch.runtime import Runtime
+
+    method = Runtime.get().load_program(str(artifact)).load_method("forward")
+    return [method.execute([z.contiguous()])[0].clone() for z in latents]

@@ -1,0 +1,101 @@
+"""TFLite/LiteRT (.tflite) via litert-torch: fp32; fp16 and int4 weights (ai-edge-quantizer); int8
+dynamic and full-integer static (PT2E, calibrated). Verified with the ai-edge-litert interpreter."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def _pt2e(model: torch.nn.Module, example: torch.Tensor, calib: list[torch.Tensor], dynamic: bool, keep: list[str]):
+    from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
+    from litert_torch.quantize.quant_config import QuantConfig
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_dynamic=dynamic))
+    for prefix in keep:
+        quantizer.set_module_name(prefix, None)
+    prepared = prepare_pt2e(torch.export.export(model, (example,)).module(), quantizer)
+    with torch.no_grad():
+        for z in calib:
+            prepared(z)
+    return convert_pt2e(prepared, fold_quantize=False), QuantConfig(pt2e_quantizer=quantizer)
+
+
+def _ai_edge_quantize(fp32: Path, target: Path, precision: str) -> None:
+    from ai_edge_quantizer import quantizer, recipe, recipe_manager
+    from ai_edge_quantizer.algorithm_manager import AlgorithmName
+    from ai_edge_quantizer.qtyping import TFLOperationName
+
+    if precision == "fp16":
+        manager = recipe_manager.RecipeManager()
+        manager.add_weight_only_config(regex=".*", operation_name=TFLOperationName.ALL_SUPPORTED, num_bits=16,
+                                       algorithm_key=AlgorithmName.FLOAT_CASTING)
+        chosen = manager.get_quantization_recipe()
+    else:
+        chosen = recipe.weight_only_wi4_afp32()
+    q = quantizer.Quantizer(str(fp32))
+    q.load_quantization_recipe(chosen)
+    target.write_bytes(bytes(q.quantize().quantized_model))
+
+
+def op_counts(path: Path) -> dict:
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_path=str(path))
+    counts: dict[str, int] = {}
+    for op in interp._get_ops_details():
+        counts[op["op_name"]] = counts.get(op["op_name"], 0) + 1
+    return {"op_types": counts, "total": sum(counts.values()),
+            "conv_3d": counts.get("CONV_3D", 0), "flex_or_custom": sum(v for k, v in counts.items()
+                                                                     if k.startswith(("FlexDelegate", "CUSTOM")))}
+
+
+def convert(model: torch.nn.Module, example: torch.Tensor, recipe, calib: list[torch.Tensor], out: Path) -> dict:
+    import litert_torch
+
+    target = out / "decoder.tflite"
+    p = recipe.precision
+    if p in ("int8", "int8-dynamic"):
+        quantized, config = _pt2e(model, example, calib, dynamic=p == "int8-dynamic", keep=recipe.keep_float)
+        litert_torch.convert(quantized, (example,), quant_config=config).export(str(target))
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            fp32 = Path(tmp) / "fp32.tflite"
+            litert_torch.convert(model, (example,)).export(str(fp32))
+            if p == "fp32":
+                fp32.replace(target)
+            else:
+                _ai_edge_quantize(fp32, target, p)
+    notes = {"int4": ["int4 = 4-bit channel-wise weights, float compute (ai-edge-quantizer weight-only)"],
+             "int8": ["full-integer: int8 input/output tensors; quantize latents with the input scale/zero point"],
+             }.get(p, [])
+    return {"artifact": "decoder.tflite", "ops": op_counts(target), "notes": notes}
+
+
+def run(artifact: Path, latents: list[torch.Tensor], model=None, recipe=None) -> list[torch.Tensor]:
+    """Run with the ai-edge-litert interpreter (XNNPACK delegate on by default); int8 I/O is
+    (de)quantized with the tensors' own scale and zero point."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_path=str(artifact), num_threads=torch.get_num_threads())
+    interp.allocate_tensors()
+    inp, outp = interp.get_input_details()[0], interp.get_output_details()[0]
+    results = []
+    for z in latents:
+        x = z.numpy()
+        if inp["dtype"] != np.float32:
+            scale, zero = inp["quantization"]
+            info = np.iinfo(inp["dtype"])
+            x = np.clip(np.round(x / scale + zero), info.min, info.max).astype(inp["dtype"])
+        interp.set_tensor(inp["index"], x)
+        interp.invoke()
+        y = interp.get_tensor(outp["index"])
+        if outp["dtype"] != np.float32:
+            scale, zero = outp["quantization"]
+            y = (y.astype(np.float32) - zero) * scale
+        results.append(torch.from_numpy(np.array(y)))
+    return results

@@ -1,0 +1,73 @@
+"""ONNX (.onnx, one file, opset 21) for onnxruntime and the browser: fp32, fp16 (fp32 I/O), int8 QDQ
+(static, per-channel, calibrated), int4 QDQ weights with int16 activations (opset 21 QDQ types)."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import torch
+
+OPSET = 21
+
+
+class _Reader:
+    """onnxruntime CalibrationDataReader over our calibration latents."""
+
+    def __init__(self, name: str, latents: list[torch.Tensor]) -> None:
+        self.items = iter([{name: z.numpy()} for z in latents])
+
+    def get_next(self):
+        return next(self.items, None)
+
+    def rewind(self) -> None:  # onnxruntime may call it; one pass is all we give
+        pass
+
+
+def op_counts(path: Path) -> dict:
+    import onnx
+
+    counts: dict[str, int] = {}
+    for node in onnx.load(str(path)).graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return {"op_types": counts, "total": sum(counts.values())}
+
+
+def convert(model: torch.nn.Module, example: torch.Tensor, recipe, calib: list[torch.Tensor], out: Path) -> dict:
+    import onnx
+
+    target = out / "decoder.onnx"
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = Path(tmp) / "fp32.onnx"
+        program = torch.onnx.export(model, (example,), dynamo=True, opset_version=OPSET, input_names=["latents"],
+                                    output_names=["frames"], verbose=False)
+        program.save(str(fp32), external_data=False)
+        if recipe.precision == "fp32":
+            fp32.replace(target)
+        elif recipe.precision == "fp16":
+            from onnxruntime.transformers.float16 import convert_float_to_float16
+
+            onnx.save(convert_float_to_float16(onnx.load(str(fp32)), keep_io_types=True), str(target))
+        else:
+            from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+            from onnxruntime.quantization.shape_inference import quant_pre_process
+
+            pre = Path(tmp) / "pre.onnx"
+            quant_pre_process(str(fp32), str(pre))
+            int4 = recipe.precision == "int4"
+            excluded = [n.name for n in onnx.load(str(pre)).graph.node
+                        if any(n.name.startswith(k.replace(".", "_")) or k in n.name for k in recipe.keep_float)]
+            quantize_static(str(pre), str(target), _Reader("latents", calib), quant_format=QuantFormat.QDQ,
+                            per_channel=True, activation_type=QuantType.QInt16 if int4 else QuantType.QInt8,
+                            weight_type=QuantType.QInt4 if int4 else QuantType.QInt8, nodes_to_exclude=excluded)
+    notes = ["int4 = 4-bit QDQ weights with 16-bit QDQ activations (W4A16)"] if recipe.precision == "int4" else []
+    return {"artifact": "decoder.onnx", "ops": op_counts(target), "notes": notes}
+
+
+def run(artifact: Path, latents: list[torch.Tensor], model=None, recipe=None) -> list[torch.Tensor]:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(artifact), options, providers=["CPUExecutionProvider"])
+    return [torch.from_numpy(session.run(None, {"latents": z.numpy()})[0]) for z in latents]

@@ -73,6 +73,8 @@ class ExportRecipe:
                              f"expected one of {BACKENDS[self.backend]}")
         if self.backend == "executorch" and self.delegate not in ("xnnpack", "coreml"):
             raise InputError(f"executorch delegate must be xnnpack or coreml, got {self.delegate!r}")
+        if self.backend != "executorch" and self.delegate != "xnnpack":
+            raise InputError(f"delegate applies to the executorch backend only (recipe {self.name!r} is {self.backend})")
 
 
 def backend_module(name: str):

@@ -82,14 +82,6 @@ def load_latents(path: Path) -> torch.Tensor:
     return z[None] if z.dim() == 4 else z
 
 
-def save_latents(path: Path, latents: torch.Tensor, teacher: str) -> Path:
-    from safetensors.torch import save_file
-
-    with atomic_file(path) as tmp:
-        save_file({"latents": latents.contiguous()}, str(tmp), metadata={"teacher": teacher})
-    return path
-
-
 @app.command()
 def decode(out_path: Annotated[Path, typer.Option("--out", help="output .mp4 (a .png comparison is written beside it)")],
            latents: Annotated[Optional[Path], typer.Option(help="latents .safetensors ('latents': (B,C,T,h,w))")] = None,
@@ -146,51 +138,65 @@ def decode(out_path: Annotated[Path, typer.Option("--out", help="output .mp4 (a 
     out.print(f"wrote {out_path} ({main.shape[1]} frames {main.shape[2]}x{main.shape[3]}) and {png}")
 
 
-@app.command()
-def quickstart(video: Annotated[Optional[Path], typer.Option(help="a video to use (default: real bundled clips)")] = None,
-               out_dir: Annotated[Path, typer.Option("--out", help="output folder")] = Path("runs/quickstart"),
-               teacher: Annotated[str, typer.Option(help="teacher family (a tiny random one of the class)")] = "wan21",
-               ) -> None:
-    """The main job on the embedded default. Today: real clip -> teacher latents -> student decode in
-    both forms, checked equal, with timings and a side-by-side (distill/export/profile land next)."""
-    import random
+QUICKSTART_EXPORTS = ("host-executorch-fp32", "android-executorch-int8", "android-executorch-int4", "host-onnx-fp32",
+                      "web-onnx-int8", "host-litert-fp32", "android-litert-int8", "iphone-coreml-fp16",
+                      "iphone-coreml-int4")
 
-    videos = data.list_videos(video) if video else (
-        data.list_videos(data.shared_videos_dir()) if data.shared_videos_dir() else data.bundled_videos())
-    te = teachers.load(teacher, tiny=True)
-    nframes, size = te.spec.frames_for(3), (64, 64)
-    if videos:
-        clip, meta = data.sample_clip(videos[0], nframes, size, random.Random(0), resize=128)
-        source = f"{meta['video']} frames {meta['start']}..{meta['start'] + nframes - 1}"
-    else:
-        clip, source = data.synthetic_clip(nframes, *size), "synthetic clip"
-    console.print(f"[bold]clip[/]: {source}; teacher: tiny random {te.spec.cls} (trained reference teacher: pending)")
-    z = te.encode(clip[None])
-    teacher_out = te.decode(z)[0]
-    model = StudentDecoder(te.student_config(mini=True)).eval()
-    mob = model.to_mobile().eval()
-    with torch.no_grad():
-        t0 = time.perf_counter()
-        ref = model(z)
-        t1 = time.perf_counter()
-        mobile_out = mob(z)
-        t2 = time.perf_counter()
-    err = ((ref - mobile_out).abs().max() / ref.abs().max().clamp_min(1e-12)).item()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    latents_path = save_latents(out_dir / "latents.safetensors", z, te.spec.name)
-    model.save_pretrained(out_dir / "student-untrained")
-    data.write_video(out_dir / "teacher.mp4", teacher_out, 8)
-    png = data.save_comparison(out_dir / "comparison.png", {"ground truth": clip, "teacher": teacher_out,
-                                                            "student (untrained)": ref[0]})
-    table = Table(title="quickstart")
-    table.add_column("item")
-    table.add_column("value")
-    for k, v in [("latents", f"{tuple(z.shape)} -> {latents_path}"),
-                 ("student params", f"{model.num_parameters():,}"),
-                 ("reference form", f"{(t1 - t0) * 1000:.1f} ms"), ("mobile form (2D ops only)", f"{(t2 - t1) * 1000:.1f} ms"),
-                 ("reference vs mobile max rel. error", f"{err:.2e}"), ("comparison", str(png))]:
-        table.add_row(k, v)
+
+@app.command()
+def quickstart(video: Annotated[Optional[list[Path]], typer.Option(help="videos to train on (default: real clips)")] = None,
+               out_dir: Annotated[Path, typer.Option("--out", help="output folder")] = Path("runs/quickstart"),
+               steps: Annotated[Optional[int], typer.Option(help="override the recipe's training steps")] = None,
+               export_recipes: Annotated[bool, typer.Option("--export/--no-export", help="build mobile artifacts")] = True,
+               ) -> None:
+    """The main job on the embedded default: the shipped reference teacher encodes real clips, a small
+    student is distilled (distill/quickstart.toml), exported to ExecuTorch / ONNX / LiteRT / Core ML at
+    fp32, int8 and int4, each artifact verified; ends with where everything is and the headline table."""
+    from turbovaed.distill.recipe import DistillRecipe
+    from turbovaed.distill.trainer import distill as run_distill
+    from turbovaed.export.core import ExportRecipe, export
+    from turbovaed.recipes import load_toml
+
+    repo = Path(__file__).resolve().parents[1]
+    recipe = load_toml(DistillRecipe, repo / "distill" / "quickstart.toml")
+    recipe.output = str(out_dir / "student")
+    if video:
+        recipe.data.videos = [str(v) for v in video]
+    if steps:
+        recipe.train.steps = steps
+    t0 = time.perf_counter()
+    work = Path(recipe.output + ".work")
+    student_dir = run_distill(recipe, resume=(work / "checkpoint").is_dir())
+    report = __import__("json").loads((student_dir / "metrics.json").read_text())
+    m = report["mean"]
+    table = Table(title="quickstart: distilled student on held-out clips")
+    for col in ("model", "params", "PSNR dB", "SSIM", "MS-SSIM"):
+        table.add_column(col, justify="right")
+    table.add_row("reference teacher", f"{report['teacher_decoder_params']:,}", f"{m['teacher_psnr']:.2f}",
+                  f"{m['teacher_ssim']:.4f}", f"{m['teacher_msssim']:.4f}")
+    table.add_row("student (EMA)", f"{report['student_params']:,}", f"{m['student_psnr']:.2f}",
+                  f"{m['student_ssim']:.4f}", f"{m['student_msssim']:.4f}")
     out.print(table)
+    rows = []
+    if export_recipes:
+        for name in QUICKSTART_EXPORTS:
+            r = load_toml(ExportRecipe, repo / "export" / f"{name}.toml")
+            console.print(f"[bold]export[/] {name}")
+            manifest = export(r, student_dir, out_dir / "exports")
+            rows.append(manifest)
+        table = Table(title="quickstart: verified artifacts (PSNR against the fp32 student on held-out real latents)")
+        for col in ("artifact", "precision", "bytes", "PSNR dB", "status", "delegated / total ops"):
+            table.add_column(col, justify="right")
+        for mf in rows:
+            n, ops = mf["numerics"], mf["ops"]
+            deleg = f"{ops['delegated']} / {ops['delegated'] + ops['not_delegated']}" if "delegated" in ops else "-"
+            table.add_row(f"{mf['name']}/{mf['artifact']}", mf["precision"], f"{mf['bytes']:,}",
+                          f"{n['psnr_db']:.1f}" if "psnr_db" in n else "-", n["status"], deleg)
+        out.print(table)
+    out.print(f"done in {(time.perf_counter() - t0) / 60:.1f} min")
+    out.print(f"student checkpoint: {student_dir} (model card: {student_dir / 'README.md'})")
+    if rows:
+        out.print(f"artifacts + manifest.json each: {out_dir / 'exports'}")
 
 
 @app.command()

@@ -71,6 +71,7 @@ class TrainSection:
     checkpoint_every: int = 50
     eval_every: int = 0  # 0: only at the end
     threads: int = 0  # 0: leave torch's default
+    max_minutes: float = 0.0  # wall-clock budget; stop (and evaluate) when spent. 0: no budget
     seed: int = 0
 
 

@@ -189,9 +189,19 @@ def distill(recipe: DistillRecipe, resume: bool = False, show_progress: bool = T
                         TextColumn("{task.fields[info]}"), TimeRemainingColumn(),
                         disable=not show_progress or rank != 0)
     per_rank = t.batch
+    started = time.perf_counter()
+    stopped_early = None
     with progress:
         task = progress.add_task("distill", total=t.steps, completed=step, info="")
         while step < t.steps:
+            out_of_time = torch.tensor([int(bool(t.max_minutes) and time.perf_counter() - started > t.max_minutes * 60)])
+            if world > 1:  # rank 0's clock decides, so every rank stops at the same step
+                dist.broadcast(out_of_time, 0)
+            if out_of_time.item():
+                stopped_early = step
+                if rank == 0:
+                    save_training_state(ckpt, modules, optimizers, step)
+                break
             t0 = time.perf_counter()
             for g in opt.param_groups:
                 g["lr"] = _lr(recipe, step)
@@ -264,7 +274,8 @@ def distill(recipe: DistillRecipe, resume: bool = False, show_progress: bool = T
             (data.synthetic_clip(frames, recipe.data.eval_size, recipe.data.eval_size, seed=10_000 + i),
              {"video": "synthetic", "seed": 10_000 + i}) for i in range(recipe.data.eval_clips)]
         report = evaluate(ema, teacher, eval_clips)
-        report.update({"ranks_in_sync": sync, "world_size": world, "steps": t.steps,
+        report.update({"ranks_in_sync": sync, "world_size": world, "steps": stopped_early or t.steps,
+                       "stopped_by_time_budget": stopped_early is not None,
                        "perceptual": perceptual_description(recipe),
                        "student_params": student.num_parameters(), "teacher": teacher.spec.name,
                        "teacher_decoder_params": sum(p.numel() for p in teacher.vae.decoder.parameters())})

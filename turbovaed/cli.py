@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import sys
 import time
 from pathlib import Path
@@ -14,7 +15,7 @@ from rich.table import Table
 
 from turbovaed import data, teachers
 from turbovaed.io import InputError, TurboVAEDError, atomic_file, load_safetensors
-from turbovaed.student import StudentConfig, StudentDecoder, count_macs
+from turbovaed.student import StudentConfig, StudentDecoder, check_latents, count_macs
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Distill video VAE decoders into tiny students and ship them to phones.")
@@ -109,7 +110,6 @@ def decode(out_path: Annotated[Path, typer.Option("--out", help="output .mp4 (a 
         nframes = te.spec.frames_for(max(1, round((frames - 1) / te.spec.temporal) + 1))
         if nframes != frames:
             raise InputError(f"{frames} frames break the {te.spec.name} frame rule; try {nframes}")
-        import random
         clip, _ = data.sample_clip(video, frames, parse_size(size), random.Random(0), resize=min(parse_size(size)))
         rows["ground truth"] = clip
         z = te.encode(clip[None])
@@ -125,8 +125,6 @@ def decode(out_path: Annotated[Path, typer.Option("--out", help="output .mp4 (a 
         if model is None:
             raise InputError(f"--student must be a checkpoint folder (a preset has no trained weights): {student}")
         net = model.to_mobile().eval() if mobile else model.eval()
-        from turbovaed.student import check_latents
-
         check_latents(z, config)
         t0 = time.perf_counter()
         with torch.no_grad():

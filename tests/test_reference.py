@@ -1,0 +1,43 @@
+"""The shipped reference teacher: a real trained diffusers VAE inside the package."""
+
+import json
+
+import pytest
+import torch
+
+from turbovaed import data, metrics, reference, teachers
+
+pytestmark = pytest.mark.skipif(not (reference.ASSET_DIR / "config.json").is_file(),
+                                reason="the reference teacher asset is not in this checkout")
+
+
+def test_asset_is_small_fp16_safetensors_with_real_latent_stats():
+    files = {p.name: p.stat().st_size for p in reference.ASSET_DIR.iterdir()}
+    assert sum(files.values()) <= 10 * 2**20, files
+    assert not any(name.endswith((".bin", ".pt", ".pth", ".ckpt")) for name in files)
+    config = json.loads((reference.ASSET_DIR / "config.json").read_text())
+    assert config["_class_name"] == "AutoencoderKLWan" and config["z_dim"] == 16
+    assert any(abs(m) > 1e-3 for m in config["latents_mean"]) and any(abs(s - 1) > 1e-3 for s in config["latents_std"])
+    teacher = teachers.load("reference")
+    assert next(teacher.vae.parameters()).dtype == torch.float32  # loaded for CPU use
+    assert (teacher.spec.spatial, teacher.spec.temporal, teacher.latent_channels) == (8, 4, 16)
+
+
+def test_reconstructs_a_held_out_real_clip(videos_dir):
+    teacher = teachers.load("reference")
+    clip, _ = data.fixed_clips([videos_dir / reference.HELD_OUT[0]], 9, 64, per_video=1)[0]
+    recon = teacher.decode(teacher.encode(clip[None]))
+    assert recon.shape == (1, 3, 9, 64, 64)
+    assert metrics.psnr(recon, clip[None]) > 20.0  # an untrained VAE of this class scores ~11 dB
+
+
+def test_eval_command_reports_teacher_scores(tmp_path, videos_dir):
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "turbovaed", "eval", "--videos", str(videos_dir / reference.HELD_OUT[2]),
+                             "--per-video", "1", "--size", "64", "--json", str(tmp_path / "r.json")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["mean"]["teacher_psnr"] > 20.0 and "skipped" in report["lpips"]

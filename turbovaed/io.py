@@ -28,6 +28,23 @@ class VideoError(TurboVAEDError):
     """A video file cannot be read or written."""
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _publish(path: Path) -> None:
+    """Give a temp file/folder the permissions a normal write would have (mkstemp/mkdtemp use 0600/0700)."""
+    mask = _umask()
+    if path.is_dir():
+        path.chmod(0o777 & ~mask)
+        for p in path.rglob("*"):
+            p.chmod((0o777 if p.is_dir() else 0o666) & ~mask)
+    else:
+        path.chmod(0o666 & ~mask)
+
+
 @contextmanager
 def atomic_dir(target: str | Path) -> Iterator[Path]:
     """Yield a temp folder beside `target`; on success it replaces `target`, on error it vanishes."""
@@ -36,6 +53,7 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
         yield tmp
+        _publish(tmp)
         if target.exists():
             old = target.with_name(f".{target.name}.old.{os.getpid()}")
             target.rename(old)
@@ -58,6 +76,7 @@ def atomic_file(target: str | Path) -> Iterator[Path]:
     tmp = Path(name)
     try:
         yield tmp
+        _publish(tmp)
         tmp.replace(target)
     finally:
         tmp.unlink(missing_ok=True)

@@ -51,7 +51,7 @@ def main() -> None:
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     m = report["mean"]
     print(f"\nfidelity on {len(report['clips'])} held-out clips ({', '.join(reference.HELD_OUT)}), "
-          f"9x128x128, 3 windows each; total wall time {(time.perf_counter() - t0) / 60:.1f} min")
+          f"9x128x128, 2 windows per clip; total wall time {(time.perf_counter() - t0) / 60:.1f} min")
     print(f"{'':24s}{'PSNR dB':>9s}{'SSIM':>8s}{'MS-SSIM':>9s}")
     print(f"{'teacher (reference)':24s}{m['teacher_psnr']:9.2f}{m['teacher_ssim']:8.4f}{m['teacher_msssim']:9.4f}")
     print(f"{'student (EMA)':24s}{m['student_psnr']:9.2f}{m['student_ssim']:8.4f}{m['student_msssim']:9.4f}")

@@ -301,7 +301,7 @@ def load(name: str, path: str | Path | None = None, tiny: bool = False, dtype: t
     subfolder = "vae" if (path / "vae" / "config.json").is_file() and not (path / "config.json").is_file() else None
     try:
         vae = _diffusers_class(spec).from_pretrained(path, subfolder=subfolder, torch_dtype=dtype,
-                                                     use_safetensors=True, local_files_only=True)
+                                                     use_safetensors=True, local_files_only=True, low_cpu_mem_usage=False)
     except (OSError, ValueError, RuntimeError) as err:
         raise CheckpointError(f"cannot load {spec.cls} from {path}: {err}") from err
     return Teacher(spec, vae)

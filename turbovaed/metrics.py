@@ -28,9 +28,15 @@ def ms_ssim(pred: torch.Tensor, target: torch.Tensor) -> float:
     from pytorch_msssim import ms_ssim as _ms_ssim
 
     side = min(pred.shape[-2:])
+    win = msssim_window(side)
+    if win is None:
+        raise ValueError(f"MS-SSIM needs frames larger than 32 px, got {side}")
+    return _ms_ssim(_frames(pred), _frames(target), data_range=1.0, size_average=True, win_size=win).item()
+
+
+def msssim_window(side: int) -> int | None:
+    """Largest odd Gaussian window (<= 11) whose 5-scale MS-SSIM fits frames of `side` px, or None."""
     win = 11
     while (win - 1) * 16 >= side and win > 3:
         win -= 2
-    if (win - 1) * 16 >= side:
-        raise ValueError(f"MS-SSIM needs frames larger than 32 px, got {side}")
-    return _ms_ssim(_frames(pred), _frames(target), data_range=1.0, size_average=True, win_size=win).item()
+    return win if (win - 1) * 16 < side else None

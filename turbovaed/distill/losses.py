@@ -16,19 +16,17 @@ def _frames01(x: torch.Tensor) -> torch.Tensor:
 def msssim_grad_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Offline perceptual stand-in (no torchvision, no downloads): (1 - MS-SSIM) + L1 of spatial and
     temporal image gradients. MS-SSIM uses the largest odd Gaussian window the crop allows."""
-    from pytorch_msssim import ms_ssim
+    from pytorch_msssim import ms_ssim, ssim
+
+    from turbovaed.metrics import msssim_window
 
     side = min(pred.shape[-2:])
-    win = 11
-    while (win - 1) * 16 >= side and win > 3:
-        win -= 2
+    win = msssim_window(side)
     p, t = _frames01(pred), _frames01(target.clamp(-1, 1))
-    if (win - 1) * 16 < side:
+    if win is not None:
         structure = 1 - ms_ssim(p.clamp(0, 1), t, data_range=1.0, win_size=win)
-    else:  # crops too small for 5 scales: plain SSIM
-        from pytorch_msssim import ssim
-
-        structure = 1 - ssim(p.clamp(0, 1), t, data_range=1.0, win_size=min(win, side - (1 - side % 2)))
+    else:  # crops too small for 5 scales: plain SSIM with a 3x3 window
+        structure = 1 - ssim(p.clamp(0, 1), t, data_range=1.0, win_size=3)
     grad = sum(F.l1_loss(torch.diff(pred, dim=d), torch.diff(target, dim=d)) for d in (2, 3, 4) if pred.shape[d] > 1)
     return structure + grad
 

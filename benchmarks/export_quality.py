@@ -99,7 +99,8 @@ def _session(module, artifact: Path):
         from executorch.runtime import Runtime
 
         method = Runtime.get().load_program(str(artifact)).load_method("forward")
-        return lambda z=None, m=method: m.execute([torch.randn(_shape(artifact))])
+        z = torch.randn(_shape(artifact))
+        return lambda m=method, z=z: m.execute([z])
     if module.__name__.endswith("onnx_backend"):
         import onnxruntime as ort
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import torch
-
 from turbovaed.io import InputError
 from turbovaed.student import MobileDecoder, StudentConfig, StudentDecoder
 
@@ -22,6 +20,3 @@ def mobile_graph(student: StudentDecoder, linear_pointwise: bool = False) -> Mob
     """The 2D-only form in eval mode, fp32: what every backend converts."""
     return student.float().eval().to_mobile(linear_pointwise=linear_pointwise).eval()
 
-
-def max_rel_error(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-12)).item()

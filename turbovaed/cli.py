@@ -11,10 +11,12 @@ from typing import Annotated, Optional
 import torch
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from turbovaed import data, teachers
-from turbovaed.io import InputError, TurboVAEDError, atomic_file, load_safetensors
+from turbovaed.io import InputError, LatentFile, TurboVAEDError, atomic_file
+from turbovaed.stream import decode_tiled, stream_to_video
 from turbovaed.student import StudentConfig, StudentDecoder, check_latents, count_macs
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -76,11 +78,7 @@ def info(target: Annotated[str, typer.Argument(help="preset name (e.g. ltx, wan2
 
 
 def load_latents(path: Path) -> torch.Tensor:
-    tensors = load_safetensors(path)
-    if "latents" not in tensors:
-        raise InputError(f"{path} has no 'latents' tensor (has {sorted(tensors)})")
-    z = tensors["latents"]
-    return z[None] if z.dim() == 4 else z
+    return LatentFile(path).read()
 
 
 @app.command()
@@ -94,7 +92,12 @@ def decode(out_path: Annotated[Path, typer.Option("--out", help="output .mp4 (a 
            mobile: Annotated[bool, typer.Option(help="run the student's 2D mobile form")] = False,
            frames: Annotated[int, typer.Option(help="frames to take from --video")] = 17,
            size: Annotated[str, typer.Option(help="crop HEIGHTxWIDTH from --video")] = "256x256",
-           fps: Annotated[float, typer.Option(help="fps of the written mp4")] = 24.0) -> None:
+           fps: Annotated[float, typer.Option(help="fps of the written mp4")] = 24.0,
+           stream: Annotated[bool, typer.Option(help="stream --latents through the student chunk by chunk, "
+                                                     "writing frames as they come (flat memory)")] = False,
+           chunk: Annotated[int, typer.Option(help="latent frames per streamed chunk")] = 1,
+           tile: Annotated[int, typer.Option(help="decode in spatial tiles of this many latent pixels (0: off)")] = 0,
+           overlap: Annotated[int, typer.Option(help="latent pixels shared by neighbouring tiles")] = 2) -> None:
     """Decode latents (or a video's teacher latents) with the teacher and/or a student; write mp4 + PNG."""
     if (latents is None) == (video is None):
         raise InputError("give exactly one of --latents FILE or --video FILE")
@@ -102,6 +105,20 @@ def decode(out_path: Annotated[Path, typer.Option("--out", help="output .mp4 (a 
         raise InputError("give --student CHECKPOINT and/or --teacher NAME")
     if out_path.suffix.lower() != ".mp4":
         raise InputError(f"--out must be an .mp4 path, got {out_path}")
+    if stream:
+        if latents is None or student is None or teacher is not None or mobile:
+            raise InputError("--stream decodes --latents FILE with --student CHECKPOINT (reference form, no teacher)")
+        _, model, _ = resolve_student(student)
+        if model is None:
+            raise InputError(f"--student must be a checkpoint folder (a preset has no trained weights): {student}")
+        with Progress(TextColumn("[bold]stream"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=console, transient=True) as bar:
+            task = bar.add_task("streaming decode (latent frames)", total=None)
+            n = stream_to_video(model, latents, out_path, chunk, fps, tile, overlap,
+                                progress=lambda done, total: bar.update(task, completed=done, total=total))
+        out.print(f"wrote {out_path} ({n} frames, streamed {chunk} latent frame(s) per step"
+                  f"{f', {tile}-latent tiles' if tile else ''})")
+        return
     te = teachers.load(teacher, teacher_path, tiny=tiny_teacher) if teacher else None
     rows: dict[str, torch.Tensor] = {}
     if video is not None:
@@ -128,7 +145,8 @@ def decode(out_path: Annotated[Path, typer.Option("--out", help="output .mp4 (a 
         check_latents(z, config)
         t0 = time.perf_counter()
         with torch.no_grad():
-            rows["student"] = results["student"] = net(z)[0]
+            decoded = decode_tiled(lambda zt, _: net(zt), z, tile, overlap, config.spatial_ratio) if tile else net(z)
+            rows["student"] = results["student"] = decoded[0]
         console.print(f"student ({'mobile' if mobile else 'reference'} form): {time.perf_counter() - t0:.2f} s")
     main = results.get("student", results.get("teacher"))
     data.write_video(out_path, main, fps)

@@ -117,25 +117,59 @@ def read_frames(path: str | Path, start: int = 0, count: int | None = None, allo
     return np.stack(out)
 
 
+class VideoWriter:
+    """H.264 mp4 written frames-as-they-come (constant memory), published atomically on a clean close:
+    an error inside the `with` block leaves no file behind."""
+
+    def __init__(self, path: str | Path, fps: float = 24.0, crf: int = 18) -> None:
+        self.path, self.fps, self.crf = Path(path), fps, crf
+        self.frames = 0
+
+    def __enter__(self) -> VideoWriter:
+        self._av = _require_av()
+        self._atomic = atomic_file(self.path)
+        self._tmp = self._atomic.__enter__()
+        self._container = self._av.open(str(self._tmp), mode="w", format="mp4")
+        self._stream = None
+        return self
+
+    def write(self, frames: np.ndarray | torch.Tensor) -> None:
+        """uint8 (T, H, W, 3) frames, or a [-1, 1] (3, T, H, W) / (1, 3, T, H, W) tensor."""
+        if isinstance(frames, torch.Tensor):
+            frames = to_uint8(frames)
+        _, h, w, _ = frames.shape
+        if h % 2 or w % 2:  # yuv420p needs even sizes
+            frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+        if self._stream is None:
+            self._stream = self._container.add_stream("libx264", rate=round(self.fps))
+            self._stream.width, self._stream.height = frames.shape[2], frames.shape[1]
+            self._stream.pix_fmt = "yuv420p"
+            self._stream.options = {"crf": str(self.crf)}
+        for frame in frames:
+            self._container.mux(self._stream.encode(self._av.VideoFrame.from_ndarray(np.ascontiguousarray(frame),
+                                                                                     format="rgb24")))
+        self.frames += len(frames)
+
+    def __exit__(self, kind, err, tb) -> bool:
+        try:
+            if kind is None:
+                if self._stream is None:
+                    raise VideoError(f"no frames were written to {self.path}")
+                self._container.mux(self._stream.encode())  # flush the encoder
+        except BaseException as failure:
+            kind, err, tb = type(failure), failure, failure.__traceback__
+        self._container.close()
+        self._atomic.__exit__(kind, err, tb)  # publishes on success; on failure removes the temp file
+        if err is not None:
+            raise err
+        return False
+
+
 def write_video(path: str | Path, frames: np.ndarray | torch.Tensor, fps: float = 24.0, crf: int = 18) -> Path:
     """Write uint8 (T, H, W, 3) frames (or a [-1, 1] (3, T, H, W) tensor) to an H.264 mp4, atomically."""
-    av = _require_av()
-    if isinstance(frames, torch.Tensor):
-        frames = to_uint8(frames)
-    t, h, w, _ = frames.shape
-    if h % 2 or w % 2:  # yuv420p needs even sizes
-        frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
-    path = Path(path)
-    with atomic_file(path) as tmp:
-        with av.open(str(tmp), mode="w", format="mp4") as container:
-            stream = container.add_stream("libx264", rate=round(fps))
-            stream.width, stream.height = frames.shape[2], frames.shape[1]
-            stream.pix_fmt = "yuv420p"
-            stream.options = {"crf": str(crf)}
-            for frame in frames:
-                container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")))
-            container.mux(stream.encode())
-    return path
+    with VideoWriter(path, fps, crf) as writer:
+        writer.write(frames)
+    return Path(path)
 
 
 def to_tensor(frames: np.ndarray) -> torch.Tensor:

@@ -82,12 +82,7 @@ def atomic_file(target: str | Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
-def load_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
-    """Load a .safetensors file; refuse pickles and report truncated/corrupt files clearly."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    path = Path(path)
+def _check_safetensors(path: Path) -> None:
     if not path.is_file():
         raise CheckpointError(f"weights file {path} does not exist (expected a .safetensors file)")
     with path.open("rb") as f:
@@ -95,7 +90,49 @@ def load_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
     if head[:2] in (b"\x80\x02", b"\x80\x04", b"\x80\x05") or head[:4] == b"PK\x03\x04":
         raise CheckpointError(f"{path} is a pickle/torch.save file; only safetensors weights are loaded "
                               "(pickles can run arbitrary code)")
+
+
+def load_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """Load a .safetensors file; refuse pickles and report truncated/corrupt files clearly."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    _check_safetensors(path)
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as err:
         raise CheckpointError(f"{path} is not a readable safetensors file (truncated or corrupt?): {err}") from err
+
+
+class LatentFile:
+    """A 'latents' tensor (B, C, T, h, w) or (C, T, h, w) in a .safetensors file, read a time range at a
+    time (memory-mapped slices), so a long latent sequence never has to fit in memory."""
+
+    def __init__(self, path: str | Path, name: str = "latents") -> None:
+        from safetensors import SafetensorError, safe_open
+
+        self.path = Path(path)
+        _check_safetensors(self.path)
+        try:
+            self._file = safe_open(str(self.path), framework="pt")
+            names = list(self._file.keys())
+            if name not in names:
+                raise InputError(f"{self.path} has no '{name}' tensor (has {sorted(names)})")
+            self._slice = self._file.get_slice(name)
+            shape = tuple(self._slice.get_shape())
+        except (SafetensorError, OSError) as err:
+            raise CheckpointError(f"{self.path} is not a readable safetensors file (truncated or corrupt?): {err}") from err
+        if len(shape) not in (4, 5):
+            raise InputError(f"{self.path}: '{name}' must be (B, C, T, h, w) or (C, T, h, w), got shape {shape}")
+        self.batched = len(shape) == 5
+        self.shape = shape if self.batched else (1, *shape)
+
+    @property
+    def frames(self) -> int:
+        return self.shape[2]
+
+    def read(self, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        """Latent frames [start, stop) as a float tensor (B, C, n, h, w)."""
+        stop = self.frames if stop is None else stop
+        return self._slice[:, :, start:stop] if self.batched else self._slice[:, start:stop][None]

@@ -27,6 +27,32 @@ def pad_time(x: torch.Tensor, front: int, back: int, dim: int) -> torch.Tensor:
     return torch.cat([first] * front + [x] + [last] * back, dim=dim)
 
 
+class TimeCache:
+    """Streaming state for one decode step: the last k_t - 1 input frames of every causal temporal conv.
+
+    States are consumed and produced in call order, one per temporal conv. `states=None` starts a stream
+    (the front padding is first-frame replicas, as in whole-clip decoding). Exported step graphs always
+    take states and a (1,) float `first` flag instead: 1 on the first chunk selects the replicas, 0 the
+    carried frames (an exact blend), so one static graph serves every chunk."""
+
+    def __init__(self, states: list[torch.Tensor] | None = None, first: torch.Tensor | None = None) -> None:
+        self.states = states
+        self.first = first
+        self.out: list[torch.Tensor] = []
+
+    def pad(self, x: torch.Tensor, n: int, dim: int) -> torch.Tensor:
+        """x with n frames in front along `dim`; records the new state (the last n frames)."""
+        if self.states is None:
+            padded = pad_time(x, n, 0, dim)
+        else:
+            prev = self.states[len(self.out)]
+            if self.first is not None:
+                prev = self.first * torch.cat([x.narrow(dim, 0, 1)] * n, dim=dim) + (1 - self.first) * prev
+            padded = torch.cat([prev, x], dim=dim)
+        self.out.append(padded.narrow(dim, padded.shape[dim] - n, n))
+        return padded
+
+
 def time_padding(kernel_t: int, mode: str) -> tuple[int, int]:
     """Frames to add before/after so a temporal conv keeps the frame count."""
     if mode == "causal":
@@ -77,7 +103,9 @@ class Conv3d(nn.Module):
         self.conv = nn.Conv3d(cin, cout, (kernel_t, kernel_s, kernel_s),
                               padding=(0, kernel_s // 2, kernel_s // 2), groups=groups, bias=bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: TimeCache | None = None) -> torch.Tensor:
+        if cache is not None and self.pad[0]:
+            return self.conv(cache.pad(x, self.pad[0], dim=2))
         return self.conv(pad_time(x, *self.pad, dim=2))
 
     def to_mobile(self, linear_pointwise: bool = False) -> nn.Module:
@@ -105,11 +133,12 @@ class TapConv2d(nn.Module):
                     tap.bias.copy_(conv.bias)
             self.taps.append(tap)
 
-    def forward(self, x: torch.Tensor, t: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: int, cache: TimeCache | None = None) -> torch.Tensor:
         if len(self.taps) == 1:
             return self.taps[0](x)
         n, c, h, w = x.shape
-        frames = pad_time(x.reshape(n // t, t, c, h, w), *self.pad, dim=1)
+        frames = x.reshape(n // t, t, c, h, w)
+        frames = cache.pad(frames, self.pad[0], dim=1) if cache is not None else pad_time(frames, *self.pad, dim=1)
         out = self.taps[0](frames[:, 0:t].reshape(n, c, h, w))
         for j in range(1, len(self.taps)):
             out = out + self.taps[j](frames[:, j:j + t].reshape(n, c, h, w))
@@ -128,7 +157,7 @@ class PointwiseLinear(nn.Module):
         with torch.no_grad():
             self.linear.weight.copy_(conv.weight.flatten(1))
 
-    def forward(self, x: torch.Tensor, t: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: int, cache: TimeCache | None = None) -> torch.Tensor:
         n, c, h, w = x.shape
         y = self.linear(x.permute(0, 2, 3, 1).reshape(n * h * w, c))
         if self.bias is not None:
@@ -144,8 +173,8 @@ class SeparableConv3d(nn.Module):
         self.depthwise = Conv3d(cin, cin, kernel_t, kernel_s, groups=cin, padding=padding, bias=False)
         self.pointwise = Conv3d(cin, cout, 1, 1, padding=padding)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pointwise(self.depthwise(x))
+    def forward(self, x: torch.Tensor, cache: TimeCache | None = None) -> torch.Tensor:
+        return self.pointwise(self.depthwise(x, cache))
 
     def to_mobile(self, linear_pointwise: bool = False) -> nn.Module:
         return MobileSeq([self.depthwise.to_mobile(), self.pointwise.to_mobile(linear_pointwise)])
@@ -158,9 +187,9 @@ class MobileSeq(nn.Module):
         super().__init__()
         self.layers = nn.ModuleList(layers)
 
-    def forward(self, x: torch.Tensor, t: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: int, cache: TimeCache | None = None) -> torch.Tensor:
         for layer in self.layers:
-            x = layer(x, t)
+            x = layer(x, t, cache)
         return x
 
 
@@ -181,9 +210,9 @@ class ResBlock(nn.Module):
         self.norm2 = RMSNorm(channels, eps)
         self.conv2 = make_conv(channels, channels, dense, kernel_t, kernel_s, padding)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        return x + self.conv2(F.silu(self.norm2(h)))
+    def forward(self, x: torch.Tensor, cache: TimeCache | None = None) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)), cache)
+        return x + self.conv2(F.silu(self.norm2(h)), cache)
 
     def to_mobile(self, linear_pointwise: bool = False) -> MobileResBlock:
         return MobileResBlock(self, linear_pointwise)
@@ -196,9 +225,9 @@ class MobileResBlock(nn.Module):
         self.conv1 = block.conv1.to_mobile(linear_pointwise)
         self.conv2 = block.conv2.to_mobile(linear_pointwise)
 
-    def forward(self, x: torch.Tensor, t: int) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x, t)), t)
-        return x + self.conv2(F.silu(self.norm2(h, t)), t)
+    def forward(self, x: torch.Tensor, t: int, cache: TimeCache | None = None) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x, t)), t, cache)
+        return x + self.conv2(F.silu(self.norm2(h, t)), t, cache)
 
 
 class PixelShuffle3d(nn.Module):
@@ -212,8 +241,8 @@ class PixelShuffle3d(nn.Module):
         self.cout, self.scale_t, self.scale_s = cout, scale_t, scale_s
         self.conv = make_conv(cin, cout * scale_t * scale_s * scale_s, dense, kernel_t, kernel_s, padding)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.conv(x)
+    def forward(self, x: torch.Tensor, cache: TimeCache | None = None) -> torch.Tensor:
+        y = self.conv(x, cache)
         b, _, t, h, w = y.shape
         cs = self.cout * self.scale_s * self.scale_s
         y = y.reshape(b, self.scale_t, cs, t, h * w).permute(0, 2, 3, 1, 4)
@@ -234,8 +263,8 @@ class MobilePixelShuffle3d(nn.Module):
         self.cout, self.scale_t, self.scale_s = up.cout, up.scale_t, up.scale_s
         self.conv = up.conv.to_mobile(linear_pointwise)
 
-    def forward(self, x: torch.Tensor, t: int) -> torch.Tensor:
-        y = self.conv(x, t)
+    def forward(self, x: torch.Tensor, t: int, cache: TimeCache | None = None) -> torch.Tensor:
+        y = self.conv(x, t, cache)
         n, _, h, w = y.shape
         # (B*T, s_t*C', H, W) -> (B*T*s_t, C', H, W) is a plain reshape: frame order is (i, j).
         y = y.reshape(n * self.scale_t, self.cout * self.scale_s * self.scale_s, h, w)

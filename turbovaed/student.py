@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from turbovaed.io import CheckpointError, InputError, atomic_dir, load_safetensors
-from turbovaed.nn import PADDING_MODES, Conv3d, PixelShuffle3d, ResBlock, RMSNorm
+from turbovaed.nn import PADDING_MODES, Conv3d, PixelShuffle3d, ResBlock, RMSNorm, TimeCache
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -122,19 +122,41 @@ class StudentDecoder(nn.Module):
         self.conv_out = PixelShuffle3d(c.channels[-1], c.out_channels, c.final_temporal, c.patch,
                                        c.dense[-1], kt, ks, p)
 
-    def forward(self, z: torch.Tensor, return_features: bool = False):
-        """z: raw teacher latents (B, C, T, H, W) -> frames (B, 3, T', H*r_s, W*r_s), about [-1, 1]."""
-        x = self.conv_in(z)
+    def forward(self, z: torch.Tensor, return_features: bool = False, cache: TimeCache | None = None):
+        """z: raw teacher latents (B, C, T, H, W) -> frames (B, 3, T', H*r_s, W*r_s), about [-1, 1].
+        With a `cache`, z is one chunk of a stream (see `step`)."""
+        x = self.conv_in(z, cache)
         features = []
         for i, stage in enumerate(self.stages):
-            x = stage(x)
+            for block in stage:
+                x = block(x, cache)
             features.append(x)
             if i < len(self.upsamplers):
-                x = self.upsamplers[i](x)
-        x = self.conv_out(F.silu(self.norm_out(x)))
-        drop = self.config.temporal_ratio - 1 if self.config.first_frame else 0
-        x = x[:, :, drop:]
+                x = self.upsamplers[i](x, cache)
+        x = self.conv_out(F.silu(self.norm_out(x)), cache)
+        x = x[:, :, dropped_frames(self.config, cache):]
         return (x, features) if return_features else x
+
+    @torch.no_grad()
+    def step(self, z: torch.Tensor, state: StreamState | None = None) -> tuple[torch.Tensor, StreamState]:
+        """Decode the next chunk of a latent stream (any number >= 1 of latent frames).
+
+        `state=None` starts a stream. Concatenating the frames of every step equals decoding the whole
+        clip at once (the first chunk drops the first r_t - 1 frames, as the frame rule says)."""
+        check_latents(z, self.config)
+        if self.config.temporal_padding != "causal":
+            raise InputError("streaming needs causal temporal padding; this student uses "
+                             f"{self.config.temporal_padding!r} (each frame would depend on later latents)")
+        key = stream_key(self.config, z, "reference")
+        if state is None:
+            state = StreamState(key)
+        if not isinstance(state, StreamState):
+            raise InputError(f"state must be None or the StreamState of a previous step, got {type(state).__name__}")
+        state.check(key)
+        cache = TimeCache(state.tensors or None)
+        frames = self(z.to(next(self.parameters()).dtype), cache=cache)
+        state.tensors, state.latent_frames = cache.out, state.latent_frames + z.shape[2]
+        return frames, state
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
@@ -182,6 +204,44 @@ class StudentDecoder(nn.Module):
         return model
 
 
+def dropped_frames(config: StudentConfig, cache: TimeCache | None) -> int:
+    """Frames cut from the front of the output: r_t - 1 for first-frame teachers on a clip or on the first
+    chunk of an eager stream; none on later chunks or in an exported step graph (its caller drops them)."""
+    if not config.first_frame or (cache is not None and (cache.states is not None or cache.first is not None)):
+        return 0
+    return config.temporal_ratio - 1
+
+
+def stream_key(config: StudentConfig, z: torch.Tensor, form: str) -> str:
+    """What a stream state is only valid for: this decoder config, form, batch and latent size."""
+    return json.dumps({"config": config.to_dict(), "form": form, "batch": z.shape[0], "size": list(z.shape[3:]),
+                       "dtype": str(z.dtype)}, sort_keys=True)
+
+
+@dataclass
+class StreamState:
+    """The decoder's memory between chunks: the last k_t - 1 input frames of every temporal conv."""
+
+    key: str
+    tensors: list[torch.Tensor] = field(default_factory=list)
+    latent_frames: int = 0
+    closed: bool = False
+
+    def check(self, key: str) -> None:
+        if self.closed:
+            raise InputError("this stream was closed; start a new one with state=None")
+        if key != self.key:
+            want, got = json.loads(self.key), json.loads(key)
+            diff = sorted(k for k in want if want[k] != got.get(k))
+            raise InputError(f"the stream state does not belong to this decoder/input: {', '.join(diff)} differ "
+                             f"(state: {', '.join(f'{k}={want[k]}' for k in diff if k != 'config')}; "
+                             f"now: {', '.join(f'{k}={got[k]}' for k in diff if k != 'config')})")
+
+    def close(self) -> None:
+        """End the stream and free its memory; further steps with this state are errors."""
+        self.closed, self.tensors = True, []
+
+
 def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: Path | str) -> None:
     """load_state_dict with one clear error for missing, unexpected or mis-shaped tensors."""
     own = model.state_dict()
@@ -226,21 +286,61 @@ class MobileDecoder(nn.Module):
         self.norm_out = ref.norm_out.to_mobile()
         self.conv_out = ref.conv_out.to_mobile(lp)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, cache: TimeCache | None = None) -> torch.Tensor:
         b, c, t, h, w = z.shape
-        x = self.conv_in(z.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w), t)
+        x = self.conv_in(z.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w), t, cache)
         for i, stage in enumerate(self.stages):
             for block in stage:
-                x = block(x, t)
+                x = block(x, t, cache)
             if i < len(self.upsamplers):
-                x = self.upsamplers[i](x, t)
+                x = self.upsamplers[i](x, t, cache)
                 t = t * self.upsamplers[i].scale_t
-        x = self.conv_out(F.silu(self.norm_out(x, t)), t)
+        x = self.conv_out(F.silu(self.norm_out(x, t)), t, cache)
         t = t * self.conv_out.scale_t
         n, c, h, w = x.shape
-        drop = self.config.temporal_ratio - 1 if self.config.first_frame else 0
-        x = x.reshape(b, t, c, h, w)[:, drop:]
+        x = x.reshape(b, t, c, h, w)
+        drop = dropped_frames(self.config, cache)
+        x = x[:, drop:] if drop else x  # a no-op slice exports as `alias`, which coremltools rejects
         return x.permute(0, 2, 1, 3, 4)
+
+
+class StreamingStep(nn.Module):
+    """The exportable step graph: (latents chunk, first, *states) -> (frames, *new states), all static
+    shapes. `first` is a (1,) float tensor, 1.0 on the first chunk (then states may be zeros); the caller
+    drops the first r_t - 1 frames of the first chunk's output (`dropped_frames` of an eager stream)."""
+
+    def __init__(self, decoder: MobileDecoder) -> None:
+        super().__init__()
+        self.decoder = decoder
+
+    def forward(self, z: torch.Tensor, first: torch.Tensor, *states: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        cache = TimeCache(list(states), first)
+        frames = self.decoder(z, cache)
+        return (frames, *cache.out)
+
+    @torch.no_grad()
+    def initial_inputs(self, z: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(z, first=1, zero states): the inputs of the first chunk, state shapes found by a dry run."""
+        cache = TimeCache()
+        self.decoder(z, cache)
+        return (z, torch.ones(1), *[torch.zeros_like(s) for s in cache.out])
+
+    @torch.no_grad()
+    def stream(self, latents: torch.Tensor, chunk: int, run=None) -> torch.Tensor:
+        """Decode `latents` chunk by chunk through `run` (default: this module; or an exported artifact's
+        runner taking and returning the same tensors); returns the whole clip's frames."""
+        if latents.shape[2] % chunk:
+            raise InputError(f"{latents.shape[2]} latent frames do not split into chunks of {chunk}")
+        run = run or self
+        inputs = self.initial_inputs(latents[:, :, :chunk])
+        outs = []
+        for i in range(0, latents.shape[2], chunk):
+            first = torch.ones(1) if i == 0 else torch.zeros(1)
+            frames, *states = run(latents[:, :, i:i + chunk].contiguous(), first, *inputs[2:])
+            inputs = (None, None, *states)
+            outs.append(frames if i else frames[:, :, self.decoder.config.temporal_ratio - 1
+                                                 if self.decoder.config.first_frame else 0:])
+        return torch.cat(outs, dim=2)
 
 
 def count_macs(config: StudentConfig, latent_shape: tuple[int, int, int]) -> int:

@@ -18,7 +18,7 @@ from turbovaed import data, teachers
 from turbovaed.io import InputError, TurboVAEDError, atomic_dir
 from turbovaed.lowering import latent_shape, mobile_graph
 from turbovaed.metrics import psnr
-from turbovaed.student import StudentDecoder
+from turbovaed.student import StreamingStep, StudentDecoder
 
 BACKENDS = {  # backend -> precisions it builds
     "executorch": ("fp32", "int8", "int4"),
@@ -36,9 +36,10 @@ class MissingDependency(TurboVAEDError):
 
 @dataclass
 class ShapeSection:
-    latent_frames: int = 3
+    latent_frames: int = 3  # of the calibration / verification clips (and of the graph, unless streaming)
     height: int = 128  # output pixels
     width: int = 128
+    stream_chunk: int = 0  # > 0: export the streaming step graph taking this many latent frames per call
 
 
 @dataclass
@@ -134,22 +135,59 @@ def tool_versions() -> dict[str, str]:
     return out
 
 
+def graph(student: StudentDecoder, recipe: ExportRecipe, backend) -> tuple[torch.nn.Module, tuple, dict]:
+    """The module a backend converts, its example inputs and its I/O description: the whole-clip mobile
+    graph, or (stream_chunk > 0) the streaming step graph with every causal state as an explicit input and
+    output (`first` = 1.0 on the first chunk; then drop the first r_t - 1 output frames)."""
+    s, cfg = recipe.shape, student.config
+    shape = latent_shape(cfg, s.latent_frames, s.height, s.width)
+    mobile = mobile_graph(student, linear_pointwise=getattr(backend, "LINEAR_POINTWISE", {}).get(recipe.precision, False))
+    if not s.stream_chunk:
+        return mobile, (torch.zeros(shape),), {"inputs": ["latents"], "outputs": ["frames"]}
+    if cfg.temporal_padding != "causal":
+        raise InputError(f"stream_chunk needs a causal student; this one pads {cfg.temporal_padding!r}")
+    if s.stream_chunk < 1 or s.latent_frames % s.stream_chunk:
+        raise InputError(f"shape.stream_chunk ({s.stream_chunk}) must divide shape.latent_frames ({s.latent_frames})")
+    step = StreamingStep(mobile).eval()
+    example = step.initial_inputs(torch.zeros(*shape[:2], s.stream_chunk, *shape[3:]))
+    states = [f"state_{i}" for i in range(len(example) - 2)]
+    return step, example, {"inputs": ["latents", "first", *states], "outputs": ["frames", *[f"{n}_out" for n in states]],
+                           "stream": {"chunk_latent_frames": s.stream_chunk, "states": len(states),
+                                      "first_chunk_drop_frames": cfg.temporal_ratio - 1 if cfg.first_frame else 0,
+                                      "protocol": "call with first=[1.0] and zero states, then first=[0.0] and the "
+                                                  "previous call's state outputs; drop first_chunk_drop_frames from "
+                                                  "the first output"}}
+
+
+def run_clip(model: torch.nn.Module, run, z: torch.Tensor, chunk: int) -> torch.Tensor:
+    """Decode one clip through an artifact runner: in one call, or streamed chunk by chunk."""
+    return model.stream(z, chunk, run=run) if chunk else run(z)[0]
+
+
 def export(recipe: ExportRecipe, checkpoint: str | Path, out_dir: str | Path) -> dict:
     """Build, verify and describe one artifact; everything lands in out_dir/<recipe.name>/ or nowhere."""
     backend = backend_module(recipe.backend)
     student = StudentDecoder.from_pretrained(checkpoint).float().eval()
-    shape = latent_shape(student.config, recipe.shape.latent_frames, recipe.shape.height, recipe.shape.width)
+    model, example, io = graph(student, recipe, backend)
+    chunk = recipe.shape.stream_chunk
     calib, verify, source, teacher = calibration_latents(recipe, student)
-    model = mobile_graph(student, linear_pointwise=getattr(backend, "LINEAR_POINTWISE", {}).get(recipe.precision, False))
-    example = torch.zeros(shape)
+    calib_inputs: list[tuple] = []
+    for z in calib:  # a streaming graph calibrates on the inputs of every chunk of real streams
+        if chunk:
+            model.stream(z, chunk, run=lambda *xs: calib_inputs.append(xs) or model(*xs))
+        else:
+            calib_inputs.append((z,))
     t0 = time.perf_counter()
     with atomic_dir(Path(out_dir) / recipe.name) as tmp:
-        info = backend.convert(model, example, recipe, calib, tmp)
+        info = backend.convert(model, example, recipe, calib_inputs, tmp, names=(io["inputs"], io["outputs"]))
         artifact = tmp / info["artifact"]
         with torch.no_grad():
             expected = [student(z) for z in verify]
-        got = backend.run(artifact, verify, model=model, recipe=recipe)
-        numerics = {"verified_by": info.get("verified_by", "runtime"), "clips": len(verify)}
+        run = backend.runner(artifact, model=model, recipe=recipe)
+        got = None if run is None else [run_clip(model, run, z, chunk) for z in verify]
+        numerics = {"verified_by": info.get("verified_by", "runtime"), "clips": len(verify),
+                    "against": "the fp32 reference student decoding each whole clip" + (
+                        f" (artifact streamed {chunk} latent frame(s) per call)" if chunk else "")}
         if got is None:
             numerics["status"] = "not run: no runtime for this artifact on this machine"
         else:
@@ -161,13 +199,16 @@ def export(recipe: ExportRecipe, checkpoint: str | Path, out_dir: str | Path) ->
             })
             numerics["status"] = "pass" if numerics["psnr_db"] >= MIN_PSNR[recipe.precision] else "below target"
         cfg = student.config
+        with torch.no_grad():
+            outputs = model(*example)
+        outputs = outputs if isinstance(outputs, tuple) else (outputs,)
         manifest = {
             "name": recipe.name, "backend": recipe.backend, "precision": recipe.precision, "target": recipe.target,
             "artifact": info["artifact"], "bytes": nbytes(artifact), "sha256": sha256(artifact),
-            "inputs": [{"name": info.get("input_name", "latents"), "shape": list(shape), "dtype": "float32"}],
-            "outputs": [{"name": info.get("output_name", "frames"),
-                         "shape": [1, cfg.out_channels, cfg.frames_for(shape[2]), recipe.shape.height, recipe.shape.width],
-                         "dtype": "float32", "range": "[-1, 1]"}],
+            "inputs": [{"name": n, "shape": list(x.shape), "dtype": "float32"} for n, x in zip(io["inputs"], example)],
+            "outputs": [{"name": n, "shape": list(y.shape), "dtype": "float32",
+                         **({"range": "[-1, 1]"} if n == "frames" else {})} for n, y in zip(io["outputs"], outputs)],
+            **({"stream": io["stream"]} if chunk else {}),
             "frame_rule": {"temporal_ratio": cfg.temporal_ratio, "first_frame": cfg.first_frame,
                            "spatial_ratio": cfg.spatial_ratio},
             "latent_normalisation": {"formula": "raw = normalized * std / scale + mean (the decoder takes raw latents)",

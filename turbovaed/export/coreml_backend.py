@@ -26,7 +26,8 @@ def _target(precision: str):
     return ct.target.iOS18 if precision == "int4" else ct.target.iOS17
 
 
-def convert(model: torch.nn.Module, example: torch.Tensor, recipe, calib: list[torch.Tensor], out: Path) -> dict:
+def convert(model: torch.nn.Module, example: tuple, recipe, calib: list[tuple], out: Path,
+            names: tuple[list[str], list[str]]) -> dict:
     import coremltools as ct
     from coremltools.optimize.coreml import (
         OpLinearQuantizerConfig,
@@ -36,9 +37,10 @@ def convert(model: torch.nn.Module, example: torch.Tensor, recipe, calib: list[t
         palettize_weights,
     )
 
-    program = torch.export.export(model, (example,)).run_decompositions({})
-    mlmodel = ct.convert(program, inputs=[ct.TensorType(name="latents", shape=tuple(example.shape))],
-                         outputs=[ct.TensorType(name="frames")], minimum_deployment_target=_target(recipe.precision),
+    inputs, outputs = names
+    program = torch.export.export(model, example).run_decompositions({})
+    mlmodel = ct.convert(program, inputs=[ct.TensorType(name=n, shape=tuple(x.shape)) for n, x in zip(inputs, example)],
+                         outputs=[ct.TensorType(name=n) for n in outputs], minimum_deployment_target=_target(recipe.precision),
                          compute_precision=ct.precision.FLOAT16, convert_to="mlprogram")
     p = recipe.precision
     skip = tuple(f"p_{k.replace('.', '_')}" for k in recipe.keep_float)
@@ -64,7 +66,7 @@ def convert(model: torch.nn.Module, example: torch.Tensor, recipe, calib: list[t
             max_rank = max([max_rank] + [o.rank for o in op.outputs if o.rank is not None])
     off_ane = sorted(k for k in ops if k not in ANE_FRIENDLY)
     return {
-        "artifact": "decoder.mlpackage", "input_name": "latents", "output_name": "frames",
+        "artifact": "decoder.mlpackage",
         "ops": {"op_types": ops, "total": sum(ops.values()), "max_rank": max_rank, "ops_off_neural_engine_path": off_ane},
         "minimum_deployment_target": str(_target(p)),
         "verified_by": "coremltools-decompressed weights in the PyTorch mobile graph, fp16 activations (CPU)",
@@ -96,7 +98,7 @@ def decompressed_weights(path: Path) -> dict[str, np.ndarray]:
     return out
 
 
-def run(artifact: Path, latents: list[torch.Tensor], model=None, recipe=None) -> list[torch.Tensor]:
+def runner(artifact: Path, model=None, recipe=None):
     """Weight-level numerics: load the decompressed weights into a copy of the mobile graph and run it
     with fp16 activations, the way Core ML computes on GPU/ANE."""
     weights = decompressed_weights(artifact)
@@ -112,5 +114,11 @@ def run(artifact: Path, latents: list[torch.Tensor], model=None, recipe=None) ->
             if match is None:
                 raise RuntimeError(f"Core ML program has no weight for {name} (looked for {key})")
             param.copy_(torch.from_numpy(np.asarray(match, dtype=np.float32)).reshape(param.shape))
-        net = net.half()
-        return [net(z.half()).float() for z in latents]
+    net = net.half()
+
+    def run(*xs: torch.Tensor) -> list[torch.Tensor]:
+        with torch.no_grad():
+            ys = net(*[x.half() for x in xs])
+        return [y.float() for y in (ys if isinstance(ys, (tuple, list)) else (ys,))]
+
+    return run

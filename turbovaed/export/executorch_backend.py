@@ -10,17 +10,17 @@ import torch
 LINEAR_POINTWISE = {"int4": True}  # torchao's int4 path quantizes nn.Linear only
 
 
-def _quantize_int8(model: torch.nn.Module, example: torch.Tensor, calib: list[torch.Tensor], keep: list[str]):
+def _quantize_int8(model: torch.nn.Module, example: tuple, calib: list[tuple], keep: list[str]):
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import XNNPACKQuantizer, get_symmetric_quantization_config
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
     for prefix in keep:  # mixed precision: leave these modules in fp32
         quantizer.set_module_name(prefix, None)
-    prepared = prepare_pt2e(torch.export.export(model, (example,)).module(), quantizer)
+    prepared = prepare_pt2e(torch.export.export(model, example).module(), quantizer)
     with torch.no_grad():
-        for z in calib:
-            prepared(z)
+        for inputs in calib:
+            prepared(*inputs)
     return convert_pt2e(prepared)
 
 
@@ -51,14 +51,15 @@ def delegation(edge) -> dict:
             "not_delegated_ops": sorted(k for k, (_, n) in rows.items() if n and k != "getitem")}
 
 
-def convert(model: torch.nn.Module, example: torch.Tensor, recipe, calib: list[torch.Tensor], out: Path) -> dict:
+def convert(model: torch.nn.Module, example: tuple, recipe, calib: list[tuple], out: Path,
+            names: tuple[list[str], list[str]]) -> dict:
     from executorch.exir import to_edge_transform_and_lower
 
     if recipe.precision == "int8":
         model = _quantize_int8(model, example, calib, recipe.keep_float)
     elif recipe.precision == "int4":
         model = _quantize_int4(model, recipe.group_size, recipe.keep_float)
-    program = torch.export.export(model, (example,))
+    program = torch.export.export(model, example)
     if recipe.delegate == "coreml":
         from executorch.backends.apple.coreml.partition import CoreMLPartitioner
 
@@ -70,17 +71,18 @@ def convert(model: torch.nn.Module, example: torch.Tensor, recipe, calib: list[t
     edge = to_edge_transform_and_lower(program, partitioner=[partitioner])
     ops = delegation(edge)
     (out / "decoder.pte").write_bytes(edge.to_executorch().buffer)
-    info = {"artifact": "decoder.pte", "ops": ops, "input_name": "latents", "output_name": "frames"}
+    info = {"artifact": "decoder.pte", "ops": ops}
     if recipe.delegate == "coreml":
         info["not_checked_here"] = ["running the Core ML delegate (needs Apple hardware); the lowering succeeded"]
         info["verified_by"] = "not run"
     return info
 
 
-def run(artifact: Path, latents: list[torch.Tensor], model=None, recipe=None) -> list[torch.Tensor] | None:
+def runner(artifact: Path, model=None, recipe=None):
+    """The .pte's forward through the ExecuTorch pybind runtime (None for the Core ML delegate: Apple only)."""
     if recipe is not None and recipe.delegate == "coreml":
         return None
     from executorch.runtime import Runtime
 
     method = Runtime.get().load_program(str(artifact)).load_method("forward")
-    return [method.execute([z.contiguous()])[0].clone() for z in latents]
+    return lambda *xs: [y.clone() for y in method.execute([x.contiguous() for x in xs])]

@@ -3,6 +3,7 @@ dynamic and full-integer static (PT2E, calibrated). Verified with the ai-edge-li
 
 from __future__ import annotations
 
+import re
 import tempfile
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import numpy as np
 import torch
 
 
-def _pt2e(model: torch.nn.Module, example: torch.Tensor, calib: list[torch.Tensor], dynamic: bool, keep: list[str]):
+def _pt2e(model: torch.nn.Module, example: tuple, calib: list[tuple], dynamic: bool, keep: list[str]):
     from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
     from litert_torch.quantize.quant_config import QuantConfig
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
@@ -18,10 +19,10 @@ def _pt2e(model: torch.nn.Module, example: torch.Tensor, calib: list[torch.Tenso
     quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_dynamic=dynamic))
     for prefix in keep:
         quantizer.set_module_name(prefix, None)
-    prepared = prepare_pt2e(torch.export.export(model, (example,)).module(), quantizer)
+    prepared = prepare_pt2e(torch.export.export(model, example).module(), quantizer)
     with torch.no_grad():
-        for z in calib:
-            prepared(z)
+        for inputs in calib:
+            prepared(*inputs)
     return convert_pt2e(prepared, fold_quantize=False), QuantConfig(pt2e_quantizer=quantizer)
 
 
@@ -54,18 +55,19 @@ def op_counts(path: Path) -> dict:
                                                                      if k.startswith(("FlexDelegate", "CUSTOM")))}
 
 
-def convert(model: torch.nn.Module, example: torch.Tensor, recipe, calib: list[torch.Tensor], out: Path) -> dict:
+def convert(model: torch.nn.Module, example: tuple, recipe, calib: list[tuple], out: Path,
+            names: tuple[list[str], list[str]]) -> dict:
     import litert_torch
 
     target = out / "decoder.tflite"
     p = recipe.precision
     if p in ("int8", "int8-dynamic"):
         quantized, config = _pt2e(model, example, calib, dynamic=p == "int8-dynamic", keep=recipe.keep_float)
-        litert_torch.convert(quantized, (example,), quant_config=config).export(str(target))
+        litert_torch.convert(quantized, example, quant_config=config).export(str(target))
     else:
         with tempfile.TemporaryDirectory() as tmp:
             fp32 = Path(tmp) / "fp32.tflite"
-            litert_torch.convert(model, (example,)).export(str(fp32))
+            litert_torch.convert(model, example).export(str(fp32))
             if p == "fp32":
                 fp32.replace(target)
             else:
@@ -76,26 +78,37 @@ def convert(model: torch.nn.Module, example: torch.Tensor, recipe, calib: list[t
     return {"artifact": "decoder.tflite", "ops": op_counts(target), "notes": notes}
 
 
-def run(artifact: Path, latents: list[torch.Tensor], model=None, recipe=None) -> list[torch.Tensor]:
-    """Run with the ai-edge-litert interpreter (XNNPACK delegate on by default); int8 I/O is
-    (de)quantized with the tensors' own scale and zero point."""
+def _position(detail: dict) -> int:
+    """Argument position of a tensor named like 'serving_default_args_10' / '..._output_3_output'."""
+    return int(re.findall(r"(?:args|output)_(\d+)", detail["name"])[-1])
+
+
+def runner(artifact: Path, model=None, recipe=None):
+    """The model through the ai-edge-litert interpreter (XNNPACK delegate on by default). Inputs and outputs
+    are matched to argument positions by name; int8 I/O is (de)quantized with each tensor's scale/zero point."""
     from ai_edge_litert.interpreter import Interpreter
 
     interp = Interpreter(model_path=str(artifact), num_threads=torch.get_num_threads())
     interp.allocate_tensors()
-    inp, outp = interp.get_input_details()[0], interp.get_output_details()[0]
-    results = []
-    for z in latents:
-        x = z.numpy()
-        if inp["dtype"] != np.float32:
-            scale, zero = inp["quantization"]
-            info = np.iinfo(inp["dtype"])
-            x = np.clip(np.round(x / scale + zero), info.min, info.max).astype(inp["dtype"])
-        interp.set_tensor(inp["index"], x)
+    inputs = sorted(interp.get_input_details(), key=_position)
+    outputs = sorted(interp.get_output_details(), key=_position)
+
+    def run(*xs: torch.Tensor) -> list[torch.Tensor]:
+        for detail, x in zip(inputs, xs):
+            x = x.numpy()
+            if detail["dtype"] != np.float32:
+                scale, zero = detail["quantization"]
+                info = np.iinfo(detail["dtype"])
+                x = np.clip(np.round(x / scale + zero), info.min, info.max).astype(detail["dtype"])
+            interp.set_tensor(detail["index"], x)
         interp.invoke()
-        y = interp.get_tensor(outp["index"])
-        if outp["dtype"] != np.float32:
-            scale, zero = outp["quantization"]
-            y = (y.astype(np.float32) - zero) * scale
-        results.append(torch.from_numpy(np.array(y)))
-    return results
+        results = []
+        for detail in outputs:
+            y = interp.get_tensor(detail["index"])
+            if detail["dtype"] != np.float32:
+                scale, zero = detail["quantization"]
+                y = (y.astype(np.float32) - zero) * scale
+            results.append(torch.from_numpy(np.array(y)))
+        return results
+
+    return run

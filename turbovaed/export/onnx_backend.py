@@ -14,8 +14,8 @@ OPSET = 21
 class _Reader:
     """onnxruntime CalibrationDataReader over our calibration latents."""
 
-    def __init__(self, name: str, latents: list[torch.Tensor]) -> None:
-        self.items = iter([{name: z.numpy()} for z in latents])
+    def __init__(self, names: list[str], calib: list[tuple]) -> None:
+        self.items = iter([{n: x.numpy() for n, x in zip(names, inputs)} for inputs in calib])
 
     def get_next(self):
         return next(self.items, None)
@@ -33,14 +33,16 @@ def op_counts(path: Path) -> dict:
     return {"op_types": counts, "total": sum(counts.values())}
 
 
-def convert(model: torch.nn.Module, example: torch.Tensor, recipe, calib: list[torch.Tensor], out: Path) -> dict:
+def convert(model: torch.nn.Module, example: tuple, recipe, calib: list[tuple], out: Path,
+            names: tuple[list[str], list[str]]) -> dict:
     import onnx
 
     target = out / "decoder.onnx"
+    inputs, outputs = names
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = Path(tmp) / "fp32.onnx"
-        program = torch.onnx.export(model, (example,), dynamo=True, opset_version=OPSET, input_names=["latents"],
-                                    output_names=["frames"], verbose=False)
+        program = torch.onnx.export(model, example, dynamo=True, opset_version=OPSET, input_names=inputs,
+                                    output_names=outputs, verbose=False)
         program.save(str(fp32), external_data=False)
         if recipe.precision == "fp32":
             fp32.replace(target)
@@ -57,17 +59,20 @@ def convert(model: torch.nn.Module, example: torch.Tensor, recipe, calib: list[t
             int4 = recipe.precision == "int4"
             excluded = [n.name for n in onnx.load(str(pre)).graph.node
                         if any(n.name.startswith(k.replace(".", "_")) or k in n.name for k in recipe.keep_float)]
-            quantize_static(str(pre), str(target), _Reader("latents", calib), quant_format=QuantFormat.QDQ,
+            quantize_static(str(pre), str(target), _Reader(inputs, calib), quant_format=QuantFormat.QDQ,
                             per_channel=True, activation_type=QuantType.QInt16 if int4 else QuantType.QInt8,
                             weight_type=QuantType.QInt4 if int4 else QuantType.QInt8, nodes_to_exclude=excluded)
     notes = ["int4 = 4-bit QDQ weights with 16-bit QDQ activations (W4A16)"] if recipe.precision == "int4" else []
     return {"artifact": "decoder.onnx", "ops": op_counts(target), "notes": notes}
 
 
-def run(artifact: Path, latents: list[torch.Tensor], model=None, recipe=None) -> list[torch.Tensor]:
+def runner(artifact: Path, model=None, recipe=None):
+    """The model through onnxruntime's CPU provider, inputs in graph order."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    options.intra_op_num_threads = torch.get_num_threads()
     session = ort.InferenceSession(str(artifact), options, providers=["CPUExecutionProvider"])
-    return [torch.from_numpy(session.run(None, {"latents": z.numpy()})[0]) for z in latents]
+    names = [i.name for i in session.get_inputs()]
+    return lambda *xs: [torch.from_numpy(y) for y in session.run(None, {n: x.numpy() for n, x in zip(names, xs)})]

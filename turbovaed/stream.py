@@ -1,0 +1,99 @@
+"""Long videos with flat memory: chunked streaming decode (the student's causal `step`), optional spatial
+tiling with overlap blending for frames larger than memory allows (1080p and up), and the loop behind
+`turbovaed decode --stream` that writes frames to the mp4 as they are produced."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from turbovaed.data import VideoWriter
+from turbovaed.io import InputError, LatentFile
+from turbovaed.student import StreamState, StudentDecoder
+
+
+def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
+    """Start offsets of tiles of `tile` latent pixels covering `size`, neighbours sharing >= `overlap`."""
+    if size <= tile:
+        return [0]
+    starts = list(range(0, size - tile, tile - overlap))
+    return starts + [size - tile]
+
+
+def _ramp(length: int, before: int, after: int) -> torch.Tensor:
+    """Blend weights along one axis of a tile: linear ramps over the pixels shared with each neighbour,
+    complementary to the neighbour's ramp (so overlapping weights sum to 1 where exactly two tiles meet)."""
+    w = torch.ones(length)
+    if before:
+        w[:before] = (torch.arange(before) + 0.5) / before
+    if after:
+        w[length - after:] = torch.minimum(w[length - after:], (after - torch.arange(after) - 0.5) / after)
+    return w
+
+
+def decode_tiled(run: Callable[[torch.Tensor, int], torch.Tensor], z: torch.Tensor, tile: int, overlap: int,
+                 ratio: int) -> torch.Tensor:
+    """Decode latents (B, C, T, h, w) tile by tile: `run(z_tile, tile_index)` decodes one tile (the index
+    lets a streaming caller keep one state per tile); outputs are blended with linear ramps."""
+    if tile < 1 or not 0 <= overlap < tile:
+        raise InputError(f"tiles need tile >= 1 and 0 <= overlap < tile (got tile={tile}, overlap={overlap})")
+    h, w = z.shape[3:]
+    rows, cols = tile_starts(h, tile, overlap), tile_starts(w, tile, overlap)
+    out = weight = None
+    for i, y in enumerate(rows):
+        for j, x in enumerate(cols):
+            th, tw = min(tile, h), min(tile, w)
+            frames = run(z[:, :, :, y:y + th, x:x + tw], i * len(cols) + j)
+            if out is None:
+                out = frames.new_zeros(*frames.shape[:3], h * ratio, w * ratio)
+                weight = frames.new_zeros(1, 1, 1, h * ratio, w * ratio)
+            wy = _ramp(th * ratio, (rows[i - 1] + th - y) * ratio if i else 0,
+                       (y + th - rows[i + 1]) * ratio if i + 1 < len(rows) else 0)
+            wx = _ramp(tw * ratio, (cols[j - 1] + tw - x) * ratio if j else 0,
+                       (x + tw - cols[j + 1]) * ratio if j + 1 < len(cols) else 0)
+            mask = (wy[:, None] * wx[None, :]).to(frames.dtype)
+            ys, xs = slice(y * ratio, (y + th) * ratio), slice(x * ratio, (x + tw) * ratio)
+            out[..., ys, xs] += frames * mask
+            weight[..., ys, xs] += mask
+    return out / weight
+
+
+class Streamer:
+    """Eager streaming decode, one StreamState per spatial tile (one tile when `tile` is 0)."""
+
+    def __init__(self, model: StudentDecoder, tile: int = 0, overlap: int = 2) -> None:
+        self.model, self.tile, self.overlap = model.eval(), tile, overlap
+        self.states: dict[int, StreamState] = {}
+
+    def _step(self, z: torch.Tensor, k: int) -> torch.Tensor:
+        frames, self.states[k] = self.model.step(z, self.states.get(k))
+        return frames
+
+    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+        """Frames for the next latent chunk (B, C, n, h, w)."""
+        if not self.tile:
+            return self._step(z, 0)
+        return decode_tiled(self._step, z, self.tile, self.overlap, self.model.config.spatial_ratio)
+
+    def close(self) -> None:
+        for state in self.states.values():
+            state.close()
+
+
+def stream_to_video(model: StudentDecoder, latents: Path, out: Path, chunk: int, fps: float = 24.0, tile: int = 0,
+                    overlap: int = 2, progress: Callable[[int, int], None] | None = None) -> int:
+    """Decode a latents file chunk by chunk into an mp4; only one chunk of latents and frames is ever in
+    memory. Returns the number of frames written; an error leaves no mp4 behind."""
+    if chunk < 1:
+        raise InputError(f"--chunk must be >= 1 latent frame, got {chunk}")
+    source = LatentFile(latents)
+    streamer = Streamer(model, tile, overlap)
+    with VideoWriter(out, fps) as writer:
+        for start in range(0, source.frames, chunk):
+            writer.write(streamer(source.read(start, start + chunk))[0])
+            if progress:
+                progress(min(start + chunk, source.frames), source.frames)
+    streamer.close()
+    return writer.frames

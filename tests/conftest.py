@@ -24,3 +24,20 @@ def randomize(model: torch.nn.Module, seed: int = 0, std: float = 0.2) -> torch.
             offset = 1.0 if "norm" in name else 0.0  # norm gains around 1, like a trained model
             p.copy_(torch.randn(p.shape, generator=g) * std + offset)
     return model
+
+
+@pytest.fixture(scope="session")
+def student_dir(tmp_path_factory):
+    """A small student distilled for a few steps from a tiny wan21 teacher (real trainer, synthetic clips)."""
+    from turbovaed.distill.recipe import DistillRecipe
+    from turbovaed.distill.trainer import distill
+    from turbovaed.recipes import build
+
+    out = tmp_path_factory.mktemp("export") / "student"
+    recipe = build(DistillRecipe, {
+        "output": str(out), "teacher": {"name": "wan21", "tiny": True},
+        "student": {"mini": True, "channels": [32, 16], "blocks": [1, 1]},
+        "data": {"synthetic": True, "size": 32, "clips": 4, "eval_clips": 1, "eval_size": 64, "latent_frames": 2},
+        "train": {"steps": 25, "batch": 2, "lr": 5e-3, "checkpoint_every": 25, "threads": 2},
+    })
+    return distill(recipe, show_progress=False)

@@ -12,22 +12,6 @@ from turbovaed.recipes import build, load_toml
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="session")
-def student_dir(tmp_path_factory):
-    """A small student distilled for a few steps from a tiny wan21 teacher (real trainer, synthetic clips)."""
-    from turbovaed.distill.recipe import DistillRecipe
-    from turbovaed.distill.trainer import distill
-
-    out = tmp_path_factory.mktemp("export") / "student"
-    recipe = build(DistillRecipe, {
-        "output": str(out), "teacher": {"name": "wan21", "tiny": True},
-        "student": {"mini": True, "channels": [32, 16], "blocks": [1, 1]},
-        "data": {"synthetic": True, "size": 32, "clips": 4, "eval_clips": 1, "eval_size": 64, "latent_frames": 2},
-        "train": {"steps": 25, "batch": 2, "lr": 5e-3, "checkpoint_every": 25, "threads": 2},
-    })
-    return distill(recipe, show_progress=False)
-
-
 def recipe_for(backend: str, precision: str, **extra) -> ExportRecipe:
     return build(ExportRecipe, {"name": f"t-{backend}-{precision}", "backend": backend, "precision": precision,
                                 "teacher": "wan21", "teacher_tiny": True,

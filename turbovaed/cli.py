@@ -209,10 +209,29 @@ def quickstart(video: Annotated[Optional[list[Path]], typer.Option(help="videos 
             table.add_row(f"{mf['name']}/{mf['artifact']}", mf["precision"], f"{mf['bytes']:,}",
                           f"{n['psnr_db']:.1f}" if "psnr_db" in n else "-", n["status"], deleg)
         out.print(table)
+        from turbovaed.profile import report as report_mod
+        from turbovaed.profile.host import profile
+
+        console.print("[bold]profile[/] host runtimes (interleaved) + device estimates")
+        prof = profile(out_dir / "exports", runs=10, warmup=2, threads=torch.get_num_threads(),
+                       results_dir=out_dir / "profiles")
+        eager = {tuple(r.input_shape): r.latency.median_ms for r in prof["measured"] if r.runtime == "pytorch"}
+        table = Table(title="quickstart: host latency (interleaved, median of 10)")
+        for col in ("artifact", "runtime", "median ms", "vs eager"):
+            table.add_column(col, justify="right")
+        for r in sorted(prof["measured"], key=lambda r: r.latency.median_ms):
+            base = eager.get(tuple(r.input_shape))
+            table.add_row(r.artifact, r.runtime, f"{r.latency.median_ms:.1f}",
+                          f"{r.latency.median_ms / base:.2f}x" if base else "-")
+        out.print(table)
+        console.print("[bold]report[/]")
+        paths = report_mod.write_report(out_dir / "exports", out_dir / "report", out_dir / "profiles")
+        out.print(paths["table"])
     out.print(f"done in {(time.perf_counter() - t0) / 60:.1f} min")
     out.print(f"student checkpoint: {student_dir} (model card: {student_dir / 'README.md'})")
     if rows:
         out.print(f"artifacts + manifest.json each: {out_dir / 'exports'}")
+        out.print(f"profile records: {out_dir / 'profiles'}; report: {paths['markdown']} and {paths['html']}")
 
 
 @app.command()
@@ -330,6 +349,66 @@ def export_cmd(recipes: Annotated[Optional[list[Path]], typer.Argument(help="exp
         table.add_row(f"{recipe.name}/{m['artifact']}", recipe.precision, f"{m['bytes']:,}",
                       f"{n['psnr_db']:.1f} dB" if "psnr_db" in n else "not run", n["status"], delegated)
     out.print(table)
+
+
+@app.command("profile")
+def profile_cmd(target: Annotated[str, typer.Argument(help="artifacts folder (from `turbovaed export`), or 'import'")],
+                file: Annotated[Optional[Path], typer.Argument(help="with 'import': a record JSON from a device app")] = None,
+                runs: Annotated[int, typer.Option(help="timed runs per artifact (after warm-up)")] = 10,
+                warmup: Annotated[int, typer.Option(help="untimed warm-up runs")] = 2,
+                threads: Annotated[int, typer.Option(help="CPU threads for every runtime")] = 2,
+                results: Annotated[Optional[Path], typer.Option(help="records folder (default profiles/results)")] = None
+                ) -> None:
+    """Time artifacts on this host (interleaved) + roofline estimates per device; or import device-app records."""
+    from turbovaed.profile import schema
+    from turbovaed.profile.devices import load_catalog
+
+    results = results or schema.RESULTS_DIR
+    if target == "import":
+        if file is None:
+            raise InputError("usage: turbovaed profile import RECORD.json")
+        records = schema.load_file(file, set(load_catalog()))
+        for r in records:
+            if r.source != "measured-device-app":
+                raise InputError(f"{file}: imported records must have source 'measured-device-app', got {r.source!r}")
+        path = schema.save(records, f"import-{file.stem}-{records[0].record_id}", results)
+        out.print(f"imported {len(records)} record(s) into {path}")
+        return
+    if file is not None:
+        raise InputError(f"unexpected argument {file} (did you mean `turbovaed profile import {file}`?)")
+    from turbovaed.profile.host import profile
+
+    if runs < 2 or warmup < 0:
+        raise InputError("--runs must be >= 2 (for p10/p90) and --warmup >= 0")
+    result = profile(Path(target), runs, warmup, threads, results)
+    table = Table(title=f"host latency ({threads} threads, {runs} interleaved runs)")
+    for col in ("artifact", "runtime", "precision", "median ms", "p10-p90 ms", "fps", "load ms", "vs eager"):
+        table.add_column(col, justify="right")
+    eager = {tuple(r.input_shape): r.latency.median_ms for r in result["measured"] if r.runtime == "pytorch"}
+    for r in sorted(result["measured"], key=lambda r: r.latency.median_ms):
+        ratio = eager.get(tuple(r.input_shape))
+        table.add_row(r.artifact, r.runtime, r.precision, f"{r.latency.median_ms:.1f}",
+                      f"{r.latency.p10_ms:.1f}-{r.latency.p90_ms:.1f}", f"{r.fps:.1f}", f"{r.load_ms:.0f}",
+                      f"{r.latency.median_ms / ratio:.2f}x" if ratio else "-")
+    out.print(table)
+    for line in result["skipped"]:
+        out.print(f"skipped {line}")
+    out.print(f"wrote {len(result['measured'])} measurements and {len(result['estimates'])} estimates: "
+              + ", ".join(str(f) for f in result["files"]))
+
+
+@app.command("report")
+def report_cmd(exports: Annotated[Path, typer.Option(help="artifacts folder")] = Path("exports"),
+               out_dir: Annotated[Path, typer.Option("--out", help="report folder")] = Path("profiles/report"),
+               results: Annotated[Optional[Path], typer.Option(help="records folder (default profiles/results)")] = None,
+               video: Annotated[Optional[Path], typer.Option(help="held-out video for the side-by-side frames")] = None
+               ) -> None:
+    """Markdown + HTML report: Turbo-VAED-style table, latency and quality plots, side-by-side frames."""
+    from turbovaed.profile import report
+
+    paths = report.write_report(exports, out_dir, results, video)
+    out.print(f"wrote {paths['markdown']} and {paths['html']}")
+    out.print(paths["table"])
 
 
 def main() -> None:

@@ -50,6 +50,8 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     """Yield a temp folder beside `target`; on success it replaces `target`, on error it vanishes."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    for stale in target.parent.glob(f".{target.name}.*.tmp"):  # left by a killed writer (SIGKILL skips cleanup)
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
         yield tmp

@@ -174,6 +174,9 @@ class Teacher:
         return self.spec.student_config(mini=mini, latent_channels=self.latent_channels)
 
     def check_frames(self, frames: torch.Tensor) -> None:
+        if not isinstance(frames, torch.Tensor) or not frames.is_floating_point():
+            raise InputError(f"frames must be a floating-point tensor in [-1, 1], got "
+                             f"{getattr(frames, 'dtype', type(frames).__name__)}")
         if frames.dim() != 5 or frames.shape[1] != 3:
             raise InputError(f"frames must be (B, 3, T, H, W) in [-1, 1], got shape {tuple(frames.shape)}")
         t, h, w = frames.shape[2:]
@@ -182,8 +185,10 @@ class Teacher:
         if rem or k < (0 if s.first_frame else 1):
             rule = f"1 + {s.temporal}k" if s.first_frame else f"{s.temporal}k"
             raise InputError(f"{t} frames break the {s.name} frame rule: expected {rule} frames")
-        if h % s.spatial or w % s.spatial:
-            raise InputError(f"frame size {h}x{w} must be a multiple of {s.spatial} for {s.name}")
+        if h % s.spatial or w % s.spatial or min(h, w, frames.shape[0]) < 1:
+            raise InputError(f"frame size {h}x{w} must be a positive multiple of {s.spatial} for {s.name}")
+        if not torch.isfinite(frames).all():
+            raise InputError("frames contain NaN or inf values")
 
     @torch.no_grad()
     def encode(self, frames: torch.Tensor, sample: bool = False) -> torch.Tensor:

@@ -18,7 +18,7 @@ from turbovaed import data, teachers
 from turbovaed.io import InputError, TurboVAEDError, atomic_dir
 from turbovaed.lowering import latent_shape, mobile_graph
 from turbovaed.metrics import psnr
-from turbovaed.student import StreamingStep, StudentDecoder
+from turbovaed.student import WEIGHTS_NAME, StreamingStep, StudentDecoder
 
 BACKENDS = {  # backend -> precisions it builds
     "executorch": ("fp32", "int8", "int4"),
@@ -214,7 +214,8 @@ def export(recipe: ExportRecipe, checkpoint: str | Path, out_dir: str | Path) ->
             "latent_normalisation": {"formula": "raw = normalized * std / scale + mean (the decoder takes raw latents)",
                                      "mean": teacher.norm.mean, "std": teacher.norm.std, "scale": teacher.norm.scale,
                                      "teacher": recipe.teacher},
-            "student": {"checkpoint": str(checkpoint), "params": student.num_parameters(), "config": cfg.to_dict()},
+            "student": {"checkpoint": str(Path(checkpoint).resolve()), "params": student.num_parameters(),
+                        "sha256": sha256(Path(checkpoint) / WEIGHTS_NAME), "config": cfg.to_dict()},
             "calibration": {"source": source, "clips": len(calib)},
             "numerics": numerics, "ops": info.get("ops", {}), "not_checked_here": info.get("not_checked_here", []),
             "notes": info.get("notes", []), "tool_versions": tool_versions(),

@@ -1,0 +1,1 @@
+"""Profiling: measured host records, imported device-app records and labelled roofline estimates."""

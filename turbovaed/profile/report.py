@@ -1,0 +1,242 @@
+"""`turbovaed report`: one markdown + HTML page from the artifacts' manifests and the profile records:
+a Turbo-VAED-style table (decoder params, compression, quality, FPS per device), the artifact table,
+plots (latency per device and precision; quality vs artifact size) and side-by-side frames (ground
+truth, teacher, student fp32, int8, int4). Measurements and estimates are always labelled apart."""
+
+from __future__ import annotations
+
+import html
+import json
+import random
+from pathlib import Path
+
+import torch
+
+from turbovaed import data, teachers
+from turbovaed.export.core import ExportRecipe, backend_module
+from turbovaed.io import InputError, atomic_dir
+from turbovaed.profile.devices import load_catalog
+from turbovaed.profile.host import find_manifests
+from turbovaed.profile.schema import RESULTS_DIR, Record, load_all
+from turbovaed.recipes import build
+from turbovaed.student import StudentDecoder
+
+PRECISION_ORDER = ["fp32", "fp16", "int8", "int8-dynamic", "int4", "palettize4"]
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def _student_quality(manifest: dict) -> dict:
+    metrics = Path(manifest["student"]["checkpoint"]) / "metrics.json"
+    try:
+        m = json.loads(metrics.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    mean = m.get("mean", {})  # written by the trainer's held-out evaluation
+    return {k: mean[f"student_{k}"] for k in ("psnr", "ssim") if isinstance(mean.get(f"student_{k}"), (int, float))}
+
+
+def fps_by_device(records: list[Record]) -> dict[tuple[str, str], tuple[float, Record]]:
+    """Best FPS per (device, precision): measured beats estimate; among equals the fastest wins."""
+    best: dict[tuple[str, str], tuple[float, Record]] = {}
+    for r in records:
+        key = (r.device, r.precision)
+        rank = (r.source != "estimate", r.fps)
+        if key not in best or rank > (best[key][1].source != "estimate", best[key][0]):
+            best[key] = (r.fps, r)
+    return best
+
+
+def headline(manifests: list[dict], records: list[Record], devices: list[str]) -> str:
+    """The Turbo-VAED-style table: one row per student, FPS per device (best precision), quality."""
+    rows = []
+    for ckpt in sorted({m["student"]["checkpoint"] for m in manifests}):
+        m = next(x for x in manifests if x["student"]["checkpoint"] == ckpt)
+        cfg, q = m["student"]["config"], _student_quality(m)
+        mine = [r for r in records if r.model == Path(ckpt).name and "stream" not in r.notes]
+        best = {}
+        for r in mine:
+            if r.device not in best or (r.source != "estimate", r.fps) > (best[r.device].source != "estimate",
+                                                                          best[r.device].fps):
+                best[r.device] = r
+        cells = []
+        for d in devices:
+            r = best.get(d)
+            cells.append("-" if r is None else f"{r.fps:.1f}{'' if r.source != 'estimate' else ' (est.)'} "
+                                               f"{r.runtime} {r.precision}")
+        s, t = m["frame_rule"]["spatial_ratio"], m["frame_rule"]["temporal_ratio"]
+        rows.append([Path(ckpt).name, f"{m['student']['params'] / 1e6:.2f}M", f"{s}x{s}x{t}, {cfg['latent_channels']} ch",
+                     f"{q['psnr']:.2f}" if "psnr" in q else "-", f"{q['ssim']:.3f}" if "ssim" in q else "-", *cells])
+    return _md_table(["student", "params", "compression", "PSNR dB", "SSIM", *[f"{d} FPS" for d in devices]], rows)
+
+
+def artifact_table(manifests: list[dict]) -> str:
+    fp32 = {m["student"]["checkpoint"]: m["bytes"] for m in manifests if m["precision"] == "fp32" and "stream" not in m}
+    rows = []
+    for m in sorted(manifests, key=lambda m: (m["backend"], PRECISION_ORDER.index(m["precision"]), m["name"])):
+        n = m["numerics"]
+        base = fp32.get(m["student"]["checkpoint"])
+        rows.append([m["name"], m["backend"], m["precision"], f"{m['bytes']:,}", f"{m['bytes'] / base:.2f}x" if base else "-",
+                     f"{n['psnr_db']:.1f}" if "psnr_db" in n else "not run", n["status"], m["numerics"]["verified_by"]])
+    return _md_table(["artifact", "backend", "precision", "bytes", "vs fp32", "PSNR vs fp32 dB", "status", "verified by"],
+                     rows)
+
+
+def latency_table(records: list[Record]) -> str:
+    rows = [[r.device, r.source, r.artifact, r.runtime, r.precision, r.compute_unit, f"{r.latency.median_ms:.1f}",
+             f"{r.latency.p10_ms:.1f}-{r.latency.p90_ms:.1f}" if r.source != "estimate" else "-", f"{r.fps:.1f}"]
+            for r in sorted(records, key=lambda r: (r.device, r.source, r.latency.median_ms))]
+    return _md_table(["device", "source", "artifact", "runtime", "precision", "unit", "median ms", "p10-p90 ms", "FPS"], rows)
+
+
+def plot_latency(records: list[Record], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    best = fps_by_device([r for r in records if "stream" not in r.notes])
+    devices = sorted({d for d, _ in best})
+    precisions = [p for p in PRECISION_ORDER if any(p == q for _, q in best)]
+    fig, ax = plt.subplots(figsize=(max(8, 1.2 * len(devices)), 4.5))
+    width = 0.8 / max(1, len(precisions))
+    for i, p in enumerate(precisions):
+        for j, d in enumerate(devices):
+            if (d, p) not in best:
+                continue
+            fps, r = best[(d, p)]
+            ax.bar(j + i * width, r.latency.median_ms, width, color=f"C{i}", hatch="//" if r.source == "estimate" else "",
+                   edgecolor="black", linewidth=0.4, label=p if j == min(jj for jj, dd in enumerate(devices)
+                                                                        if (dd, p) in best) else None)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(devices))], devices, rotation=25, ha="right")
+    ax.set_yscale("log")
+    ax.set_ylabel("latency per decode call, ms (log)")
+    ax.set_title("Decode latency per device and precision (hatched = roofline estimate, solid = measured)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_quality_size(manifests: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, backend in enumerate(sorted({m["backend"] for m in manifests})):
+        pts = [(m["bytes"] / 1024, min(m["numerics"]["psnr_db"], 80.0), m["precision"]) for m in manifests
+               if m["backend"] == backend and "psnr_db" in m["numerics"]]
+        if pts:
+            ax.scatter([p[0] for p in pts], [p[1] for p in pts], label=backend, color=f"C{i}")
+            for x, y, p in pts:
+                ax.annotate(p, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("artifact size, KiB (log)")
+    ax.set_ylabel("PSNR vs fp32 student, dB (capped at 80)")
+    ax.set_title("Quality vs artifact size")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def side_by_side(manifests: list[dict], path: Path, video: Path | None) -> Path | None:
+    """Ground truth, teacher, student fp32, int8, int4 on one held-out clip: the student decoded through
+    the int8 / int4 artifacts themselves (ONNX Runtime or ExecuTorch), where one runs here."""
+    from turbovaed.reference import HELD_OUT
+
+    plain = [m for m in manifests if "stream" not in m]
+    if not plain:
+        return None
+    base = plain[0]
+    if video is None:
+        shared = data.shared_videos_dir()
+        candidates = [shared / HELD_OUT[0]] if shared and (shared / HELD_OUT[0]).is_file() else data.bundled_videos()
+        video = candidates[0] if candidates else None
+    if video is None:
+        return None
+    r = base["recipe"]
+    teacher = teachers.load(r["teacher"], r.get("teacher_path"), tiny=r.get("teacher_tiny", False))
+    student = StudentDecoder.from_pretrained(base["student"]["checkpoint"]).eval()
+    shape = base["inputs"][0]["shape"]
+    frames = student.config.frames_for(shape[2])
+    h, w = base["outputs"][0]["shape"][3:]
+    clip, _ = data.sample_clip(video, frames, (h, w), random.Random(0), resize=min(h, w))
+    z = teacher.encode(clip[None])
+    rows = {"ground truth": clip, "teacher": teacher.decode(z)[0]}
+    with torch.no_grad():
+        rows["student"] = student(z)[0]
+    for precision in ("int8", "int4"):
+        for m in plain:
+            if m["precision"] != precision or m["backend"] not in ("onnx", "executorch") or m["inputs"][0]["shape"] != shape:
+                continue
+            run = backend_module(m["backend"]).runner(m["_dir"] / m["artifact"], recipe=build(ExportRecipe, m["recipe"]))
+            if run is not None:
+                rows[f"{precision} ({ {'executorch': 'ET', 'onnx': 'ORT'}[m['backend']]})"] = run(z.contiguous())[0][0]
+                break
+    return data.save_comparison(path, rows)
+
+
+def write_report(exports: Path, out_dir: Path, results: Path | None = None, video: Path | None = None) -> dict:
+    """Write report.md, report.html, plots and frames into out_dir (atomically); return their paths."""
+    manifests = find_manifests(exports)
+    catalog = load_catalog()
+    records = load_all(results or RESULTS_DIR, set(catalog))
+    names = {m["student"]["checkpoint"] for m in manifests}
+    records = [r for r in records if r.model in {Path(n).name for n in names}]
+    if not records:
+        raise InputError(f"no profile records for these artifacts: run `turbovaed profile {exports}` first")
+    devices = ["host"] + [d for d in sorted(catalog) if d != "host"]
+    with atomic_dir(out_dir) as tmp:
+        plot_latency(records, tmp / "latency.png")
+        plot_quality_size(manifests, tmp / "quality_vs_size.png")
+        frames = side_by_side(manifests, tmp / "frames.png", video)
+        top = headline(manifests, records, devices)
+        sections = [
+            "# turbovaed report",
+            "Measured = timed on that device (`measured-host`: this machine, interleaved runs; `measured-device-app`: "
+            "imported from a device app). `(est.)` = roofline estimate from the catalog's spec sheet "
+            "(profiles/devices), a lower bound on latency, never a measurement.",
+            "## Students", top,
+            "## Artifacts", artifact_table(manifests),
+            "## Latency", "![latency](latency.png)", latency_table(records),
+            "## Quality vs size", "![quality vs size](quality_vs_size.png)",
+        ]
+        if frames:
+            sections += ["## Side-by-side frames", "Rows: ground truth, teacher, student fp32 and the student through its "
+                         "int8 / int4 artifacts (held-out clip).", "![frames](frames.png)"]
+        md = "\n\n".join(sections) + "\n"
+        (tmp / "report.md").write_text(md)
+        (tmp / "report.html").write_text(_html(md))
+    return {"markdown": out_dir / "report.md", "html": out_dir / "report.html", "table": top}
+
+
+def _html(markdown: str) -> str:
+    """Minimal markdown -> HTML for headings, tables, images and paragraphs (what the report uses)."""
+    body = []
+    for block in markdown.split("\n\n"):
+        lines = block.strip().splitlines()
+        if not lines:
+            continue
+        if lines[0].startswith("#"):
+            level = len(lines[0]) - len(lines[0].lstrip("#"))
+            body.append(f"<h{level}>{html.escape(lines[0][level:].strip())}</h{level}>")
+        elif lines[0].startswith("|"):
+            rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines if not line.startswith("|---")]
+            head = "".join(f"<th>{html.escape(c)}</th>" for c in rows[0])
+            cells = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows[1:])
+            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{cells}</tbody></table>")
+        elif lines[0].startswith("!["):
+            alt, src = lines[0][2:].split("](")
+            body.append(f'<img alt="{html.escape(alt)}" src="{html.escape(src.rstrip(")"))}">')
+        else:
+            body.append(f"<p>{html.escape(' '.join(lines))}</p>")
+    style = ("body{font-family:sans-serif;max-width:1200px;margin:auto}table{border-collapse:collapse;font-size:13px}"
+             "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}img{max-width:100%}")
+    return f"<!doctype html><html><head><meta charset='utf-8'><title>turbovaed report</title><style>{style}</style>" \
+           f"</head><body>{''.join(body)}</body></html>\n"

@@ -83,6 +83,8 @@ def roofline(costs: list[dict], unit: Unit, precision: str, runtime: str) -> dic
 
 
 def device_estimates(device: Device, costs: list[dict], runtime: str, precision: str) -> dict[str, dict]:
-    """Roofline per compute unit of `device` that `runtime` can use."""
+    """Roofline per compute unit of `device` that `runtime` can use (none if the device lacks the runtime)."""
+    if runtime not in device.runtimes:
+        return {}
     return {u: roofline(costs, device.units[u], precision, runtime) for u in RUNTIME_UNITS.get(runtime, ("cpu",))
             if u in device.units}

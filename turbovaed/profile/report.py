@@ -92,6 +92,19 @@ def latency_table(records: list[Record]) -> str:
     return _md_table(["device", "source", "artifact", "runtime", "precision", "unit", "median ms", "p10-p90 ms", "FPS"], rows)
 
 
+def host_check(records: list[Record]) -> tuple[str, list[float]]:
+    """Host measurement vs the host roofline estimate per artifact: the error bar of every estimate."""
+    est = {(r.artifact, tuple(r.input_shape)): r for r in records if r.source == "estimate" and r.device == "host"}
+    rows, ratios = [], []
+    for r in records:
+        e = est.get((r.artifact, tuple(r.input_shape)))
+        if r.source == "measured-host" and e is not None:
+            ratio = r.latency.median_ms / e.latency.median_ms
+            ratios.append(ratio)
+            rows.append([r.artifact, r.precision, f"{r.latency.median_ms:.2f}", f"{e.latency.median_ms:.2f}", f"{ratio:.2f}x"])
+    return _md_table(["artifact", "precision", "measured ms", "estimate ms", "measured / estimate"], rows), ratios
+
+
 def plot_latency(records: list[Record], path: Path) -> None:
     import matplotlib
 
@@ -197,6 +210,7 @@ def write_report(exports: Path, out_dir: Path, results: Path | None = None, vide
         plot_quality_size(manifests, tmp / "quality_vs_size.png")
         frames = side_by_side(manifests, tmp / "frames.png", video)
         top = headline(manifests, records, devices)
+        check_md, ratios = host_check(records)
         sections = [
             "# turbovaed report",
             "Measured = timed on that device (`measured-host`: this machine, interleaved runs; `measured-device-app`: "
@@ -205,6 +219,10 @@ def write_report(exports: Path, out_dir: Path, results: Path | None = None, vide
             "## Students", top,
             "## Artifacts", artifact_table(manifests),
             "## Latency", "![latency](latency.png)", latency_table(records),
+            "## Estimate error bar (this host)", check_md,
+            f"Measured / estimate on this host: {min(ratios):.2f}x to {max(ratios):.2f}x (target: within 3x). Read "
+            "device estimates as lower bounds with this factor as their error bar." if ratios else
+            "No host measurement matches a host estimate yet: run `turbovaed profile` on these artifacts.",
             "## Quality vs size", "![quality vs size](quality_vs_size.png)",
         ]
         if frames:
@@ -213,7 +231,7 @@ def write_report(exports: Path, out_dir: Path, results: Path | None = None, vide
         md = "\n\n".join(sections) + "\n"
         (tmp / "report.md").write_text(md)
         (tmp / "report.html").write_text(_html(md))
-    return {"markdown": out_dir / "report.md", "html": out_dir / "report.html", "table": top}
+    return {"markdown": out_dir / "report.md", "html": out_dir / "report.html", "table": top, "host_ratios": ratios}
 
 
 def _html(markdown: str) -> str:

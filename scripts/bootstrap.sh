@@ -13,4 +13,19 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -c constraints.txt "torch==2.13.0"
 .venv/bin/python -m pip install -q -c constraints.txt -e ".[${extras}]"
+if [ "${1:-}" = "dev" ]; then
+  # The browser test (tests/test_web_demo.py) needs Debian's Chromium and onnxruntime-web from npm.
+  # Best effort: without them that one test skips and says why.
+  if ! command -v chromium >/dev/null 2>&1; then
+    SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo -n"
+    (DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q chromium >/dev/null 2>&1 || {
+       $SUDO apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q chromium >/dev/null 2>&1; }) \
+      || echo "note: could not install chromium; the web demo test will skip"
+  fi
+  if command -v npm >/dev/null 2>&1; then
+    npm ci --prefix device_apps/web --no-audit --no-fund --silent || echo "note: npm ci failed; the web demo test will skip"
+  else
+    echo "note: npm not found; the web demo test will skip"
+  fi
+fi
 .venv/bin/python -c "import torch, diffusers; print(f'turbovaed ready: torch {torch.__version__}, diffusers {diffusers.__version__}')"

@@ -319,7 +319,9 @@ def export_cmd(recipes: Annotated[Optional[list[Path]], typer.Argument(help="exp
                tiny_teacher: Annotated[bool, typer.Option(help="tiny random teacher (tests)")] = False,
                synthetic: Annotated[bool, typer.Option(help="calibrate on synthetic clips")] = False,
                height: Annotated[Optional[int], typer.Option(help="override output height")] = None,
-               width: Annotated[Optional[int], typer.Option(help="override output width")] = None) -> None:
+               width: Annotated[Optional[int], typer.Option(help="override output width")] = None,
+               bundle: Annotated[bool, typer.Option(help="also write sample latents + reference frames: an app "
+                                                         "bundle the device apps load")] = False) -> None:
     """Build verified mobile artifacts (ExecuTorch, Core ML, LiteRT, ONNX) with manifests."""
     from turbovaed.export.core import ExportRecipe, export
     from turbovaed.recipes import load_toml
@@ -342,7 +344,7 @@ def export_cmd(recipes: Annotated[Optional[list[Path]], typer.Argument(help="exp
         recipe.shape.height = height or recipe.shape.height
         recipe.shape.width = width or recipe.shape.width
         console.print(f"[bold]{recipe.name}[/] ({recipe.backend} {recipe.precision})")
-        m = export(recipe, checkpoint, out_dir)
+        m = export(recipe, checkpoint, out_dir, bundle=bundle)
         n, ops = m["numerics"], m["ops"]
         delegated = f"{ops['delegated']} / {ops['delegated'] + ops['not_delegated']}" if "delegated" in ops else \
             f"- / {ops.get('total', '-')}"
@@ -395,6 +397,24 @@ def profile_cmd(target: Annotated[str, typer.Argument(help="artifacts folder (fr
         out.print(f"skipped {line}")
     out.print(f"wrote {len(result['measured'])} measurements and {len(result['estimates'])} estimates: "
               + ", ".join(str(f) for f in result["files"]))
+
+
+@app.command("demo")
+def demo_cmd(app_name: Annotated[str, typer.Argument(help="which demo: web")],
+             bundle: Annotated[Path, typer.Option(help="an ONNX app bundle (turbovaed export ... --bundle)")],
+             port: Annotated[int, typer.Option(help="localhost port")] = 8765) -> None:
+    """Serve a device-app demo on localhost (web: onnxruntime-web decoding in the browser)."""
+    if app_name != "web":
+        raise InputError(f"unknown demo {app_name!r}: only 'web' runs from here (iOS/Android: see device_apps/)")
+    from turbovaed.demo import serve
+
+    server = serve(bundle, port)
+    out.print(f"open http://127.0.0.1:{server.server_address[1]}/ (Ctrl-C to stop)")
+    try:
+        threading_event = __import__("threading").Event()
+        threading_event.wait()
+    except KeyboardInterrupt:
+        server.shutdown()
 
 
 @app.command("report")

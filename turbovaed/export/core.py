@@ -164,8 +164,31 @@ def run_clip(model: torch.nn.Module, run, z: torch.Tensor, chunk: int) -> torch.
     return model.stream(z, chunk, run=run) if chunk else run(z)[0]
 
 
-def export(recipe: ExportRecipe, checkpoint: str | Path, out_dir: str | Path) -> dict:
-    """Build, verify and describe one artifact; everything lands in out_dir/<recipe.name>/ or nowhere."""
+BUNDLE_FORMAT = "turbovaed-app-bundle"
+
+
+def write_bundle(folder: Path, manifest: dict, latents: torch.Tensor, frames: torch.Tensor, source: str) -> dict:
+    """Make an artifact folder an app bundle the device apps load unchanged: sample latents (real held-out
+    teacher latents where videos exist) and the fp32 student's frames for them, as raw little-endian
+    float32 (no parser needed in Swift/Kotlin/JS), described by bundle.json."""
+    for name, t in (("sample_latents.bin", latents), ("reference_frames.bin", frames)):
+        (folder / name).write_bytes(t.detach().float().contiguous().numpy().astype("<f4").tobytes())
+    bundle = {"format": BUNDLE_FORMAT, "version": 1, "artifact": manifest["artifact"], "manifest": "manifest.json",
+              "backend": manifest["backend"], "precision": manifest["precision"], "fps": 8,
+              "latents": {"file": "sample_latents.bin", "shape": list(latents.shape), "dtype": "float32",
+                          "byte_order": "little", "source": source},
+              "reference_frames": {"file": "reference_frames.bin", "shape": list(frames.shape), "dtype": "float32",
+                                   "byte_order": "little", "range": "[-1, 1]",
+                                   "what": "the fp32 reference student decoding sample_latents (for an on-device PSNR check)"}}
+    if "stream" in manifest:
+        bundle["stream"] = manifest["stream"]
+    (folder / "bundle.json").write_text(json.dumps(bundle, indent=1))
+    return bundle
+
+
+def export(recipe: ExportRecipe, checkpoint: str | Path, out_dir: str | Path, bundle: bool = False) -> dict:
+    """Build, verify and describe one artifact; everything lands in out_dir/<recipe.name>/ or nowhere.
+    `bundle=True` also writes sample latents + reference frames so the device apps can load the folder."""
     backend = backend_module(recipe.backend)
     student = StudentDecoder.from_pretrained(checkpoint).float().eval()
     model, example, io = graph(student, recipe, backend)
@@ -222,4 +245,6 @@ def export(recipe: ExportRecipe, checkpoint: str | Path, out_dir: str | Path) ->
             "export_seconds": round(time.perf_counter() - t0, 2), "recipe": asdict(recipe),
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        if bundle:
+            write_bundle(tmp, manifest, verify[0], expected[0], source)
     return manifest

@@ -1,0 +1,43 @@
+package dev.turbovaed.demo
+
+import android.content.Context
+import java.io.File
+import java.nio.ByteBuffer
+import java.nio.ByteOrder
+import org.json.JSONObject
+
+/** A turbovaed app bundle (`turbovaed export RECIPE --bundle`) copied into assets/bundle/. */
+class AppBundle(context: Context, dir: String = "bundle") {
+    val meta: JSONObject
+    val manifest: JSONObject
+    val modelFile: File
+    val latents: FloatArray
+    val latentShape: LongArray
+    val reference: FloatArray
+
+    init {
+        val assets = context.assets
+        fun text(name: String) = assets.open("$dir/$name").bufferedReader().use { it.readText() }
+        fun floats(name: String): FloatArray {
+            val bytes = assets.open("$dir/$name").use { it.readBytes() }
+            val out = FloatArray(bytes.size / 4)
+            ByteBuffer.wrap(bytes).order(ByteOrder.LITTLE_ENDIAN).asFloatBuffer().get(out)
+            return out
+        }
+        meta = JSONObject(text("bundle.json"))
+        require(meta.getString("format") == "turbovaed-app-bundle") { "assets/$dir is not a turbovaed app bundle" }
+        manifest = JSONObject(text(meta.getString("manifest")))
+        val latentsMeta = meta.getJSONObject("latents")
+        latents = floats(latentsMeta.getString("file"))
+        latentShape = LongArray(latentsMeta.getJSONArray("shape").length()) { latentsMeta.getJSONArray("shape").getLong(it) }
+        reference = floats(meta.getJSONObject("reference_frames").getString("file"))
+        // Runtimes want a file path: copy the artifact out of the APK once.
+        modelFile = File(context.filesDir, meta.getString("artifact"))
+        if (!modelFile.exists()) {
+            assets.open("$dir/${meta.getString("artifact")}").use { src -> modelFile.outputStream().use { src.copyTo(it) } }
+        }
+    }
+
+    val backend: String get() = meta.getString("backend")
+    val precision: String get() = meta.getString("precision")
+}

@@ -1,0 +1,73 @@
+package dev.turbovaed.demo
+
+import android.graphics.Bitmap
+import android.os.Bundle
+import android.os.Handler
+import android.os.Looper
+import android.widget.Button
+import android.widget.ImageView
+import android.widget.LinearLayout
+import android.widget.TextView
+import androidx.appcompat.app.AppCompatActivity
+import java.io.File
+import kotlin.concurrent.thread
+
+/** Decode the bundled latents, play the frames, and benchmark (writes a profile record JSON). */
+class MainActivity : AppCompatActivity() {
+    private lateinit var image: ImageView
+    private lateinit var status: TextView
+
+    override fun onCreate(savedInstanceState: Bundle?) {
+        super.onCreate(savedInstanceState)
+        image = ImageView(this)
+        status = TextView(this)
+        val bench = Button(this).apply { text = "benchmark (3 warm-up + 20 runs)" }
+        setContentView(LinearLayout(this).apply {
+            orientation = LinearLayout.VERTICAL
+            addView(status); addView(image, LinearLayout.LayoutParams(768, 768)); addView(bench)
+        })
+        val device = intent.getStringExtra("device") ?: "pixel-8"  // an id from profiles/devices/
+        bench.setOnClickListener { thread { benchmark(device) } }
+        thread { benchmark(device, runs = 1, warmup = 0) }
+    }
+
+    private fun benchmark(device: String, runs: Int = 20, warmup: Int = 3) {
+        val bundle = AppBundle(this)
+        val threads = 4
+        val t0 = System.nanoTime()
+        val decoder: FrameDecoder = when (bundle.backend) {
+            "executorch" -> ExecuTorchDecoder(bundle.modelFile)
+            "litert" -> LiteRtDecoder(bundle.modelFile, threads)
+            else -> error("this app runs ExecuTorch and LiteRT bundles, not ${bundle.backend}")
+        }
+        val loadMs = (System.nanoTime() - t0) / 1e6
+        decoder.use {
+            val b = Benchmark(bundle, it, device)
+            val record = b.run(runs, warmup, loadMs, threads)
+            val out = File(getExternalFilesDir(null), "${bundle.manifest.getString("name")}-$device.json")
+            out.writeText(record.toString(1))
+            val shape = bundle.manifest.getJSONArray("outputs").getJSONObject(0).getJSONArray("shape")
+            runOnUiThread {
+                status.text = "${it.runtime} ${bundle.precision}: %.1f ms/decode, PSNR %.1f dB\nrecord: %s"
+                    .format(record.getJSONObject("latency").getDouble("median_ms"), b.psnr(), out.path)
+                play(b.lastFrames, shape.getInt(2), shape.getInt(3), shape.getInt(4))
+            }
+        }
+    }
+
+    /** frames: (1, 3, T, H, W) in [-1, 1]; shown at 8 fps. */
+    private fun play(frames: FloatArray, t: Int, h: Int, w: Int) {
+        val bitmaps = List(t) { f ->
+            val px = IntArray(h * w) { i ->
+                fun c(ch: Int) = ((frames[(ch * t + f) * h * w + i] + 1f) * 127.5f).toInt().coerceIn(0, 255)
+                (0xFF shl 24) or (c(0) shl 16) or (c(1) shl 8) or c(2)
+            }
+            Bitmap.createBitmap(px, w, h, Bitmap.Config.ARGB_8888)
+        }
+        val handler = Handler(Looper.getMainLooper())
+        var i = 0
+        handler.post(object : Runnable {
+            override fun run() { image.setImageBitmap(bitmaps[i]); i = (i + 1) % t; handler.postDelayed(this, 125) }
+        })
+    }
+}

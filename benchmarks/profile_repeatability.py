@@ -1,0 +1,56 @@
+"""Host profiling repeatability and estimate error bar, measured in one run.
+
+Profiles an artifacts folder twice (each pass: every runtime interleaved, N runs after warm-up) and
+checks that each artifact's second-pass median falls inside the first pass's printed p10-p90 band
+(target: all do); then prints the host roofline estimate vs the measurement per artifact (target:
+within 3x).
+
+    python benchmarks/profile_repeatability.py runs/quickstart/exports [--runs 20] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from turbovaed.profile.devices import load_catalog
+from turbovaed.profile.host import estimate_records, find_manifests, profile_artifacts
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("artifacts", type=Path)
+    p.add_argument("--runs", type=int, default=20)
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+    first, skipped = profile_artifacts(args.artifacts, runs=args.runs, warmup=3, threads=args.threads)
+    second, _ = profile_artifacts(args.artifacts, runs=args.runs, warmup=3, threads=args.threads)
+    again = {(r.artifact, tuple(r.input_shape)): r for r in second}
+    inside = 0
+    print(f"{'artifact':28s} {'pass 1 median [p10-p90] ms':>30s} {'pass 2 median':>14s}  inside band")
+    for r in sorted(first, key=lambda r: r.latency.median_ms):
+        s = again[(r.artifact, tuple(r.input_shape))]
+        ok = r.latency.p10_ms <= s.latency.median_ms <= r.latency.p90_ms
+        inside += ok
+        print(f"{r.artifact:28s} {r.latency.median_ms:10.2f} [{r.latency.p10_ms:7.2f}-{r.latency.p90_ms:7.2f}] "
+              f"{s.latency.median_ms:14.2f}  {'yes' if ok else 'NO'}")
+    print(f"repeatability: {inside}/{len(first)} second-pass medians inside the first pass's p10-p90 band")
+    estimates = {(r.artifact, tuple(r.input_shape)): r for r in estimate_records(find_manifests(args.artifacts),
+                                                                                  {"host": load_catalog()["host"]})}
+    ratios = []
+    for r in sorted(first, key=lambda r: r.artifact):
+        e = estimates.get((r.artifact, tuple(r.input_shape)))
+        if e is None:
+            continue
+        ratios.append(r.latency.median_ms / e.latency.median_ms)
+        print(f"  {r.artifact:28s} measured {r.latency.median_ms:8.2f} ms, roofline {e.latency.median_ms:8.2f} ms, "
+              f"measured/estimate {ratios[-1]:.2f}x")
+    within = sum(1 / 3 <= x <= 3 for x in ratios)
+    print(f"host estimate within 3x of the measurement for {within}/{len(ratios)} artifacts "
+          f"(range {min(ratios):.2f}x-{max(ratios):.2f}x)")
+    for line in skipped:
+        print(f"skipped {line}")
+
+
+if __name__ == "__main__":
+    main()

@@ -42,14 +42,14 @@ def rss_mb() -> float:
 
 def child(student: str, latents: str, out: str, threads: int) -> None:
     """One streamed decode in this fresh process; prints peak RSS before and after decoding."""
-    from turbovaed.stream import stream_to_video
+    from turbovaed.stream import Streamer, stream_to_video
 
     torch.set_num_threads(threads)
     model = load_student(student)
     with torch.no_grad():  # one tiny step so lazy allocations of the runtime are in the baseline
         model.step(torch.zeros(1, model.config.latent_channels, 1, 2, 2))[1].close()
     base = rss_mb()
-    frames = stream_to_video(model, Path(latents), Path(out), chunk=1)
+    frames = stream_to_video(Streamer(model), Path(latents), Path(out), chunk=1)
     print(json.dumps({"frames": frames, "baseline_mb": base, "peak_mb": rss_mb()}))
 
 

@@ -60,6 +60,31 @@ def test_decode_stream_matches_whole_clip_decode(tmp_path):
     assert psnr(videos["tiled"], videos["whole"]) > 20  # seams of an untrained student
 
 
+def test_decode_stream_through_an_exported_step_graph(tmp_path, student_dir):
+    """`decode --stream --artifact`: ONNX Runtime runs the exported step graph chunk by chunk, same video."""
+    from test_export import recipe_for
+
+    from turbovaed.data import read_frames
+    from turbovaed.export.core import export
+    from turbovaed.metrics import psnr
+
+    export(recipe_for("onnx", "fp32", name="stream", shape={"latent_frames": 2, "height": 32, "width": 32,
+                                                           "stream_chunk": 1}), student_dir, tmp_path)
+    save_file({"latents": torch.randn(1, 4, 5, 4, 4)}, str(tmp_path / "lat.safetensors"))
+    videos = {}
+    for name, extra in {"eager": ["--student", str(student_dir)], "ort": ["--artifact", str(tmp_path / "stream")]}.items():
+        result = run("decode", "--latents", str(tmp_path / "lat.safetensors"), "--stream", "--out",
+                     str(tmp_path / f"{name}.mp4"), *extra)
+        assert result.returncode == 0, result.stderr
+        videos[name] = torch.from_numpy(read_frames(tmp_path / f"{name}.mp4")).float() / 127.5 - 1
+    assert videos["ort"].shape[0] == 17 and psnr(videos["ort"], videos["eager"]) > 40
+    save_file({"latents": torch.randn(1, 4, 5, 8, 8)}, str(tmp_path / "big.safetensors"))
+    result = run("decode", "--latents", str(tmp_path / "big.safetensors"), "--stream", "--artifact",
+                 str(tmp_path / "stream"), "--out", str(tmp_path / "big.mp4"))
+    assert result.returncode == 2 and "takes latent chunks of shape" in result.stderr
+    assert not (tmp_path / "big.mp4").exists()
+
+
 def test_decode_stream_bad_input(tmp_path):
     student_dir = StudentDecoder(teachers.build_tiny("wan21").student_config(mini=True)).save_pretrained(
         tmp_path / "student")
@@ -67,6 +92,8 @@ def test_decode_stream_bad_input(tmp_path):
     common = ["decode", "--latents", str(tmp_path / "lat.safetensors"), "--out", str(tmp_path / "o.mp4")]
     for extra, message in [(["--student", str(student_dir), "--stream", "--chunk", "0"], "--chunk must be >= 1"),
                            (["--teacher", "wan21", "--tiny-teacher", "--stream"], "--stream decodes --latents"),
+                           (["--artifact", str(tmp_path), "--stream"], "not an exported artifact"),
+                           (["--artifact", str(tmp_path)], "needs --stream"),
                            (["--student", str(student_dir), "--tile", "4", "--overlap", "4"], "overlap < tile")]:
         result = run(*common, *extra)
         assert result.returncode == 2 and message in " ".join(result.stderr.split()), result.stderr

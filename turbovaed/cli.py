@@ -16,7 +16,7 @@ from rich.table import Table
 
 from turbovaed import data, teachers
 from turbovaed.io import InputError, LatentFile, TurboVAEDError, atomic_file
-from turbovaed.stream import decode_tiled, stream_to_video
+from turbovaed.stream import ArtifactStreamer, Streamer, decode_tiled, stream_to_video
 from turbovaed.student import StudentConfig, StudentDecoder, check_latents, count_macs
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -96,28 +96,40 @@ def decode(out_path: Annotated[Path, typer.Option("--out", help="output .mp4 (a 
            stream: Annotated[bool, typer.Option(help="stream --latents through the student chunk by chunk, "
                                                      "writing frames as they come (flat memory)")] = False,
            chunk: Annotated[int, typer.Option(help="latent frames per streamed chunk")] = 1,
+           artifact: Annotated[Optional[Path], typer.Option(help="with --stream: an exported streaming step graph "
+                                                                 "(ExecuTorch / ONNX / LiteRT) to decode with")] = None,
            tile: Annotated[int, typer.Option(help="decode in spatial tiles of this many latent pixels (0: off)")] = 0,
            overlap: Annotated[int, typer.Option(help="latent pixels shared by neighbouring tiles")] = 2) -> None:
     """Decode latents (or a video's teacher latents) with the teacher and/or a student; write mp4 + PNG."""
     if (latents is None) == (video is None):
         raise InputError("give exactly one of --latents FILE or --video FILE")
-    if student is None and teacher is None:
-        raise InputError("give --student CHECKPOINT and/or --teacher NAME")
+    if student is None and teacher is None and artifact is None:
+        raise InputError("give --student CHECKPOINT and/or --teacher NAME (or --stream --artifact DIR)")
     if out_path.suffix.lower() != ".mp4":
         raise InputError(f"--out must be an .mp4 path, got {out_path}")
+    if artifact is not None and not stream:
+        raise InputError("--artifact decodes through an exported step graph and needs --stream")
     if stream:
-        if latents is None or student is None or teacher is not None or mobile:
-            raise InputError("--stream decodes --latents FILE with --student CHECKPOINT (reference form, no teacher)")
-        _, model, _ = resolve_student(student)
-        if model is None:
-            raise InputError(f"--student must be a checkpoint folder (a preset has no trained weights): {student}")
+        if latents is None or (student is None) == (artifact is None) or teacher is not None or mobile:
+            raise InputError("--stream decodes --latents FILE with --student CHECKPOINT or --artifact STREAM_EXPORT "
+                             "(one of them, no teacher)")
+        if artifact is not None:
+            if tile:
+                raise InputError("--tile needs --student (an exported step graph has one fixed latent size)")
+            streamer = ArtifactStreamer(artifact)
+            chunk = streamer.chunk
+        else:
+            _, model, _ = resolve_student(student)
+            if model is None:
+                raise InputError(f"--student must be a checkpoint folder (a preset has no trained weights): {student}")
+            streamer = Streamer(model, tile, overlap)
         with Progress(TextColumn("[bold]stream"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=console, transient=True) as bar:
             task = bar.add_task("streaming decode (latent frames)", total=None)
-            n = stream_to_video(model, latents, out_path, chunk, fps, tile, overlap,
+            n = stream_to_video(streamer, latents, out_path, chunk, fps,
                                 progress=lambda done, total: bar.update(task, completed=done, total=total))
         out.print(f"wrote {out_path} ({n} frames, streamed {chunk} latent frame(s) per step"
-                  f"{f', {tile}-latent tiles' if tile else ''})")
+                  f"{f', {tile}-latent tiles' if tile else ''}{f' through {artifact}' if artifact else ''})")
         return
     te = teachers.load(teacher, teacher_path, tiny=tiny_teacher) if teacher else None
     rows: dict[str, torch.Tensor] = {}

@@ -4,6 +4,7 @@ tiling with overlap blending for frames larger than memory allows (1080p and up)
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import torch
 
 from turbovaed.data import VideoWriter
 from turbovaed.io import InputError, LatentFile
-from turbovaed.student import StreamState, StudentDecoder
+from turbovaed.student import StreamState, StudentConfig, StudentDecoder, check_latents
 
 
 def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
@@ -82,14 +83,52 @@ class Streamer:
             state.close()
 
 
-def stream_to_video(model: StudentDecoder, latents: Path, out: Path, chunk: int, fps: float = 24.0, tile: int = 0,
-                    overlap: int = 2, progress: Callable[[int, int], None] | None = None) -> int:
+class ArtifactStreamer:
+    """Streams through an exported step graph (an artifact whose manifest has `stream`) with its runtime
+    here (ExecuTorch, ONNX Runtime or LiteRT), following the manifest's calling protocol."""
+
+    def __init__(self, folder: Path) -> None:
+        from turbovaed.export.core import ExportRecipe, backend_module
+        from turbovaed.recipes import build
+
+        try:
+            manifest = json.loads((Path(folder) / "manifest.json").read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise InputError(f"{folder} is not an exported artifact (no readable manifest.json): {err}") from err
+        if "stream" not in manifest:
+            raise InputError(f"{folder} holds a whole-clip graph; export a recipe with shape.stream_chunk for streaming")
+        self.run = backend_module(manifest["backend"]).runner(Path(folder) / manifest["artifact"],
+                                                              recipe=build(ExportRecipe, manifest["recipe"]))
+        if self.run is None:
+            raise InputError(f"{manifest['backend']} artifacts do not run on this machine")
+        self.shape = manifest["inputs"][0]["shape"]
+        self.chunk = manifest["stream"]["chunk_latent_frames"]
+        self.drop = manifest["stream"]["first_chunk_drop_frames"]
+        self.states = [torch.zeros(i["shape"]) for i in manifest["inputs"][2:]]
+        self.first = True
+
+    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+        if list(z.shape) != self.shape:
+            raise InputError(f"this artifact takes latent chunks of shape {self.shape}, got {list(z.shape)} "
+                             "(export it for this size and chunk)")
+        check_latents(z, StudentConfig(latent_channels=self.shape[1]))
+        frames, *self.states = self.run(z.float().contiguous(), torch.ones(1) if self.first else torch.zeros(1),
+                                        *self.states)
+        if self.first:
+            frames, self.first = frames[:, :, self.drop:], False
+        return frames
+
+    def close(self) -> None:
+        self.states = []
+
+
+def stream_to_video(streamer: Streamer | ArtifactStreamer, latents: Path, out: Path, chunk: int, fps: float = 24.0,
+                    progress: Callable[[int, int], None] | None = None) -> int:
     """Decode a latents file chunk by chunk into an mp4; only one chunk of latents and frames is ever in
     memory. Returns the number of frames written; an error leaves no mp4 behind."""
     if chunk < 1:
         raise InputError(f"--chunk must be >= 1 latent frame, got {chunk}")
     source = LatentFile(latents)
-    streamer = Streamer(model, tile, overlap)
     with VideoWriter(out, fps) as writer:
         for start in range(0, source.frames, chunk):
             writer.write(streamer(source.read(start, start + chunk))[0])

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from turbovaed.profile.devices import load_catalog
 from turbovaed.profile.host import estimate_records, find_manifests, profile_artifacts
+from turbovaed.profile.report import host_check
 
 
 def main() -> None:
@@ -35,16 +36,8 @@ def main() -> None:
         print(f"{r.artifact:28s} {r.latency.median_ms:10.2f} [{r.latency.p10_ms:7.2f}-{r.latency.p90_ms:7.2f}] "
               f"{s.latency.median_ms:14.2f}  {'yes' if ok else 'NO'}")
     print(f"repeatability: {inside}/{len(first)} second-pass medians inside the first pass's p10-p90 band")
-    estimates = {(r.artifact, tuple(r.input_shape)): r for r in estimate_records(find_manifests(args.artifacts),
-                                                                                  {"host": load_catalog()["host"]})}
-    ratios = []
-    for r in sorted(first, key=lambda r: r.artifact):
-        e = estimates.get((r.artifact, tuple(r.input_shape)))
-        if e is None:
-            continue
-        ratios.append(r.latency.median_ms / e.latency.median_ms)
-        print(f"  {r.artifact:28s} measured {r.latency.median_ms:8.2f} ms, roofline {e.latency.median_ms:8.2f} ms, "
-              f"measured/estimate {ratios[-1]:.2f}x")
+    table, ratios = host_check(first + estimate_records(find_manifests(args.artifacts), {"host": load_catalog()["host"]}))
+    print(table)
     within = sum(1 / 3 <= x <= 3 for x in ratios)
     print(f"host estimate within 3x of the measurement for {within}/{len(ratios)} artifacts "
           f"(range {min(ratios):.2f}x-{max(ratios):.2f}x)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Annotated, Optional
@@ -227,14 +228,7 @@ def quickstart(video: Annotated[Optional[list[Path]], typer.Option(help="videos 
         console.print("[bold]profile[/] host runtimes (interleaved) + device estimates")
         prof = profile(out_dir / "exports", runs=10, warmup=2, threads=torch.get_num_threads(),
                        results_dir=out_dir / "profiles")
-        eager = {tuple(r.input_shape): r.latency.median_ms for r in prof["measured"] if r.runtime == "pytorch"}
-        table = Table(title="quickstart: host latency (interleaved, median of 10)")
-        for col in ("artifact", "runtime", "median ms", "vs eager"):
-            table.add_column(col, justify="right")
-        for r in sorted(prof["measured"], key=lambda r: r.latency.median_ms):
-            base = eager.get(tuple(r.input_shape))
-            table.add_row(r.artifact, r.runtime, f"{r.latency.median_ms:.1f}",
-                          f"{r.latency.median_ms / base:.2f}x" if base else "-")
+        table = host_table(prof["measured"], "quickstart: host latency (interleaved, median of 10)")
         out.print(table)
         console.print("[bold]report[/]")
         paths = report_mod.write_report(out_dir / "exports", out_dir / "report", out_dir / "profiles")
@@ -365,6 +359,20 @@ def export_cmd(recipes: Annotated[Optional[list[Path]], typer.Argument(help="exp
     out.print(table)
 
 
+def host_table(records: list, title: str) -> Table:
+    """Measured host records, fastest first, each with its ratio to the eager student of the same input."""
+    table = Table(title=title)
+    for col in ("artifact", "runtime", "precision", "median ms", "p10-p90 ms", "fps", "load ms", "vs eager"):
+        table.add_column(col, justify="right")
+    eager = {tuple(r.input_shape): r.latency.median_ms for r in records if r.runtime == "pytorch"}
+    for r in sorted(records, key=lambda r: r.latency.median_ms):
+        base = eager.get(tuple(r.input_shape))
+        table.add_row(r.artifact, r.runtime, r.precision, f"{r.latency.median_ms:.1f}",
+                      f"{r.latency.p10_ms:.1f}-{r.latency.p90_ms:.1f}", f"{r.fps:.1f}", f"{r.load_ms:.0f}",
+                      f"{r.latency.median_ms / base:.2f}x" if base else "-")
+    return table
+
+
 @app.command("profile")
 def profile_cmd(target: Annotated[str, typer.Argument(help="artifacts folder (from `turbovaed export`), or 'import'")],
                 file: Annotated[Optional[Path], typer.Argument(help="with 'import': a record JSON from a device app")] = None,
@@ -395,15 +403,7 @@ def profile_cmd(target: Annotated[str, typer.Argument(help="artifacts folder (fr
     if runs < 2 or warmup < 0:
         raise InputError("--runs must be >= 2 (for p10/p90) and --warmup >= 0")
     result = profile(Path(target), runs, warmup, threads, results)
-    table = Table(title=f"host latency ({threads} threads, {runs} interleaved runs)")
-    for col in ("artifact", "runtime", "precision", "median ms", "p10-p90 ms", "fps", "load ms", "vs eager"):
-        table.add_column(col, justify="right")
-    eager = {tuple(r.input_shape): r.latency.median_ms for r in result["measured"] if r.runtime == "pytorch"}
-    for r in sorted(result["measured"], key=lambda r: r.latency.median_ms):
-        ratio = eager.get(tuple(r.input_shape))
-        table.add_row(r.artifact, r.runtime, r.precision, f"{r.latency.median_ms:.1f}",
-                      f"{r.latency.p10_ms:.1f}-{r.latency.p90_ms:.1f}", f"{r.fps:.1f}", f"{r.load_ms:.0f}",
-                      f"{r.latency.median_ms / ratio:.2f}x" if ratio else "-")
+    table = host_table(result["measured"], f"host latency ({threads} threads, {runs} interleaved runs)")
     out.print(table)
     for line in result["skipped"]:
         out.print(f"skipped {line}")
@@ -423,8 +423,7 @@ def demo_cmd(app_name: Annotated[str, typer.Argument(help="which demo: web")],
     server = serve(bundle, port)
     out.print(f"open http://127.0.0.1:{server.server_address[1]}/ (Ctrl-C to stop)")
     try:
-        threading_event = __import__("threading").Event()
-        threading_event.wait()
+        threading.Event().wait()
     except KeyboardInterrupt:
         server.shutdown()
 

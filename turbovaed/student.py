@@ -338,8 +338,7 @@ class StreamingStep(nn.Module):
             first = torch.ones(1) if i == 0 else torch.zeros(1)
             frames, *states = run(latents[:, :, i:i + chunk].contiguous(), first, *inputs[2:])
             inputs = (None, None, *states)
-            outs.append(frames if i else frames[:, :, self.decoder.config.temporal_ratio - 1
-                                                 if self.decoder.config.first_frame else 0:])
+            outs.append(frames if i else frames[:, :, dropped_frames(self.decoder.config, None):])
         return torch.cat(outs, dim=2)
 
 

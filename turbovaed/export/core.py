@@ -18,7 +18,7 @@ from turbovaed import data, teachers
 from turbovaed.io import InputError, TurboVAEDError, atomic_dir
 from turbovaed.lowering import latent_shape, mobile_graph
 from turbovaed.metrics import psnr
-from turbovaed.student import WEIGHTS_NAME, StreamingStep, StudentDecoder
+from turbovaed.student import WEIGHTS_NAME, StreamingStep, StudentDecoder, dropped_frames
 
 BACKENDS = {  # backend -> precisions it builds
     "executorch": ("fp32", "int8", "int4"),
@@ -153,7 +153,7 @@ def graph(student: StudentDecoder, recipe: ExportRecipe, backend) -> tuple[torch
     states = [f"state_{i}" for i in range(len(example) - 2)]
     return step, example, {"inputs": ["latents", "first", *states], "outputs": ["frames", *[f"{n}_out" for n in states]],
                            "stream": {"chunk_latent_frames": s.stream_chunk, "states": len(states),
-                                      "first_chunk_drop_frames": cfg.temporal_ratio - 1 if cfg.first_frame else 0,
+                                      "first_chunk_drop_frames": dropped_frames(cfg, None),
                                       "protocol": "call with first=[1.0] and zero states, then first=[0.0] and the "
                                                   "previous call's state outputs; drop first_chunk_drop_frames from "
                                                   "the first output"}}

@@ -18,7 +18,7 @@ from turbovaed.profile import devices as catalog_mod
 from turbovaed.profile.estimate import device_estimates, layer_costs
 from turbovaed.profile.schema import Latency, Ops, Record, save
 from turbovaed.recipes import build
-from turbovaed.student import StreamingStep, StudentDecoder
+from turbovaed.student import StreamingStep, StudentConfig, StudentDecoder
 
 RUNTIME = {"executorch": "executorch", "onnx": "onnxruntime", "litert": "litert", "coreml": "coreml"}
 UNIT = {"executorch": "cpu/xnnpack", "onnx": "cpu", "litert": "cpu/xnnpack", "coreml": "ane"}
@@ -60,12 +60,6 @@ def example_inputs(manifest: dict, seed: int = 0) -> tuple[torch.Tensor, ...]:
     return tuple(xs)
 
 
-def _student(manifest: dict) -> tuple[StudentDecoder, str]:
-    ckpt = Path(manifest["student"]["checkpoint"])
-    model = StudentDecoder.from_pretrained(ckpt).float().eval()
-    return model, str(ckpt)
-
-
 def profile_artifacts(path: Path, runs: int = 10, warmup: int = 2, threads: int = 2, eager: bool = True,
                       device: str = "host") -> tuple[list[Record], list[str]]:
     """Measured host records (interleaved timing) and a list of what was skipped and why."""
@@ -91,7 +85,7 @@ def profile_artifacts(path: Path, runs: int = 10, warmup: int = 2, threads: int 
             if key in runners or not Path(m["student"]["checkpoint"]).is_dir():
                 continue
             before, t0 = rss_mb(), time.perf_counter()
-            model, _ = _student(m)
+            model = StudentDecoder.from_pretrained(m["student"]["checkpoint"]).float().eval()
             net = StreamingStep(model.to_mobile().eval()) if "stream" in m else model
             runners[key] = ({**m, "backend": "pytorch", "precision": "fp32", "name": "eager", "_eager": True},
                             lambda *xs, net=net: net(*xs), (time.perf_counter() - t0) * 1000, before)
@@ -141,12 +135,7 @@ def estimate_records(manifests: list[dict], devices: dict) -> list[Record]:
     """Roofline estimates for every artifact on every catalog device (and compute unit) its runtime can use."""
     out = []
     for m in manifests:
-        cfg = StudentDecoder.from_pretrained(m["student"]["checkpoint"]).config if Path(
-            m["student"]["checkpoint"]).is_dir() else None
-        if cfg is None:
-            from turbovaed.student import StudentConfig
-
-            cfg = StudentConfig.from_dict(m["student"]["config"])
+        cfg = StudentConfig.from_dict(m["student"]["config"])  # the manifest carries it: no weights to load
         costs = layer_costs(cfg, tuple(m["inputs"][0]["shape"][2:]))
         frames = m["outputs"][0]["shape"][2]
         for dev in devices.values():

@@ -39,14 +39,13 @@ def _student_quality(manifest: dict) -> dict:
     return {k: mean[f"student_{k}"] for k in ("psnr", "ssim") if isinstance(mean.get(f"student_{k}"), (int, float))}
 
 
-def fps_by_device(records: list[Record]) -> dict[tuple[str, str], tuple[float, Record]]:
-    """Best FPS per (device, precision): measured beats estimate; among equals the fastest wins."""
-    best: dict[tuple[str, str], tuple[float, Record]] = {}
+def best_records(records: list[Record], key) -> dict:
+    """The best record per key(record): a measurement beats an estimate; among equals the fastest wins."""
+    best: dict = {}
     for r in records:
-        key = (r.device, r.precision)
-        rank = (r.source != "estimate", r.fps)
-        if key not in best or rank > (best[key][1].source != "estimate", best[key][0]):
-            best[key] = (r.fps, r)
+        k = key(r)
+        if k not in best or (r.source != "estimate", r.fps) > (best[k].source != "estimate", best[k].fps):
+            best[k] = r
     return best
 
 
@@ -56,12 +55,8 @@ def headline(manifests: list[dict], records: list[Record], devices: list[str]) -
     for ckpt in sorted({m["student"]["checkpoint"] for m in manifests}):
         m = next(x for x in manifests if x["student"]["checkpoint"] == ckpt)
         cfg, q = m["student"]["config"], _student_quality(m)
-        mine = [r for r in records if r.model == Path(ckpt).name and "stream" not in r.notes]
-        best = {}
-        for r in mine:
-            if r.device not in best or (r.source != "estimate", r.fps) > (best[r.device].source != "estimate",
-                                                                          best[r.device].fps):
-                best[r.device] = r
+        best = best_records([r for r in records if r.model == Path(ckpt).name and "stream" not in r.notes],
+                            key=lambda r: r.device)
         cells = []
         for d in devices:
             r = best.get(d)
@@ -105,42 +100,47 @@ def host_check(records: list[Record]) -> tuple[str, list[float]]:
     return _md_table(["artifact", "precision", "measured ms", "estimate ms", "measured / estimate"], rows), ratios
 
 
-def plot_latency(records: list[Record], path: Path) -> None:
+def _axes(figsize: tuple[float, float]):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    best = fps_by_device([r for r in records if "stream" not in r.notes])
-    devices = sorted({d for d, _ in best})
-    precisions = [p for p in PRECISION_ORDER if any(p == q for _, q in best)]
-    fig, ax = plt.subplots(figsize=(max(8, 1.2 * len(devices)), 4.5))
-    width = 0.8 / max(1, len(precisions))
-    for i, p in enumerate(precisions):
-        for j, d in enumerate(devices):
-            if (d, p) not in best:
-                continue
-            fps, r = best[(d, p)]
-            ax.bar(j + i * width, r.latency.median_ms, width, color=f"C{i}", hatch="//" if r.source == "estimate" else "",
-                   edgecolor="black", linewidth=0.4, label=p if j == min(jj for jj, dd in enumerate(devices)
-                                                                        if (dd, p) in best) else None)
-    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(devices))], devices, rotation=25, ha="right")
-    ax.set_yscale("log")
-    ax.set_ylabel("latency per decode call, ms (log)")
-    ax.set_title("Decode latency per device and precision (hatched = roofline estimate, solid = measured)")
+    return plt.subplots(figsize=figsize)
+
+
+def _save(fig, ax, title: str, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    ax.set_title(title)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
+def plot_latency(records: list[Record], path: Path) -> None:
+    best = best_records([r for r in records if "stream" not in r.notes], key=lambda r: (r.device, r.precision))
+    devices = sorted({d for d, _ in best})
+    precisions = [p for p in PRECISION_ORDER if any(p == q for _, q in best)]
+    fig, ax = _axes((max(8, 1.2 * len(devices)), 4.5))
+    width = 0.8 / max(1, len(precisions))
+    for i, p in enumerate(precisions):
+        for j, d in enumerate(devices):
+            if (d, p) not in best:
+                continue
+            r = best[(d, p)]
+            ax.bar(j + i * width, r.latency.median_ms, width, color=f"C{i}", hatch="//" if r.source == "estimate" else "",
+                   edgecolor="black", linewidth=0.4, label=p if j == min(jj for jj, dd in enumerate(devices)
+                                                                        if (dd, p) in best) else None)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(devices))], devices, rotation=25, ha="right")
+    ax.set_yscale("log")
+    ax.set_ylabel("latency per decode call, ms (log)")
+    _save(fig, ax, "Decode latency per device and precision (hatched = roofline estimate, solid = measured)", path)
+
+
 def plot_quality_size(manifests: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = _axes((7, 4.5))
     for i, backend in enumerate(sorted({m["backend"] for m in manifests})):
         pts = [(m["bytes"] / 1024, min(m["numerics"]["psnr_db"], 80.0), m["precision"]) for m in manifests
                if m["backend"] == backend and "psnr_db" in m["numerics"]]
@@ -151,11 +151,7 @@ def plot_quality_size(manifests: list[dict], path: Path) -> None:
     ax.set_xscale("log")
     ax.set_xlabel("artifact size, KiB (log)")
     ax.set_ylabel("PSNR vs fp32 student, dB (capped at 80)")
-    ax.set_title("Quality vs artifact size")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, ax, "Quality vs artifact size", path)
 
 
 def side_by_side(manifests: list[dict], path: Path, video: Path | None) -> Path | None:

@@ -74,24 +74,127 @@ def test_synthetic_clips_are_deterministic_and_moving():
     assert not torch.equal(a, data.synthetic_clip(9, 48, 48, seed=2))
 
 
-def test_latent_cache_fills_resumes_and_reads_back(tmp_path):
+def test_latent_cache_fills_resumes_and_reads_back_by_slices(tmp_path, monkeypatch):
     teacher = teachers.build_tiny("wan21")
     sampler = data.ClipSampler([], teacher.spec.frames_for(2), (32, 32), seed=0)  # synthetic clips
     cache = data.LatentCache(tmp_path / "cache")
-    cache.fill(teacher, sampler, count=3, shard_size=2)
-    assert len(cache) == 3 and len(cache.index["shards"]) == 2
+    cache.fill(teacher, sampler, count=3, shard_size=2, batch=2)
+    assert len(cache) == 3 and len(cache.parts[0]["shards"]) == 2
     resumed = data.LatentCache(tmp_path / "cache")
     calls = []
     resumed.fill(teacher, sampler, count=5, shard_size=2, progress=lambda: calls.append(1))
     assert len(resumed) == 5 and len(calls) == 2  # only the missing items were encoded
-    item = resumed[4]
+    import safetensors
+
+    opened = []
+    real_open = safetensors.safe_open
+
+    class Spy:
+        def __init__(self, *args, **kwargs):
+            self.f = real_open(*args, **kwargs)
+            opened.append(self)
+
+        def keys(self):
+            return self.f.keys()
+
+        def get_slice(self, key):
+            return self.f.get_slice(key)
+
+        def get_tensor(self, key):
+            raise AssertionError("a whole shard tensor was loaded to read one item")
+
+    monkeypatch.setattr(safetensors, "safe_open", Spy)
+    item = data.LatentCache(tmp_path / "cache")[4]
+    assert len(opened) == 1  # one memory map, sliced
     clip, _ = sampler.clip(4)
-    z = teacher.encode(clip[None])
-    assert torch.allclose(item["latents"], z[0], atol=1e-5)
+    mean, logvar = teacher.encode_posterior(item["frames"][None])  # the teacher encodes the stored frames
+    assert torch.allclose(item["latents"], mean[0], atol=1e-5)
+    assert torch.allclose(item["logvar"], logvar[0], atol=1e-5)  # posterior kept: recipes can train on samples
     assert (item["frames"] - clip).abs().max() <= 1 / 127.5 + 1e-6  # frames stored as uint8
-    assert torch.allclose(item["teacher"], teacher.decode(z)[0], atol=2e-3)  # teacher decode as fp16
+    assert (item["teacher"] - teacher.decode(mean)[0].clamp(-1, 1)).abs().max() <= 1 / 127.5 + 1e-3
     with pytest.raises(CheckpointError, match="made with"):
         resumed.fill(teachers.build_tiny("cogvideox"), sampler, count=6)
+
+
+def test_cache_parts_are_per_rank_and_disjoint(tmp_path):
+    teacher = teachers.build_tiny("wan21")
+    sampler = data.ClipSampler([], teacher.spec.frames_for(2), (32, 32), seed=0)
+    for rank in (1, 0):  # ranks fill independently, in any order
+        data.LatentCache(tmp_path / "c").fill(teacher, sampler, count=5, rank=rank, world=2, shard_size=2)
+    cache = data.LatentCache(tmp_path / "c")
+    assert sorted(cache.parts) == [0, 1]
+    assert cache.items(0, 2) == [0, 2, 4] and cache.items(1, 2) == [1, 3]
+    assert cache.items(0, 1) == [0, 1, 2, 3, 4]  # a resume on one rank sees every part
+    (tmp_path / "c" / "part-001.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        data.LatentCache(tmp_path / "c")
+
+
+def nested_videos(root, lengths=(12, 20, 16)):
+    paths = []
+    for i, n in enumerate(lengths):
+        sub = root / f"set{i % 2}" / f"deep{i}"
+        paths.append(data.write_video(sub / f"v{i}.mp4", data.synthetic_clip(n, 48, 64, seed=i), fps=10))
+    return paths
+
+
+def test_recursive_listing_and_an_index_that_is_reused(tmp_path, monkeypatch):
+    paths = nested_videos(tmp_path / "videos")
+    (tmp_path / "videos" / "notes.txt").write_text("not a video")
+    listed = data.list_videos(tmp_path / "videos")
+    assert sorted(listed) == sorted(paths)
+    index = tmp_path / "index.json"
+    infos, bad = data.index_videos(listed, index)
+    assert {i.path: i.frames for i in infos} == dict(zip(paths, (12, 20, 16))) and not bad
+    probed = []
+    real = data.video_info
+    monkeypatch.setattr(data, "video_info", lambda p: probed.append(p) or real(p))
+    again, _ = data.index_videos(listed, index)  # a restart reads the index, probes nothing
+    assert again == infos and probed == []
+    data.write_video(paths[1], data.synthetic_clip(9, 48, 64), fps=10)  # a changed file is probed again
+    again, _ = data.index_videos(listed, index)
+    assert probed == [paths[1]] and {i.path: i.frames for i in again}[paths[1]] == 9
+    assert data.wait_for_index(listed, index, timeout_s=1)[0] == again
+    index.write_text('{"version": 1, "videos": {"x": 3}}')
+    with pytest.raises(VideoError, match="corrupt.*delete it"):
+        data.index_videos(listed, index)
+
+
+def test_unreadable_videos_are_skipped_and_a_folder_of_none_is_refused(tmp_path):
+    good = nested_videos(tmp_path / "v", lengths=(10,))
+    (tmp_path / "v" / "broken.mp4").write_bytes(b"\x00" * 500)
+    infos, bad = data.index_videos(data.list_videos(tmp_path / "v"), tmp_path / "i.json")
+    assert [i.path for i in infos] == good and len(bad) == 1 and "cannot read video" in bad[0]
+    (tmp_path / "junk").mkdir()
+    for n in range(2):
+        (tmp_path / "junk" / f"{n}.mp4").write_bytes(b"garbage" * 50)
+    with pytest.raises(VideoError, match="none of the 2 videos is readable"):
+        data.index_videos(data.list_videos(tmp_path / "junk"), tmp_path / "j.json")
+    assert not (tmp_path / "j.json.tmp").exists()
+
+
+def test_seeking_reads_the_same_frames_as_decoding_from_the_start(videos_dir, tmp_path):
+    long = data.write_video(tmp_path / "long.mp4", data.synthetic_clip(90, 64, 64, seed=5), fps=25)
+    for path in [long, videos_dir / "sam2_bedroom.mp4", videos_dir / "cotracker_paragliding.mp4"]:
+        n = data.video_info(path).frames
+        for start in (0, 1, n // 3, n // 2 + 7, n - 9):
+            a = data.read_frames(path, start, 5, seek=True)
+            b = data.read_frames(path, start, 5, seek=False)
+            assert np.array_equal(a, b), (path.name, start)
+
+
+def test_strides_and_flips_are_drawn_per_clip(tmp_path):
+    path = data.write_video(tmp_path / "v.mp4", data.synthetic_clip(40, 32, 48, seed=1), fps=10)
+    whole = data.to_tensor(data.read_frames(path, seek=False))
+    sampler = data.ClipSampler([path], 5, (32, 48), seed=3, strides=(1, 3), flip=True)
+    seen = set()
+    for i in range(16):
+        clip, meta = sampler.clip(i)
+        seen.add((meta["stride"], meta["flip"]))
+        s, st = meta["start"], meta["stride"]
+        want = whole[:, s:s + 4 * st + 1:st]
+        assert torch.equal(clip, want.flip(-1) if meta["flip"] else want)
+    assert seen == {(1, False), (1, True), (3, False), (3, True)}
 
 
 def test_bundled_registry_clips_are_real_video():

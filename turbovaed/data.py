@@ -52,14 +52,17 @@ def bundled_videos() -> list[Path]:
 
 
 def list_videos(source: str | Path | Iterable[str | Path]) -> list[Path]:
-    """Video files in a folder, a single file, or a list of either."""
+    """Video files in folders (searched recursively, symlinked folders followed), single files, or a list
+    of either; sorted, so every rank of a run sees the same list."""
     if isinstance(source, (str, Path)):
         source = [source]
     found: list[Path] = []
     for item in source:
         path = Path(item)
         if path.is_dir():
-            found += sorted(p for p in path.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES)
+            for root, dirs, files in os.walk(path, followlinks=True):
+                dirs.sort()
+                found += sorted(Path(root) / f for f in files if Path(f).suffix.lower() in VIDEO_SUFFIXES)
         elif path.is_file():
             found.append(path)
         else:
@@ -80,23 +83,31 @@ class VideoInfo:
 
 
 def video_info(path: str | Path) -> VideoInfo:
+    """Probe a container's header (no decoding: a 100k-file folder is indexed in minutes). Where the
+    container stores no frame count, it is estimated from the duration; reads tolerate an over-count."""
     av = _require_av()
     path = Path(path)
     try:
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
+            fps = float(stream.average_rate or stream.guessed_rate or 30)
             frames = stream.frames
-            if not frames:  # some containers do not store a count: decode to count
+            if not frames and stream.duration and stream.time_base:
+                frames = int(stream.duration * stream.time_base * fps)
+            elif not frames and container.duration:
+                frames = int(container.duration / 1_000_000 * fps)
+            if not frames:  # nothing stored at all: count by decoding (rare)
                 frames = sum(1 for _ in container.decode(stream))
-            return VideoInfo(path, int(frames), float(stream.average_rate or 30),
-                             stream.codec_context.width, stream.codec_context.height)
+            return VideoInfo(path, int(frames), fps, stream.codec_context.width, stream.codec_context.height)
     except (av.error.FFmpegError, IndexError, OSError) as err:
         raise VideoError(f"cannot read video {path}: {err}") from err
 
 
-def read_frames(path: str | Path, start: int = 0, count: int | None = None, allow_short: bool = False) -> np.ndarray:
-    """Decode frames [start, start+count) as uint8 (T, H, W, 3) RGB. allow_short returns what exists
-    (container frame counts can overstate what decodes by a frame or two)."""
+def read_frames(path: str | Path, start: int = 0, count: int | None = None, allow_short: bool = False,
+                seek: bool = True) -> np.ndarray:
+    """Decode frames [start, start+count) as uint8 (T, H, W, 3) RGB. With `seek` the container jumps to
+    the keyframe before `start` (a window at frame 2000 costs about what one at frame 0 does); frames are
+    placed by their timestamps. allow_short returns what exists (container counts can overstate)."""
     av = _require_av()
     path = Path(path)
     out = []
@@ -104,7 +115,19 @@ def read_frames(path: str | Path, start: int = 0, count: int | None = None, allo
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
+            fps = float(stream.average_rate or stream.guessed_rate or 0)
+            tb = float(stream.time_base or 0)
+            t0 = stream.start_time or 0
+            timed = seek and start > 0 and fps > 0 and tb > 0
+            if timed:
+                container.seek(t0 + int(start / fps / tb), stream=stream, backward=True, any_frame=False)
             for i, frame in enumerate(container.decode(stream)):
+                if timed:
+                    if frame.pts is None:  # no timestamps to place frames by: read from the start instead
+                        return read_frames(path, start, count, allow_short, seek=False)
+                    i = round((frame.pts - t0) * tb * fps)
+                    if not out and i > start:  # landed past the window: the seek was unreliable
+                        return read_frames(path, start, count, allow_short, seek=False)
                 if i < start:
                     continue
                 out.append(frame.to_ndarray(format="rgb24"))
@@ -115,6 +138,92 @@ def read_frames(path: str | Path, start: int = 0, count: int | None = None, allo
     if not out or (count is not None and len(out) < count and not allow_short):
         raise VideoError(f"{path} has fewer than {start + (count or 1)} frames")
     return np.stack(out)
+
+
+# ----------------------------------------------------------------------------- the video index
+INDEX_VERSION = 1
+
+
+def _stat_key(path: Path) -> list[int]:
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns]
+
+
+def load_index(path: str | Path) -> dict[str, dict]:
+    """Entries of an index file (path -> frames, fps, size, stat or error); a clear error if corrupt."""
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text())
+        if doc.get("version") != INDEX_VERSION or not isinstance(doc.get("videos"), dict):
+            raise ValueError(f"expected version {INDEX_VERSION} with a 'videos' table")
+        for name, e in doc["videos"].items():
+            if not isinstance(e, dict) or not isinstance(e.get("stat"), list) or (
+                    "error" not in e and not all(k in e for k in ("frames", "fps", "width", "height"))):
+                raise ValueError(f"entry {name!r} is malformed")
+        return doc["videos"]
+    except (OSError, ValueError, AttributeError) as err:
+        raise VideoError(f"video index {path} is corrupt ({err}); delete it and it is rebuilt") from err
+
+
+def _probe(path: Path) -> dict:
+    stat = _stat_key(path)
+    try:
+        info = video_info(path)
+    except VideoError as err:
+        return {"stat": stat, "error": str(err)}
+    return {"stat": stat, "frames": info.frames, "fps": info.fps, "width": info.width, "height": info.height}
+
+
+def _infos(videos: list[Path], entries: dict[str, dict]) -> tuple[list[VideoInfo], list[str]]:
+    infos, bad = [], []
+    for v in videos:
+        e = entries[str(v)]
+        if "error" in e:
+            bad.append(e["error"])
+        else:
+            infos.append(VideoInfo(v, e["frames"], e["fps"], e["width"], e["height"]))
+    if not infos:
+        raise VideoError(f"none of the {len(videos)} videos is readable; first error: {bad[0]}")
+    return infos, bad
+
+
+def index_videos(videos: list[Path], index_path: str | Path | None = None, workers: int = 8,
+                 show_progress: bool = False) -> tuple[list[VideoInfo], list[str]]:
+    """(readable videos, errors of unreadable ones). Each file is probed once: with `index_path` the
+    results are kept in a JSON index and reused by later runs and other ranks; only new or changed
+    files (size, mtime) are probed again. Probing runs in `workers` threads (PyAV releases the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    entries = load_index(index_path) if index_path and Path(index_path).is_file() else {}
+    todo = [v for v in videos if entries.get(str(v), {}).get("stat") != _stat_key(v)]
+    if todo:
+        from rich.progress import Progress
+
+        with Progress(disable=not show_progress, transient=True) as bar, \
+                ThreadPoolExecutor(max(1, workers)) as pool:
+            task = bar.add_task(f"indexing {len(todo)} videos", total=len(todo))
+            for v, entry in zip(todo, pool.map(_probe, todo)):
+                entries[str(v)] = entry
+                bar.advance(task)
+        if index_path:
+            with atomic_file(index_path) as tmp:
+                tmp.write_text(json.dumps({"version": INDEX_VERSION, "videos": entries}))
+    return _infos(videos, entries)
+
+
+def wait_for_index(videos: list[Path], index_path: str | Path, timeout_s: float) -> tuple[list[VideoInfo], list[str]]:
+    """Other ranks read the index rank 0 writes (a file poll, not a collective: no NCCL timeout)."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if Path(index_path).is_file():
+            entries = load_index(index_path)
+            if all(entries.get(str(v), {}).get("stat") == _stat_key(v) for v in videos):
+                return _infos(videos, entries)
+        if time.monotonic() > deadline:
+            raise VideoError(f"waited {timeout_s:.0f} s for rank 0 to index the videos into {index_path}")
+        time.sleep(2.0)
 
 
 class VideoWriter:
@@ -181,8 +290,7 @@ def to_uint8(frames: torch.Tensor) -> np.ndarray:
     """float (3, T, H, W) (or (1, 3, T, H, W)) in [-1, 1] -> uint8 (T, H, W, 3)."""
     if frames.dim() == 5:
         frames = frames[0]
-    x = frames.detach().float().clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8)
-    return x.permute(1, 2, 3, 0).cpu().numpy()
+    return _quantize(frames.detach()).permute(1, 2, 3, 0).cpu().numpy()
 
 
 def read_window(path: str | Path, start: int, frames: int) -> tuple[int, np.ndarray]:
@@ -207,16 +315,23 @@ def resize_short_side(clip: torch.Tensor, short: int) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- clip sampling
 def sample_clip(path: str | Path, frames: int, size: tuple[int, int], rng: random.Random,
-                resize: int | None = None, info: VideoInfo | None = None) -> tuple[torch.Tensor, dict]:
+                resize: int | None = None, info: VideoInfo | None = None, strides: tuple[int, ...] = (1,),
+                flip: bool = False) -> tuple[torch.Tensor, dict]:
     """A random clip of `frames` frames and `size` (H, W) from one video.
 
     resize=None crops at native resolution (detail as in the source); resize=S first scales the short
-    side to S (more scene per crop). Returns the clip (3, T, H, W) in [-1, 1] and where it came from."""
+    side to S (more scene per crop). A frame stride is drawn from `strides` (every s-th frame: faster
+    motion) and, with `flip`, a horizontal flip half the time. Returns the clip (3, T, H, W) in [-1, 1]
+    and where it came from."""
     info = info or video_info(path)
     if info.frames < frames:
         raise VideoError(f"{path} has {info.frames} frames, fewer than the {frames} asked for")
-    start, got = read_window(path, rng.randint(0, info.frames - frames), frames)
-    clip = to_tensor(got)
+    stride = 1
+    if len(strides) > 1 or strides[0] != 1:
+        stride = rng.choice([s for s in strides if (frames - 1) * s + 1 <= info.frames] or [1])
+    span = (frames - 1) * stride + 1
+    start, got = read_window(path, rng.randint(0, info.frames - span), span)
+    clip = to_tensor(got[::stride])
     if resize:
         clip = resize_short_side(clip, resize)
     h, w = size
@@ -225,8 +340,13 @@ def sample_clip(path: str | Path, frames: int, size: tuple[int, int], rng: rando
         clip = resize_short_side(clip, max(h, w))
         _, _, ch, cw = clip.shape
     top, left = rng.randint(0, ch - h), rng.randint(0, cw - w)
-    meta = {"video": Path(path).name, "start": start, "top": top, "left": left, "resize": resize or 0}
-    return clip[:, :, top:top + h, left:left + w].contiguous(), meta
+    clip = clip[:, :, top:top + h, left:left + w]
+    flipped = flip and rng.random() < 0.5
+    if flipped:
+        clip = clip.flip(-1)
+    meta = {"video": Path(path).name, "start": start, "top": top, "left": left, "resize": resize or 0,
+            "stride": stride, "flip": flipped}
+    return clip.contiguous(), meta
 
 
 def synthetic_clip(frames: int, height: int, width: int, seed: int = 0) -> torch.Tensor:
@@ -271,14 +391,20 @@ def fixed_clips(videos: list[Path], frames: int, size: int, per_video: int = 3) 
 
 
 class ClipSampler:
-    """Deterministic stream of clips from a list of videos (or synthetic clips when there are none)."""
+    """Deterministic stream of clips from a list of videos (or synthetic clips when there are none).
+
+    Clip i is a fresh random window, crop, stride and flip drawn from seed and i, so a large latent cache
+    holds that variety and a restart redraws the very same clips. `infos` (from `index_videos`) saves
+    probing every file again."""
 
     def __init__(self, videos: list[Path], frames: int, size: tuple[int, int], seed: int = 0,
-                 resize: int | None = None) -> None:
+                 resize: int | None = None, infos: list[VideoInfo] | None = None,
+                 strides: tuple[int, ...] = (1,), flip: bool = False) -> None:
         self.videos, self.frames, self.size, self.seed, self.resize = videos, frames, size, seed, resize
-        self.infos = [video_info(v) for v in videos]
+        self.strides, self.flip = tuple(strides), flip
+        self.infos = infos if infos is not None else [video_info(v) for v in videos]
         usable = [i for i in self.infos if i.frames >= frames]
-        if videos and not usable:
+        if self.infos and not usable:
             raise VideoError(f"no video has at least {frames} frames (the longest has "
                              f"{max(i.frames for i in self.infos)})")
         self.infos = usable
@@ -290,7 +416,7 @@ class ClipSampler:
             clip = synthetic_clip(self.frames, *self.size, seed=self.seed * 1_000_003 + index)
             return clip, {"video": "synthetic", "seed": self.seed * 1_000_003 + index}
         info = self.infos[index % len(self.infos)]
-        return sample_clip(info.path, self.frames, self.size, rng, self.resize, info)
+        return sample_clip(info.path, self.frames, self.size, rng, self.resize, info, self.strides, self.flip)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, dict]]:
         index = 0
@@ -299,71 +425,144 @@ class ClipSampler:
             index += 1
 
 
-# ----------------------------------------------------------------------------- latent cache
-class LatentCache:
-    """Teacher latents (and their source frames) in safetensors shards, written once, resumable.
+class _Clips(torch.utils.data.Dataset):
+    """Clips by global index as uint8 (decoded in DataLoader workers while the teacher encodes)."""
 
-    Layout: DIR/index.json (teacher, shapes, shard list) and DIR/shard-00000.safetensors holding
-    `latents` (N, C, T, h, w) float32, `frames` (N, 3, T', H, W) uint8 and `teacher` (the teacher's
-    decode of the latents) float16. A shard is written to a temp file and renamed, so an interrupted
-    run loses at most the shard in progress."""
+    def __init__(self, sampler: ClipSampler, indices: list[int]) -> None:
+        self.sampler, self.indices = sampler, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, k: int):
+        clip, source = self.sampler.clip(self.indices[k])
+        return self.indices[k], torch.from_numpy(to_uint8(clip)).permute(3, 0, 1, 2), json.dumps(source)
+
+
+def _one_thread(_worker: int) -> None:
+    torch.set_num_threads(1)
+
+
+# ----------------------------------------------------------------------------- latent cache
+CACHE_VERSION = 2
+
+
+class LatentCache:
+    """Teacher latents (posterior mean and log-variance), their source frames and the teacher's decode,
+    in safetensors shards written once and resumable.
+
+    Each rank fills its own part in parallel (clip i belongs to rank i % world), writing DIR/part-RRR.json
+    and its shards; nobody waits on anybody. A shard is written to a temp file and renamed, so an
+    interrupted run loses at most the shard in progress. Items are read by memory-mapped slices: one
+    item costs its own bytes, never a whole shard. Shards hold `latents` and `logvar` (N, C, T, h, w)
+    float32 (logvar absent for teachers without a posterior), `frames` and `teacher` (N, 3, T', H, W)
+    uint8 (the teacher's decode quantised like a video frame: <= 1/255 of full range)."""
 
     def __init__(self, directory: str | Path) -> None:
         self.dir = Path(directory)
-        self.index_path = self.dir / "index.json"
-        self.index = json.loads(self.index_path.read_text()) if self.index_path.is_file() else {"shards": []}
-        self._loaded: dict[int, dict[str, torch.Tensor]] = {}
+        if (self.dir / "index.json").is_file():
+            raise CheckpointError(f"latent cache {self.dir} was written by an older turbovaed; remove it")
+        self.parts: dict[int, dict] = {}
+        for p in sorted(self.dir.glob("part-*.json")):
+            try:
+                part = json.loads(p.read_text())
+                if not all(isinstance(s["file"], str) and isinstance(s["items"], list) for s in part["shards"]):
+                    raise ValueError("malformed shard list")
+                self.parts[int(p.stem.split("-")[1])] = part
+            except (ValueError, KeyError, TypeError) as err:
+                raise CheckpointError(f"latent cache part {p} is corrupt ({err}); remove {self.dir}") from err
+        self._where = {i: (s["file"], k) for part in self.parts.values() for s in part["shards"]
+                       for k, i in enumerate(s["items"])}
+        self._handles: dict[str, object] = {}
 
     def __len__(self) -> int:
-        return sum(s["count"] for s in self.index["shards"])
+        return len(self._where)
 
-    def fill(self, teacher, sampler: ClipSampler, count: int, shard_size: int = 32, progress=None) -> None:
-        """Encode clips until the cache holds `count` items (skips what earlier runs wrote)."""
-        meta = {"teacher": teacher.spec.name, "frames": sampler.frames, "size": list(sampler.size)}
-        if self.index["shards"] and {k: self.index.get(k) for k in meta} != meta:
-            raise CheckpointError(f"latent cache {self.dir} was made with {({k: self.index.get(k) for k in meta})}, "
-                                  f"not {meta}; use another folder")
-        self.index.update(meta)
-        while len(self) < count:
-            first = len(self)
-            n = min(shard_size, count - first)
-            items: dict[str, list[torch.Tensor]] = {"latents": [], "frames": [], "teacher": []}
-            sources = []
-            for i in range(first, first + n):
-                clip, source = sampler.clip(i)
-                z = teacher.encode(clip[None])
-                items["latents"].append(z[0])
-                items["frames"].append(torch.from_numpy(to_uint8(clip)).permute(3, 0, 1, 2))
-                items["teacher"].append(teacher.decode(z)[0].half())
-                sources.append(source)
-                if progress:
+    def __getstate__(self) -> dict:  # DataLoader workers open their own memory maps
+        return {**self.__dict__, "_handles": {}}
+
+    def items(self, rank: int = 0, world: int = 1, count: int | None = None) -> list[int]:
+        """Global indices this rank trains on (its own part: i % world == rank), sorted."""
+        return sorted(i for i in self._where if i % world == rank and (count is None or i < count))
+
+    def fill(self, teacher, sampler: ClipSampler, count: int, rank: int = 0, world: int = 1, shard_size: int = 32,
+             batch: int = 4, workers: int = 0, progress=None) -> None:
+        """Encode this rank's clips i < count (i % world == rank) that no earlier run wrote. Clips are
+        decoded in `workers` DataLoader processes; the teacher encodes and decodes `batch` at a time on
+        its device."""
+        meta = {"version": CACHE_VERSION, "teacher": teacher.spec.name, "frames": sampler.frames,
+                "size": list(sampler.size)}
+        for r, part in self.parts.items():
+            if {k: part.get(k) for k in meta} != meta:
+                raise CheckpointError(f"latent cache {self.dir} (part {r}) was made with "
+                                      f"{({k: part.get(k) for k in meta})}, not {meta}; use another folder")
+        todo = [i for i in range(rank, count, world) if i not in self._where]
+        if not todo:
+            return
+        part = self.parts.setdefault(rank, {**meta, "shards": []})
+        loader = torch.utils.data.DataLoader(_Clips(sampler, todo), batch_size=batch, num_workers=workers,
+                                             worker_init_fn=_one_thread if workers else None,
+                                             collate_fn=lambda rows: list(zip(*rows)))
+        pending: dict[str, list] = {"items": [], "latents": [], "logvar": [], "frames": [], "teacher": [], "src": []}
+        for indices, frames, sources in loader:
+            x = torch.stack(frames).to(teacher.device).float().div(127.5).sub(1.0)
+            mean, logvar = teacher.encode_posterior(x)
+            decoded = teacher.decode(mean)
+            pending["items"] += indices
+            pending["latents"] += list(mean.cpu())
+            pending["logvar"] += list(logvar.cpu()) if logvar is not None else []
+            pending["frames"] += frames
+            pending["teacher"] += list(_quantize(decoded).cpu())
+            pending["src"] += [json.loads(s) for s in sources]
+            while len(pending["items"]) >= shard_size:
+                self._write_shard(part, rank, {k: v[:shard_size] for k, v in pending.items()})
+                pending = {k: v[shard_size:] for k, v in pending.items()}
+            if progress:
+                for _ in indices:
                     progress()
-            self._write_shard({k: torch.stack(v) for k, v in items.items()}, sources)
+        if pending["items"]:
+            self._write_shard(part, rank, pending)
 
-    def _write_shard(self, tensors: dict[str, torch.Tensor], sources: list[dict]) -> None:
+    def _write_shard(self, part: dict, rank: int, rows: dict[str, list]) -> None:
         from safetensors.torch import save_file
 
         self.dir.mkdir(parents=True, exist_ok=True)
-        name = f"shard-{len(self.index['shards']):05d}.safetensors"
+        name = f"r{rank:03d}-{len(part['shards']):05d}.safetensors"
+        tensors = {k: torch.stack(v).contiguous() for k, v in rows.items() if k not in ("items", "src") and v}
         with atomic_file(self.dir / name) as tmp:
-            save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata={"sources": json.dumps(sources)})
-        self.index["shards"].append({"file": name, "count": len(sources)})
-        with atomic_file(self.index_path) as tmp:
-            tmp.write_text(json.dumps(self.index, indent=1))
+            save_file(tensors, str(tmp), metadata={"sources": json.dumps(rows["src"])})
+        part["shards"].append({"file": name, "items": [int(i) for i in rows["items"]]})
+        with atomic_file(self.dir / f"part-{rank:03d}.json") as tmp:
+            tmp.write_text(json.dumps(part, indent=1))
+        self._where.update({int(i): (name, k) for k, i in enumerate(rows["items"])})
+
+    def read(self, i: int) -> dict[str, torch.Tensor]:
+        """Item i as stored (uint8 frames): one memory-mapped slice per tensor."""
+        from safetensors import safe_open
+
+        if i not in self._where:
+            raise IndexError(i)
+        name, k = self._where[i]
+        if name not in self._handles:
+            try:
+                self._handles[name] = safe_open(str(self.dir / name), framework="pt")
+            except Exception as err:  # safetensors raises its own error types
+                raise CheckpointError(f"latent cache shard {self.dir / name} is unreadable: {err}") from err
+        f = self._handles[name]
+        return {key: f.get_slice(key)[k:k + 1][0] for key in f.keys()}
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        """Item i: latents (C, T, h, w), frames and teacher decode (3, T', H, W) in [-1, 1], float32."""
-        if not 0 <= i < len(self):
-            raise IndexError(i)
-        for k, shard in enumerate(self.index["shards"]):
-            if i < shard["count"]:
-                if k not in self._loaded:
-                    self._loaded = {k: load_safetensors(self.dir / shard["file"])}
-                data = self._loaded[k]
-                return {"latents": data["latents"][i], "frames": data["frames"][i].float().div(127.5).sub(1.0),
-                        "teacher": data["teacher"][i].float()}
-            i -= shard["count"]
-        raise IndexError(i)
+        """Item i: latents (C, T, h, w) (+ logvar), frames and teacher decode (3, T', H, W) in [-1, 1]."""
+        return {k: dequantize(v) if v.dtype == torch.uint8 else v for k, v in self.read(i).items()}
+
+
+def _quantize(x: torch.Tensor) -> torch.Tensor:
+    return x.float().clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8)
+
+
+def dequantize(x: torch.Tensor) -> torch.Tensor:
+    """uint8 frames -> float in [-1, 1] (on whatever device x is)."""
+    return x.float().div(127.5).sub(1.0)
 
 
 def save_comparison(path: str | Path, rows: dict[str, torch.Tensor], columns: int = 4) -> Path:

@@ -1,6 +1,11 @@
-"""Score students (and the teacher) on clips they never saw: against ground truth and the teacher."""
+"""Score students (and the teacher) on clips they never saw: against ground truth and the teacher.
+
+The teacher's share (encode, decode, its scores) is computed once by `prepare`; `score` then rates a
+student on the prepared clips, cheaply enough to run every `eval_every` steps of a training run."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -8,33 +13,70 @@ from torch import nn
 from turbovaed import metrics
 
 
+@dataclass
+class EvalClip:
+    frames: torch.Tensor  # (1, 3, T, H, W) ground truth in [-1, 1], CPU
+    latents: torch.Tensor  # (1, C, t, h, w) raw teacher latents (posterior mean), CPU fp32
+    teacher: torch.Tensor  # (1, 3, T, H, W) the teacher's decode, CPU fp32
+    row: dict  # source and teacher scores
+
+
+def _lpips(net: nn.Module, a: torch.Tensor, b: torch.Tensor) -> float:
+    device = next(net.parameters()).device
+    return net(a.to(device), b.to(device)).item()
+
+
 @torch.no_grad()
-def evaluate(student: nn.Module | None, teacher, clips: list[tuple[torch.Tensor, dict]],
-             lpips: nn.Module | None = None) -> dict:
-    """Per clip and averaged PSNR / SSIM / MS-SSIM (and LPIPS when its network is given) of teacher vs
-    GT, student vs GT, student vs teacher."""
-    rows = []
-    if student is not None:
-        student.eval()
+def prepare(teacher, clips: list[tuple[torch.Tensor, dict]], lpips: nn.Module | None = None) -> list[EvalClip]:
+    """Encode and decode every clip with the teacher once and score the teacher."""
+    out = []
     for clip, source in clips:
         x = clip[None]
         z = teacher.encode(x)
-        t = teacher.decode(z)
+        t = teacher.decode(z).cpu()
         row = {**source, "teacher_psnr": metrics.psnr(t, x), "teacher_ssim": metrics.ssim(t, x),
                "teacher_msssim": metrics.ms_ssim(t, x)}
         if lpips is not None:
-            row["teacher_lpips"] = lpips(t, x).item()
+            row["teacher_lpips"] = _lpips(lpips, t, x)
+        out.append(EvalClip(x, z.cpu(), t, row))
+    return out
+
+
+@torch.no_grad()
+def score(student: nn.Module | None, prepared: list[EvalClip], lpips: nn.Module | None = None,
+          keep_outputs: int = 0) -> dict:
+    """Per clip and averaged PSNR / SSIM / MS-SSIM (and LPIPS when its network is given) of teacher vs GT,
+    student vs GT, student vs teacher. The first `keep_outputs` student decodes are returned too."""
+    rows, outputs = [], []
+    was_training = student.training if student is not None else False
+    if student is not None:
+        student.eval()
+        param = next(student.parameters())
+    for i, c in enumerate(prepared):
+        row = dict(c.row)
         if student is not None:
-            s = student(z.to(next(student.parameters()).dtype)).float()
+            x, t = c.frames, c.teacher
+            s = student(c.latents.to(param.device, param.dtype)).float().cpu()
             row.update({"student_psnr": metrics.psnr(s, x), "student_ssim": metrics.ssim(s, x),
                         "student_msssim": metrics.ms_ssim(s, x), "student_vs_teacher_psnr": metrics.psnr(s, t)})
             if lpips is not None:
-                row["student_lpips"] = lpips(s, x).item()
+                row["student_lpips"] = _lpips(lpips, s, x)
+            if i < keep_outputs:
+                outputs.append(s)
         rows.append(row)
+    if was_training:
+        student.train()
     keys = [k for k in rows[0] if k.endswith(("psnr", "ssim", "msssim", "lpips"))]
     mean = {k: sum(r[k] for r in rows) / len(rows) for k in keys}
     if student is not None:
         mean["psnr_ratio"] = mean["student_psnr"] / mean["teacher_psnr"]
     note = "LPIPS VGG16 v0.1" if lpips is not None else \
         "skipped (no LPIPS weights given; see `turbovaed lpips-weights`)"
-    return {"mean": mean, "clips": rows, "lpips": note}
+    report = {"mean": mean, "clips": rows, "lpips": note}
+    return {**report, "outputs": outputs} if keep_outputs else report
+
+
+def evaluate(student: nn.Module | None, teacher, clips: list[tuple[torch.Tensor, dict]],
+             lpips: nn.Module | None = None) -> dict:
+    """`prepare` then `score`, for one-off evaluations (the `eval` command, benchmarks)."""
+    return score(student, prepare(teacher, clips, lpips), lpips)

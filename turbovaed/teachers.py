@@ -169,6 +169,7 @@ class Teacher:
         std = cfg.get("latents_std", buffers.get("latents_std"))
         self.norm = LatentNorm(_as_list(mean), _as_list(std), float(cfg.get("scaling_factor", 1.0) or 1.0))
         self.feature_modules = _feature_modules(vae)
+        self._out_shapes: dict[tuple, list[torch.Size]] = {}  # decoder output shapes per latent shape
 
     def student_config(self, mini: bool = False) -> StudentConfig:
         return self.spec.student_config(mini=mini, latent_channels=self.latent_channels)
@@ -190,45 +191,117 @@ class Teacher:
         if not torch.isfinite(frames).all():
             raise InputError("frames contain NaN or inf values")
 
+    @property
+    def device(self) -> torch.device:
+        return next(self.vae.parameters()).device
+
+    def to(self, device: str | torch.device) -> Teacher:
+        self.vae.to(device)
+        return self
+
     @torch.no_grad()
     def encode(self, frames: torch.Tensor, sample: bool = False) -> torch.Tensor:
         """Frames (B, 3, T, H, W) in [-1, 1] -> raw latents (posterior mean unless sample=True)."""
         self.check_frames(frames)
-        dist = self.vae.encode(frames.to(self._dtype)).latent_dist
+        dist = self.vae.encode(frames.to(self.device, self._dtype)).latent_dist
         return (dist.sample() if sample else dist.mode()).float()
+
+    @torch.no_grad()
+    def encode_posterior(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(posterior mean, log-variance) in fp32; log-variance None for deterministic encoders (Cosmos)."""
+        self.check_frames(frames)
+        dist = self.vae.encode(frames.to(self.device, self._dtype)).latent_dist
+        logvar = getattr(dist, "logvar", None)
+        return dist.mode().float(), None if logvar is None else logvar.float()
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         return self.decode_with_features(latents, features=False)[0]
 
-    def decode_with_features(self, latents: torch.Tensor, features: bool = True
-                             ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Raw latents -> (frames (B, 3, T, H, W), outputs of the hooked decoder blocks in run order)."""
+    def decode_with_features(self, latents: torch.Tensor, features: bool = True, blocks: list[int] | None = None,
+                             truncate: bool = False) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
+        """Raw latents -> (frames (B, 3, T, H, W), outputs of the hooked decoder blocks in run order).
+
+        `blocks` picks hooked blocks by index (0 = mid block, 1 = first up block, ...; default all).
+        `truncate` stops the decoder right after the last picked block and returns frames None: feature
+        alignment then costs only the low-resolution part of the teacher (its frames are cached)."""
         check_latents(latents, StudentConfig(latent_channels=self.latent_channels))
+        picked = list(range(len(self.feature_modules))) if blocks is None else sorted(blocks)
+        if picked and not 0 <= picked[-1] < len(self.feature_modules) or picked and picked[0] < 0:
+            raise InputError(f"feature blocks {blocks} out of range: {self.spec.name} has "
+                             f"{len(self.feature_modules)} (0 = mid block, then the up blocks)")
+        modules = [self.feature_modules[i] for i in picked] if features else []
+        latents = latents.to(self.device, self._dtype)
+        if truncate and modules:
+            return None, self._truncated_features(latents, modules)
+        return self._run(latents, modules)
+
+    def _run(self, latents: torch.Tensor, modules: list[nn.Module], stop: nn.Module | None = None
+             ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         captured: list[tuple[int, torch.Tensor]] = []
 
-        def hook(index: int):
-            return lambda _m, _i, out: captured.append((index, out[0] if isinstance(out, tuple) else out))
-        modules = self.feature_modules if features else []
-        hooks = [m.register_forward_hook(hook(i)) for i, m in enumerate(modules)]
+        def hook(index: int, module: nn.Module):
+            def capture(_m, _i, out):
+                captured.append((index, out[0] if isinstance(out, tuple) else out))
+                if module is stop:
+                    raise _StopDecode
+            return capture
+        hooks = [m.register_forward_hook(hook(i, m)) for i, m in enumerate(modules)]
         kwargs = {}
         if "temb" in inspect.signature(self.vae.decode).parameters and self.vae.config.get("timestep_conditioning"):
-            kwargs["temb"] = torch.full((latents.shape[0],), self.spec.decode_timestep or 0.0)
+            kwargs["temb"] = torch.full((latents.shape[0],), self.spec.decode_timestep or 0.0, device=latents.device,
+                                        dtype=latents.dtype)
         try:
             with torch.no_grad():
-                out = self.vae.decode(latents.to(self._dtype), **kwargs)
+                out = self.vae.decode(latents, **kwargs)
         finally:
             for h in hooks:
                 h.remove()
         return getattr(out, "sample", out).float(), _join_chunks(captured, len(hooks))
+
+    def _truncated_features(self, latents: torch.Tensor, modules: list[nn.Module]) -> list[torch.Tensor]:
+        """Features without the expensive high-resolution tail: the last picked block raises, and each
+        decoder call answers with a zero placeholder of the shape it would have returned (recorded on one
+        full decode per latent shape), so VAEs that decode chunk by chunk (Wan, Hunyuan tiles) keep going
+        and every chunk's features are captured exactly."""
+        decoder = self.vae.decoder
+        key = (tuple(latents.shape), latents.dtype)
+        if key not in self._out_shapes:
+            shapes: list[torch.Size] = []
+            handle = decoder.register_forward_hook(lambda _m, _i, out: shapes.append(
+                (out[0] if isinstance(out, tuple) else out).shape))
+            try:
+                self._run(latents, [])
+            finally:
+                handle.remove()
+            self._out_shapes[key] = shapes
+        calls = iter(self._out_shapes[key])
+        inner = decoder.forward
+
+        def forward(*args, **kwargs):
+            shape = next(calls)
+            try:
+                return inner(*args, **kwargs)
+            except _StopDecode:
+                return latents.new_zeros(()).expand(shape)
+        decoder.forward = forward
+        try:
+            return self._run(latents, modules, stop=modules[-1])[1]
+        finally:
+            del decoder.forward
 
     @property
     def _dtype(self) -> torch.dtype:
         return next(self.vae.parameters()).dtype
 
 
+class _StopDecode(Exception):
+    """Raised by the last aligned block's hook to end a truncated decode."""
+
+
 def _feature_modules(vae: nn.Module) -> list[nn.Module]:
-    """The decoder's mid block and each up block: where the student's stages align (Turbo-VAED).
+    """The decoder's mid block and each up block, in the order they run: where the student's stages
+    align (Turbo-VAED aligns the first two).
 
     LDM-style decoders (KVAE, Kandinsky 6) keep blocks in plain containers that are never called
     themselves; there the last called child stands in for the container."""
@@ -241,19 +314,17 @@ def _feature_modules(vae: nn.Module) -> list[nn.Module]:
         return blocks[-1] if isinstance(blocks, nn.ModuleList) else list(m.children())[-1]
 
     mids = [getattr(dec, n) for n in ("mid_block", "mid", "block_in") if hasattr(dec, n)]
-    ups = next((getattr(dec, n) for n in ("up_blocks", "up") if isinstance(getattr(dec, n, None), nn.ModuleList)), [])
-    return [called(m) for m in mids[:1] + list(ups)]
+    if isinstance(getattr(dec, "up_blocks", None), nn.ModuleList):
+        ups = list(dec.up_blocks)
+    else:  # LDM naming: `up` is listed from full resolution down and run in reverse
+        ups = list(reversed(getattr(dec, "up", [])))
+    return [called(m) for m in mids[:1] + ups]
 
 
 def _join_chunks(captured: list[tuple[int, torch.Tensor]], count: int) -> list[torch.Tensor]:
-    """Causal decoders (Wan, EasyAnimate) run block by block per latent chunk: join chunks in time.
-    Features come out in run order (LDM-style decoders list their levels in reverse)."""
-    out = []
-    for i in sorted(range(count), key=lambda i: next((n for n, (j, _) in enumerate(captured) if j == i), count)):
-        parts = [t.float() for j, t in captured if j == i]
-        if parts:
-            out.append(torch.cat(parts, dim=2) if len(parts) > 1 else parts[0])
-    return out
+    """Causal decoders (Wan, EasyAnimate) run block by block per latent chunk: join chunks in time."""
+    parts = [[t.float() for j, t in captured if j == i] for i in range(count)]
+    return [torch.cat(p, dim=2) for p in parts if p]
 
 
 def _diffusers_class(spec: TeacherSpec):
@@ -288,7 +359,10 @@ def load(name: str, path: str | Path | None = None, tiny: bool = False, dtype: t
     """Load a teacher from a local diffusers folder (the VAE folder, or a pipeline folder with vae/)."""
     spec = get_spec(name)
     if tiny:
-        return build_tiny(name)
+        teacher = build_tiny(name)
+        if dtype != torch.float32:
+            teacher.vae.to(dtype)
+        return teacher
     if path is None and name == "reference":
         from turbovaed.reference import ASSET_DIR
 

@@ -19,7 +19,7 @@ META_FILE = "state.json"
 def _flatten(prefix: str, obj, tensors: dict[str, torch.Tensor]):
     """Replace tensors in a nested dict/list by references, collecting them under dotted keys."""
     if isinstance(obj, torch.Tensor):
-        tensors[prefix] = obj.detach().contiguous().clone()
+        tensors[prefix] = obj.detach().cpu().contiguous().clone()
         return {"__tensor__": prefix}
     if isinstance(obj, dict):
         return {str(k): _flatten(f"{prefix}.{k}", v, tensors) for k, v in obj.items()}

@@ -32,28 +32,26 @@ def msssim_grad_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 class FeatureAlignment(nn.Module):
-    """Throw-away 1x1x1 projections from each student stage to the teacher decoder block whose spatial
-    size is closest (ties: the later block), resized in time and space to the teacher's grid."""
+    """Throw-away 1x1x1 projections, one per aligned teacher block, from the student stage whose spatial
+    size is closest (ties: the lower-resolution stage), resized in time and space to the teacher's grid."""
 
     def __init__(self, student_shapes: list[torch.Size], teacher_shapes: list[torch.Size]) -> None:
         super().__init__()
-        self.pairs: list[int] = []
+        self.pairs: list[int] = []  # student stage per teacher block
         heads = []
-        for s in student_shapes:
-            dist = [abs(math.log2(t[-1] / s[-1])) for t in teacher_shapes]
-            best = min(range(len(teacher_shapes)), key=lambda j: (dist[j], -j))
+        for t in teacher_shapes:
+            best = min(range(len(student_shapes)), key=lambda i: (abs(math.log2(t[-1] / student_shapes[i][-1])), i))
             self.pairs.append(best)
-            heads.append(nn.Conv3d(s[1], teacher_shapes[best][1], 1))
+            heads.append(nn.Conv3d(student_shapes[best][1], t[1], 1))
         self.heads = nn.ModuleList(heads)
 
     def forward(self, student_feats: list[torch.Tensor], teacher_feats: list[torch.Tensor]) -> torch.Tensor:
-        total = student_feats[0].new_zeros(())
-        for head, j, s in zip(self.heads, self.pairs, student_feats):
-            t = teacher_feats[j]
-            p = head(s)
+        total = student_feats[0].new_zeros((), dtype=torch.float32)
+        for head, i, t in zip(self.heads, self.pairs, teacher_feats):
+            p = head(student_feats[i])
             if p.shape[2:] != t.shape[2:]:
                 p = F.interpolate(p, size=t.shape[2:], mode="trilinear", align_corners=False)
-            total = total + F.mse_loss(p, t) / t.pow(2).mean().clamp_min(1e-6)  # scale-free per block
+            total = total + F.mse_loss(p.float(), t) / t.pow(2).mean().clamp_min(1e-6)  # scale-free per block
         return total
 
 

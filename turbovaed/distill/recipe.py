@@ -1,4 +1,5 @@
-"""The distillation recipe (distill/*.toml): what to distil, from which clips, with which losses."""
+"""The distillation recipe (distill/*.toml): what to distil, from which clips, with which losses, on
+which device and at which precision."""
 
 from __future__ import annotations
 
@@ -6,7 +7,11 @@ from dataclasses import dataclass, field
 
 from turbovaed.io import InputError
 
-PERCEPTUAL = ("msssim_grad", "lpips", "none")
+PERCEPTUAL = ("auto", "msssim_grad", "lpips", "none")
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("fp32", "bf16", "fp16")
+TEACHER_DTYPES = ("auto", "fp32", "bf16", "fp16")
+POSTERIOR = ("mean", "sample")
 
 
 @dataclass
@@ -14,6 +19,7 @@ class TeacherSection:
     name: str = "reference"
     path: str | None = None  # local diffusers folder; None for the shipped reference teacher
     tiny: bool = False  # a tiny random teacher of the class (tests only)
+    dtype: str = "auto"  # auto: bf16 on CUDA, fp32 on CPU (the teacher only runs inference)
 
 
 @dataclass
@@ -27,15 +33,22 @@ class StudentSection:
 
 @dataclass
 class DataSection:
-    videos: list[str] = field(default_factory=list)  # folders or files; empty: real shared/bundled clips
+    videos: list[str] = field(default_factory=list)  # folders (searched recursively) or files; empty: real clips
     synthetic: bool = False  # use generated clips instead of videos
-    held_out: list[str] = field(default_factory=list)  # file names never trained on (evaluation clips)
+    held_out: list[str] = field(default_factory=list)  # file names in `videos` never trained on (evaluation)
+    eval_videos: list[str] = field(default_factory=list)  # extra folders/files used only for evaluation
+    index: str = ""  # video index file (probed once, reused); "" = <output>.work/videos.index.json
     latent_frames: int = 3  # clip length in latent frames (frames follow the teacher's rule)
     size: int = 64  # square crop, pixels
     resize: int = 128  # short side before cropping; 0 = native resolution
-    clips: int = 64  # clips in the latent cache
-    eval_clips: int = 6  # synthetic evaluation clips when there are no held-out videos
+    strides: list[int] = field(default_factory=lambda: [1])  # frame strides drawn per clip
+    flip: bool = False  # random horizontal flips
+    clips: int = 64  # clips in the latent cache, each a fresh random window/crop/stride/flip
+    posterior: str = "mean"  # train on the posterior "mean" or on a fresh "sample" every step (Turbo-VAED)
+    workers: int = 0  # DataLoader processes decoding videos (cache fill) and reading the cache (training)
+    eval_clips: int = 6  # synthetic evaluation clips (tiny test teachers only)
     eval_size: int = 128  # evaluation crop (short side resized to it, centre crop)
+    eval_per_video: int = 2  # evaluation windows per held-out video
     seed: int = 0
 
 
@@ -44,9 +57,10 @@ class LossSection:
     frames: float = 1.0  # L1 to the ground-truth frames
     teacher: float = 1.0  # L1 to the teacher's decode
     perceptual: float = 0.2
-    perceptual_kind: str = "msssim_grad"  # offline: (1 - MS-SSIM) + image-gradient L1; or "lpips"
-    perceptual_weights: str | None = None  # LPIPS weights (.safetensors) when perceptual_kind = "lpips"
-    feature: float = 0.1  # feature alignment: sum of MSE(proj(student stage), teacher block)
+    perceptual_kind: str = "auto"  # auto: LPIPS when perceptual_weights is given, else the offline fallback
+    perceptual_weights: str | None = None  # LPIPS VGG weights (.safetensors, from `turbovaed lpips-weights`)
+    feature: float = 0.1  # feature alignment: sum of normalised MSE(proj(student stage), teacher block)
+    feature_blocks: list[int] = field(default_factory=lambda: [0, 1])  # teacher blocks: 0 mid, 1 first up block
 
 
 @dataclass
@@ -62,16 +76,23 @@ class GanSection:
 @dataclass
 class TrainSection:
     steps: int = 200
-    batch: int = 4
+    batch: int = 4  # clips per rank per micro-batch
     grad_accum: int = 1
-    lr: float = 2e-3
+    lr: float = 1e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     warmup: int = 20
     weight_decay: float = 1e-4
-    ema_decay: float = 0.99
+    ema_decay: float = 0.999
+    device: str = "auto"  # auto: CUDA when present (LOCAL_RANK picks the GPU), else CPU
+    precision: str = "fp32"  # autocast dtype of the student: fp32, bf16, or fp16 (with a GradScaler)
+    compile: bool = False  # torch.compile the student (with its heads)
     checkpoint_every: int = 50
-    eval_every: int = 0  # 0: only at the end
+    eval_every: int = 0  # 0: only at the end; else evaluate the EMA student and write a sample video
+    log_every: int = 50  # a plain progress line every N steps when the output is not a terminal
+    tensorboard: bool = False  # also log to TensorBoard (pip install 'turbovaed[tensorboard]')
     threads: int = 0  # 0: leave torch's default
     max_minutes: float = 0.0  # wall-clock budget; stop (and evaluate) when spent. 0: no budget
+    dist_timeout_minutes: float = 60.0  # collective timeout (ranks fill their caches before the first one)
     seed: int = 0
 
 
@@ -87,16 +108,41 @@ class DistillRecipe:
 
     def __post_init__(self) -> None:
         problems = []
-        if self.loss.perceptual_kind not in PERCEPTUAL:
-            problems.append(f"loss.perceptual_kind must be one of {PERCEPTUAL}, got {self.loss.perceptual_kind!r}")
+        for key, value, allowed in [("loss.perceptual_kind", self.loss.perceptual_kind, PERCEPTUAL),
+                                    ("train.device", self.train.device, DEVICES),
+                                    ("train.precision", self.train.precision, PRECISIONS),
+                                    ("teacher.dtype", self.teacher.dtype, TEACHER_DTYPES),
+                                    ("data.posterior", self.data.posterior, POSTERIOR)]:
+            if value not in allowed:
+                problems.append(f"{key} must be one of {allowed}, got {value!r}")
         if self.loss.perceptual_kind == "lpips" and not self.loss.perceptual_weights:
             problems.append("loss.perceptual_kind = 'lpips' needs loss.perceptual_weights (a .safetensors file)")
         for key, v in [("train.steps", self.train.steps), ("train.batch", self.train.batch),
                        ("train.grad_accum", self.train.grad_accum), ("data.latent_frames", self.data.latent_frames),
-                       ("data.size", self.data.size), ("data.clips", self.data.clips)]:
+                       ("data.size", self.data.size), ("data.clips", self.data.clips),
+                       ("data.eval_per_video", self.data.eval_per_video), ("train.log_every", self.train.log_every)]:
             if v < 1:
                 problems.append(f"{key} must be >= 1, got {v}")
+        for key, v in [("data.workers", self.data.workers), ("train.eval_every", self.train.eval_every)]:
+            if v < 0:
+                problems.append(f"{key} must be >= 0, got {v}")
+        if not self.data.strides or min(self.data.strides) < 1:
+            problems.append(f"data.strides must be a non-empty list of strides >= 1, got {self.data.strides}")
+        if len(self.train.betas) != 2 or not all(0 <= b < 1 for b in self.train.betas):
+            problems.append(f"train.betas must be two numbers in [0, 1), got {self.train.betas}")
+        if not self.loss.feature_blocks and self.loss.feature > 0:
+            problems.append("loss.feature > 0 needs at least one entry in loss.feature_blocks")
         if not 0.0 <= self.train.ema_decay < 1.0:
             problems.append(f"train.ema_decay must be in [0, 1), got {self.train.ema_decay}")
         if problems:
             raise InputError("invalid recipe: " + "; ".join(problems))
+
+    @property
+    def perceptual(self) -> str:
+        """The perceptual loss that runs: 'lpips', 'msssim_grad' (offline fallback) or 'none'."""
+        kind = self.loss.perceptual_kind
+        if self.loss.perceptual == 0 or kind == "none":
+            return "none"
+        if kind == "auto":
+            return "lpips" if self.loss.perceptual_weights else "msssim_grad"
+        return kind

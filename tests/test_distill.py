@@ -1,6 +1,7 @@
 """Distillation trainer: recipes, an end-to-end run, exact resume after SIGKILL, DDP, faults."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -142,6 +143,7 @@ def test_sigkill_mid_run_then_resume_gives_identical_weights(tmp_path):
     assert again.wait() == 2 and "--resume" in again.stderr.read()
     resumed = run_cli("distill", str(recipe), "--resume")
     assert resumed.wait() == 0, resumed.stderr.read()
+    assert "step 9/9 loss" in resumed.stdout.read()  # a plain progress line where stdout is not a terminal
     a = load_file(str(straight / "student" / "raw.safetensors"))
     b = load_file(str(killed / "student" / "raw.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -173,13 +175,94 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_pat
     assert not (tmp_path / "student").exists()
 
 
-def test_two_process_ddp_keeps_weights_identical(tmp_path):
-    recipe = tiny_recipe(tmp_path, steps=4)
+def video_recipe(tmp_path: Path, steps: int, extra: str = "") -> Path:
+    """The tiny teacher on real files: nested mp4s, one held out."""
+    from turbovaed import data
+
+    for i, n in enumerate((14, 20, 12)):
+        data.write_video(tmp_path / "videos" / f"group{i % 2}" / f"clip{i}.mp4", data.synthetic_clip(n, 48, 64, seed=i))
+    text = TINY.format(out=tmp_path / "student", steps=steps).replace(
+        "synthetic = true", f'videos = ["{tmp_path / "videos"}"]\nheld_out = ["clip2.mp4"]\nresize = 48\n'
+                            "workers = 1\nstrides = [1, 2]\nflip = true\nposterior = \"sample\"")
+    path = tmp_path / "video.toml"
+    path.write_text(text + extra)
+    return path
+
+
+def test_two_process_ddp_fills_its_cache_per_rank_and_keeps_weights_identical(tmp_path):
+    recipe = video_recipe(tmp_path, steps=4)
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                            "--master_port", "29517", "-m", "turbovaed", "distill", str(recipe)],
                           capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((tmp_path / "student" / "metrics.json").read_text())
     assert report["world_size"] == 2 and report["ranks_in_sync"] is True
+    assert report["eval_set"] == "held-out videos: clip2.mp4"
     log = [r for r in map(json.loads, (tmp_path / "student" / "log.jsonl").read_text().splitlines()) if "loss" in r]
     assert len(log) == 4 and log[0]["clips_per_s"] > 0
+    work = tmp_path / "student.work"
+    parts = {r: json.loads((work / "cache" / f"part-00{r}.json").read_text()) for r in (0, 1)}
+    for r, part in parts.items():  # each rank encoded its own clips: i % 2 == rank, 6 clips in all
+        assert sorted(i for s in part["shards"] for i in s["items"]) == list(range(r, 6, 2))
+    index = json.loads((work / "videos.index.json").read_text())["videos"]
+    assert sorted(Path(p).name for p in index) == ["clip0.mp4", "clip1.mp4", "clip2.mp4"]
+
+
+def test_bf16_and_fp16_autocast_steps(tmp_path):
+    for precision in ("bf16", "fp16"):
+        d = tmp_path / precision
+        d.mkdir()
+        recipe = load_toml(DistillRecipe, tiny_recipe(d, steps=4))
+        recipe.train.precision = precision
+        recipe.train.lr = 5e-3
+        out = trainer.distill(recipe, show_progress=False)
+        log = [r for r in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if "loss" in r]
+        assert len(log) == 4 and all(math.isfinite(r["loss"]) for r in log)
+        assert json.loads((out / "metrics.json").read_text())["precision"] == precision
+        state = json.loads((d / "student.work" / "checkpoint" / "state.json").read_text())
+        assert bool(state["extra"]["scaler"]) == (precision == "fp16")  # fp16 steps go through a GradScaler
+
+
+def test_eval_every_writes_side_by_side_samples_and_tensorboard(tmp_path):
+    from turbovaed import data
+
+    recipe = load_toml(DistillRecipe, video_recipe(tmp_path, steps=6, extra="eval_every = 3\ntensorboard = true\n"))
+    out = trainer.distill(recipe, show_progress=False)
+    work = tmp_path / "student.work"
+    samples = sorted((work / "samples").glob("*.mp4"))
+    assert [p.name for p in samples] == ["step-0000003.mp4", "step-0000006.mp4"]
+    frames = data.read_frames(samples[0])
+    assert frames.shape == (5, 64, 3 * 64, 3)  # ground truth | teacher | student
+    gt = data.fixed_clips([tmp_path / "videos" / "group0" / "clip2.mp4"], 5, 64, per_video=2)[0][0]
+    left = torch.from_numpy(frames[..., :64, :]).permute(3, 0, 1, 2).float() / 127.5 - 1
+    assert (left - gt).abs().mean() < 0.05  # the left third is the held-out clip itself
+    evals = [r for r in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if "eval_student_psnr" in r]
+    assert [r["step"] for r in evals] == [3, 6] and all(r["eval_student_psnr"] > 0 for r in evals)
+    assert list((work / "tensorboard").glob("events.out.tfevents.*"))
+    assert (out / "sample.mp4").read_bytes() == samples[-1].read_bytes()
+
+
+def test_a_real_teacher_without_held_out_videos_is_refused(tmp_path):
+    recipe = load_toml(DistillRecipe, tiny_recipe(tmp_path))
+    recipe.teacher = type(recipe.teacher)(name="reference")
+    with pytest.raises(InputError, match="names no held-out videos"):
+        trainer.distill(recipe, show_progress=False)
+    assert not (tmp_path / "student.work").exists() and not (tmp_path / "student").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_a_cuda_recipe_without_cuda_is_refused(tmp_path):
+    recipe = load_toml(DistillRecipe, tiny_recipe(tmp_path))
+    recipe.train.device = "cuda"
+    with pytest.raises(InputError, match="no usable CUDA device.*GPU install"):
+        trainer.distill(recipe, show_progress=False)
+    assert not (tmp_path / "student.work").exists()
+
+
+def test_a_dtype_the_device_cannot_do_is_refused(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, **k: "Tesla V100")
+    with pytest.raises(InputError, match="Tesla V100 has no bf16"):
+        trainer.check_dtype(torch.device("cuda", 0), torch.bfloat16, "train.precision")
+    trainer.check_dtype(torch.device("cuda", 0), torch.float16, "train.precision")  # fp16 is fine there
+    trainer.check_dtype(torch.device("cpu"), torch.bfloat16, "train.precision")

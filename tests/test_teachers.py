@@ -42,6 +42,40 @@ def test_tiny_teacher_roundtrip_obeys_its_spec(name):
         assert student(z).shape == out.shape
 
 
+@pytest.mark.parametrize("name", [n for n in teachers.TEACHERS if n != "reference"])
+def test_truncated_decode_gives_the_same_features_for_a_fraction_of_the_flops(name):
+    """Feature alignment stops the teacher after the last aligned block; chunked decoders (Wan, tiled
+    Hunyuan) still yield every chunk's features, bit for bit."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    teacher = teachers.build_tiny(name)
+    z = torch.randn(1, teacher.latent_channels, 5, 4, 4)  # 17 frames for 4x-temporal teachers: several chunks
+    with FlopCounterMode(display=False) as full_count:
+        frames, full = teacher.decode_with_features(z, blocks=[0, 1])
+    teacher.decode_with_features(z, blocks=[0, 1], truncate=True)  # first call records the decoder's shapes
+    with FlopCounterMode(display=False) as cut_count:
+        none, cut = teacher.decode_with_features(z, blocks=[0, 1], truncate=True)
+    assert none is None and frames is not None and len(cut) == len(full) == 2
+    assert all(torch.equal(a, b) for a, b in zip(full, cut))
+    if name == "cogvideox":  # returns its conv_cache from every chunk: cannot be cut, decodes in full
+        assert cut_count.get_total_flops() == full_count.get_total_flops()
+    else:
+        assert cut_count.get_total_flops() * 4 < full_count.get_total_flops()
+    assert full[0].shape[-1] == z.shape[-1]  # block 0 is the mid block, at latent resolution
+    with pytest.raises(InputError, match="out of range"):
+        teacher.decode_with_features(z, blocks=[0, 99])
+
+
+def test_teacher_tensors_follow_the_latents_device_and_dtype():
+    teacher = teachers.load("ltx", tiny=True, dtype=torch.bfloat16)
+    assert teacher.vae.config.get("timestep_conditioning") is not None
+    z = torch.randn(1, teacher.latent_channels, 2, 4, 4)
+    frames, feats = teacher.decode_with_features(z, blocks=[0])
+    assert frames.dtype == torch.float32 and feats[0].dtype == torch.float32  # returned in fp32 for the losses
+    mean, logvar = teacher.encode_posterior(torch.zeros(1, 3, 9, 64, 64))
+    assert mean.dtype == logvar.dtype == torch.float32 and mean.shape == logvar.shape
+
+
 def test_encode_rejects_frames_that_break_the_rule():
     teacher = teachers.build_tiny("wan21")
     with pytest.raises(InputError, match="1 \\+ 4k"):

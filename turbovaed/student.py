@@ -267,7 +267,7 @@ def check_latents(z: torch.Tensor, config: StudentConfig) -> None:
         raise InputError(f"latents have {z.shape[1]} channels, the decoder expects {config.latent_channels}")
     if min(z.shape) < 1:
         raise InputError(f"latents have an empty dimension: {tuple(z.shape)}")
-    if not torch.isfinite(z).all():
+    if z.device.type != "meta" and not torch.isfinite(z).all():  # meta: shape-only runs (FLOP counts)
         raise InputError("latents contain NaN or inf values")
 
 

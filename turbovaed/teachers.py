@@ -169,7 +169,7 @@ class Teacher:
         std = cfg.get("latents_std", buffers.get("latents_std"))
         self.norm = LatentNorm(_as_list(mean), _as_list(std), float(cfg.get("scaling_factor", 1.0) or 1.0))
         self.feature_modules = _feature_modules(vae)
-        self._out_shapes: dict[tuple, list[torch.Size]] = {}  # decoder output shapes per latent shape
+        self._out_shapes: dict[tuple, list | None] = {}  # decoder outputs per latent shape (None: cannot cut)
 
     def student_config(self, mini: bool = False) -> StudentConfig:
         return self.spec.student_config(mini=mini, latent_channels=self.latent_channels)
@@ -262,28 +262,35 @@ class Teacher:
     def _truncated_features(self, latents: torch.Tensor, modules: list[nn.Module]) -> list[torch.Tensor]:
         """Features without the expensive high-resolution tail: the last picked block raises, and each
         decoder call answers with a zero placeholder of the shape it would have returned (recorded on one
-        full decode per latent shape), so VAEs that decode chunk by chunk (Wan, Hunyuan tiles) keep going
-        and every chunk's features are captured exactly."""
+        full decode per latent shape), so VAEs that decode chunk by chunk keep going. That is exact where
+        the chunks' causal state lives in the module or in caches the early layers update in place (Wan,
+        Hunyuan tiles, Mochi, ...); a decoder that returns its state (CogVideoX's conv_cache) over several
+        chunks cannot be cut, and decodes in full."""
         decoder = self.vae.decoder
         key = (tuple(latents.shape), latents.dtype)
         if key not in self._out_shapes:
-            shapes: list[torch.Size] = []
-            handle = decoder.register_forward_hook(lambda _m, _i, out: shapes.append(
-                (out[0] if isinstance(out, tuple) else out).shape))
+            calls: list[tuple[torch.Size, int]] = []
+
+            def record(_m, _i, out):
+                calls.append((out[0].shape, len(out)) if isinstance(out, tuple) else (out.shape, 0))
+            handle = decoder.register_forward_hook(record)
             try:
                 self._run(latents, [])
             finally:
                 handle.remove()
-            self._out_shapes[key] = shapes
+            self._out_shapes[key] = None if len(calls) > 1 and any(n for _, n in calls) else calls
+        if self._out_shapes[key] is None:
+            return self._run(latents, modules)[1]
         calls = iter(self._out_shapes[key])
         inner = decoder.forward
 
         def forward(*args, **kwargs):
-            shape = next(calls)
+            shape, items = next(calls)
             try:
                 return inner(*args, **kwargs)
             except _StopDecode:
-                return latents.new_zeros(()).expand(shape)
+                placeholder = latents.new_zeros(shape)  # real memory: some VAEs blend tiles into it in place
+                return (placeholder, *[None] * (items - 1)) if items else placeholder
         decoder.forward = forward
         try:
             return self._run(latents, modules, stop=modules[-1])[1]

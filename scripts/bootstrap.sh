@@ -3,10 +3,12 @@
 # constraints.txt, which pins torch to the local CPU wheel (never the multi-GB CUDA build).
 #   bash scripts/bootstrap.sh        # library + video + export stack
 #   bash scripts/bootstrap.sh dev    # ... plus test tools
+#   bash scripts/bootstrap.sh gpu    # a CUDA training node: PyPI's Linux torch wheel (the CUDA build), video, TensorBoard
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras="video,export"
-[ "${1:-}" = "dev" ] && extras="video,export,dev"
+[ "${1:-}" = "dev" ] && extras="video,export,dev,tensorboard"
+[ "${1:-}" = "gpu" ] && extras="video,tensorboard"
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
@@ -28,4 +30,4 @@ if [ "${1:-}" = "dev" ]; then
     echo "note: npm not found; the web demo test will skip"
   fi
 fi
-.venv/bin/python -c "import torch, diffusers; print(f'turbovaed ready: torch {torch.__version__}, diffusers {diffusers.__version__}')"
+.venv/bin/python -c "import torch, diffusers; print(f'turbovaed ready: torch {torch.__version__}, diffusers {diffusers.__version__}, CUDA devices: {torch.cuda.device_count()}')"

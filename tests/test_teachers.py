@@ -120,3 +120,17 @@ def test_latent_normalisation_roundtrip_per_channel_and_per_frame():
     assert torch.allclose(n[:, 1, 2], z[:, 1, 2] - 10)
     teacher = teachers.build_tiny("mochi")
     assert teacher.norm.mean == [0.0] * 4 and teacher.norm.std == [1.0] * 4
+
+
+def test_a_class_that_breaks_on_batches_runs_in_slices():
+    """HunyuanVideo 1.5's causal attention fails for batch > 1 in diffusers 0.42.1: the adapter slices."""
+    teacher = teachers.build_tiny("hunyuan15")
+    assert teacher.spec.max_batch == 1
+    x = torch.rand(2, 3, 17, 64, 64) * 2 - 1
+    with pytest.raises(RuntimeError):  # the class itself, unsliced
+        teacher.vae.encode(x)
+    mean, logvar = teacher.encode_posterior(x)
+    assert torch.allclose(mean[1:], teacher.encode_posterior(x[1:])[0], atol=1e-5)
+    frames, feats = teacher.decode_with_features(mean, blocks=[0, 1])
+    assert frames.shape == x.shape and feats[1].shape[0] == 2
+    assert teacher.encode(x, sample=True).shape == mean.shape

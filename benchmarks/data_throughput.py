@@ -118,9 +118,8 @@ def main() -> None:
         n = data.video_info(long).frames
         row = {"video_frames": n}
         for name, seek in (("old", False), ("new", True)):
-            at0 = timed(lambda: data.read_frames(long, 0, 17, seek=seek), 3)
-            at2000 = timed(lambda: data.read_frames(long, 2000, 17, seek=seek), 3)
-            at2120 = timed(lambda: data.read_frames(long, 2120, 17, seek=seek), 3)
+            at0, at2000, at2120 = (timed(lambda s=start, k=seek: data.read_frames(long, s, 17, seek=k), 3)
+                                   for start in (0, 2000, 2120))
             row[name] = {"frame0_s": round(at0, 3), "frame2000_s": round(at2000, 3), "frame2120_s": round(at2120, 3),
                          "ratio_2000": round(at2000 / at0, 2), "ratio_2120": round(at2120 / at0, 2)}
             print(f"{name}: 17 frames at frame 2000 / 2120 (mid-GOP) vs 0 of a {n}-frame video: {at2000:.3f} / "

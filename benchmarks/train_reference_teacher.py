@@ -52,6 +52,18 @@ def batch(pool: list[torch.Tensor], rng: random.Random, n: int, frames: int, siz
     return torch.stack(clips)
 
 
+def bicubic_baseline(clips: list[torch.Tensor], factor: int = 8) -> float:
+    """PSNR of per-frame interpolation at the teacher's spatial compression: each frame area-downsampled
+    8x and scaled back up bicubically. A decoder that loses to this is not a result."""
+    scores = []
+    for c in clips:
+        frames = c.transpose(0, 1)  # (T, 3, H, W)
+        small = F.interpolate(frames, scale_factor=1 / factor, mode="area")
+        up = F.interpolate(small, size=frames.shape[-2:], mode="bicubic", align_corners=False).clamp(-1, 1)
+        scores.append(psnr(up.transpose(0, 1)[None], c[None]))
+    return sum(scores) / len(scores)
+
+
 @torch.no_grad()
 def evaluate(vae, clips: list[torch.Tensor]) -> dict[str, float]:
     vae.eval()
@@ -59,6 +71,29 @@ def evaluate(vae, clips: list[torch.Tensor]) -> dict[str, float]:
               for r in [vae.decode(vae.encode(c[None]).latent_dist.mode()).sample]]
     vae.train()
     return {"psnr": sum(s[0] for s in scores) / len(scores), "ssim": sum(s[1] for s in scores) / len(scores)}
+
+
+def plot_curve(log_path: Path, out: Path, baseline: float | None = None) -> Path:
+    """Learning curve: training reconstruction loss and held-out (or overfit-set) PSNR against steps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(x) for x in log_path.read_text().splitlines()]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.5))
+    a.plot([r["step"] for r in rows], [r["rec"] for r in rows], lw=0.6)
+    a.set(xlabel="step", ylabel="train L1 + MSE", yscale="log", title="training loss")
+    evals = [r for r in rows if "heldout_psnr" in r]
+    b.plot([r["step"] for r in evals], [r["heldout_psnr"] for r in evals], "o-", label="teacher")
+    if baseline is not None:
+        b.axhline(baseline, color="grey", ls="--", label="bicubic 8x (same frames)")
+    b.set(xlabel="step", ylabel="PSNR dB", title="evaluation PSNR")
+    b.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
 
 
 def main() -> None:
@@ -78,6 +113,7 @@ def main() -> None:
                    help="Wan 2.2-style residual resampling (AvgDown3D / DupUp3D shortcuts around each scale)")
     p.add_argument("--overfit", action="store_true",
                    help="fit 4 fixed crops of one training clip (a bug/setup check); reports train PSNR, ships nothing")
+    p.add_argument("--out", type=Path, default=reference.ASSET_DIR, help="where the trained teacher is written")
     p.add_argument("--resume", action="store_true")
     args = p.parse_args()
     if args.videos is None:
@@ -97,6 +133,8 @@ def main() -> None:
         pool = preload(train_videos, (128, 192, 288), max_frames=300)
         eval_clips = [c for c, _ in data.fixed_clips(test_videos, reference.EVAL_FRAMES, reference.EVAL_SIZE)]
 
+    baseline = bicubic_baseline(eval_clips)
+    print(f"bicubic 8x baseline on the evaluation clips: {baseline:.2f} dB PSNR", flush=True)
     vae = _diffusers_class(get_spec("wan21"))(**reference.CONFIG, is_residual=args.residual).train()
     opt = torch.optim.AdamW(vae.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=1e-4)
     warmup = 100
@@ -140,6 +178,7 @@ def main() -> None:
         if step % 25 == 0 or "heldout_psnr" in record:
             print(json.dumps(record), flush=True)
 
+    print(f"learning curve: {plot_curve(log_path, args.work / 'curve.png', baseline)}")
     if args.overfit:
         print(f"overfit check: train PSNR {evaluate(vae, eval_clips)['psnr']:.2f} dB after {step} steps")
         return
@@ -154,13 +193,15 @@ def main() -> None:
                            latents_std=[round(v, 5) for v in std.tolist()])
     from turbovaed.io import atomic_dir
 
-    with atomic_dir(reference.ASSET_DIR) as tmp:
+    with atomic_dir(args.out) as tmp:
         vae.half().save_pretrained(tmp, safe_serialization=True)
         (tmp / "metrics.json").write_text(json.dumps({
             "held_out_clips": list(reference.HELD_OUT), "eval": f"{frames}x{reference.EVAL_SIZE}x{reference.EVAL_SIZE}, "
             "3 windows per clip, short side resized, centre crop, posterior mean, fp32 weights", **metrics,
+            "bicubic_8x_psnr": baseline,
             "steps": args.steps, "train_clips": [v.name for v in train_videos]}, indent=1))
-    print(f"held-out PSNR {metrics['psnr']:.2f} dB SSIM {metrics['ssim']:.4f}; wrote {reference.ASSET_DIR}")
+    print(f"held-out PSNR {metrics['psnr']:.2f} dB SSIM {metrics['ssim']:.4f} (bicubic 8x: {baseline:.2f} dB); "
+          f"wrote {args.out}")
 
 
 if __name__ == "__main__":

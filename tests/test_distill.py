@@ -274,3 +274,28 @@ def test_a_dtype_the_device_cannot_do_is_refused(monkeypatch):
         trainer.check_dtype(torch.device("cuda", 0), torch.bfloat16, "train.precision")
     trainer.check_dtype(torch.device("cuda", 0), torch.float16, "train.precision")  # fp16 is fine there
     trainer.check_dtype(torch.device("cpu"), torch.bfloat16, "train.precision")
+
+
+def test_eval_videos_inside_the_training_folder_are_never_trained_on(tmp_path):
+    from turbovaed import data
+
+    for name in ("train/a.mp4", "train/b.mp4", "train/heldout/c.mp4"):
+        data.write_video(tmp_path / name, data.synthetic_clip(9, 32, 32))
+    recipe = load_toml(DistillRecipe, tiny_recipe(tmp_path))
+    recipe.data.synthetic = False
+    recipe.data.videos = [str(tmp_path / "train")]
+    recipe.data.eval_videos = [str(tmp_path / "train" / "heldout")]
+    train, held_out = trainer._videos(recipe, tmp_path / "work", rank=0, show_progress=False)
+    assert sorted(i.path.name for i in train) == ["a.mp4", "b.mp4"] and [v.name for v in held_out] == ["c.mp4"]
+
+
+def test_torch_compile_of_the_student_trains_and_saves_plain_weights(tmp_path):
+    recipe = load_toml(DistillRecipe, tiny_recipe(tmp_path, steps=2))
+    recipe.train.compile = True
+    out = trainer.distill(recipe, show_progress=False)
+    log = [r for r in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if "loss" in r]
+    assert len(log) == 2 and all(math.isfinite(r["loss"]) for r in log)
+    from turbovaed.student import StudentDecoder
+
+    assert not any("_orig_mod" in k for k in load_file(str(out / "raw.safetensors")))
+    assert StudentDecoder.from_pretrained(out).num_parameters() > 0

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from turbovaed.io import CheckpointError, VideoError, atomic_file, load_safetensors
+from turbovaed.io import CheckpointError, VideoError, atomic_file
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v")
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -443,6 +443,11 @@ def _one_thread(_worker: int) -> None:
     torch.set_num_threads(1)
 
 
+def _columns(rows: list[tuple]) -> list[tuple]:
+    """Collate (index, frames, source) rows into columns (module level: picklable for spawn/forkserver)."""
+    return list(zip(*rows))
+
+
 # ----------------------------------------------------------------------------- latent cache
 CACHE_VERSION = 2
 
@@ -502,7 +507,7 @@ class LatentCache:
         part = self.parts.setdefault(rank, {**meta, "shards": []})
         loader = torch.utils.data.DataLoader(_Clips(sampler, todo), batch_size=batch, num_workers=workers,
                                              worker_init_fn=_one_thread if workers else None,
-                                             collate_fn=lambda rows: list(zip(*rows)))
+                                             collate_fn=_columns)
         pending: dict[str, list] = {"items": [], "latents": [], "logvar": [], "frames": [], "teacher": [], "src": []}
         for indices, frames, sources in loader:
             x = torch.stack(frames).to(teacher.device).float().div(127.5).sub(1.0)

@@ -180,8 +180,10 @@ def _videos(recipe: DistillRecipe, work: Path, rank: int, show_progress: bool
             raise InputError("no videos: set data.videos, install turbovaed[video] (ships real clips), "
                              "or set data.synthetic = true")
     held = set(d.held_out)
-    train = [v for v in videos if v.name not in held]
-    held_out = [v for v in videos if v.name in held] + (data.list_videos(d.eval_videos) if d.eval_videos else [])
+    extra = data.list_videos(d.eval_videos) if d.eval_videos else []
+    evaluation_only = {v.resolve() for v in extra}  # an eval folder inside the training folder is still held out
+    train = [v for v in videos if v.name not in held and v.resolve() not in evaluation_only]
+    held_out = [v for v in videos if v.name in held] + extra
     if videos and not train:
         raise InputError("every video is held out; nothing left to train on")
     if not held_out and not recipe.teacher.tiny:

@@ -139,3 +139,69 @@ def test_quickstart_distils_from_the_shipped_teacher(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert "student (EMA)" in result.stdout
     assert (tmp_path / "qs" / "student" / "model.safetensors").is_file()
+
+
+def test_decode_takes_generator_latents_in_either_layout_normalised_and_bf16(tmp_path):
+    """What a diffusion pipeline hands over (output_type='latent'): normalised by the VAE's latents_mean/std,
+    often bf16, in diffusers' (B, C, T, H, W) or TAEHV/ComfyUI's (N, T, C, H, W) layout."""
+    import json
+
+    from conftest import randomize
+
+    from turbovaed.data import read_frames
+    from turbovaed.teachers import LatentNorm
+
+    config = teachers.build_tiny("wan21").student_config(mini=True)
+    student_dir = randomize(StudentDecoder(config), std=0.05).save_pretrained(tmp_path / "student")
+    norm = LatentNorm([0.5, -0.2, 0.1, 0.0], [2.0, 0.5, 1.5, 1.0], 1.0)
+    (student_dir / "latent_norm.json").write_text(json.dumps({**norm.to_dict(), "teacher": "wan21"}))
+    raw = torch.randn(1, 4, 4, 6, 8)
+    gen = norm.normalize(raw).to(torch.bfloat16)  # as a pipeline stores it
+    raw = norm.to_raw(gen.float())  # what the bf16 file really holds, in raw terms
+    files = {"raw": ({"latents": raw}, None), "gen": ({"latents": gen}, None),
+             "gen_btchw": ({"latents": gen.transpose(1, 2).contiguous()}, None),
+             "gen_meta": ({"latents": gen.transpose(1, 2).contiguous()}, {"layout": "btchw", "latents": "normalized"})}
+    for name, (tensors, meta) in files.items():
+        save_file(tensors, str(tmp_path / f"{name}.safetensors"), metadata=meta)
+    common = ["decode", "--student", str(student_dir), "--out"]
+    videos = {}
+    for name, extra in {"raw": ["--latents", "raw"], "gen": ["--latents", "gen", "--normalized"],
+                        "gen_btchw": ["--latents", "gen_btchw", "--layout", "btchw", "--normalized"],
+                        "gen_meta": ["--latents", "gen_meta", "--layout", "btchw"],
+                        "gen_stream": ["--latents", "gen", "--normalized", "--stream", "--chunk", "2"]}.items():
+        extra = [str(tmp_path / f"{x}.safetensors") if x in files else x for x in extra]
+        result = run(*common, str(tmp_path / f"{name}.mp4"), *extra)
+        assert result.returncode == 0, result.stderr
+        videos[name] = read_frames(tmp_path / f"{name}.mp4").astype(float)
+    same = {name: abs(videos[name] - videos["raw"]).mean() for name in ("gen", "gen_btchw", "gen_meta", "gen_stream")}
+    assert max(same.values()) < 1.0, same  # the same frames, up to H.264 and bf16
+    wrong = abs(videos["raw"] - read_frames_of_undenormalised(tmp_path, common, student_dir)).mean()
+    assert wrong > 2.0 and wrong > 4 * max(same.values()), (wrong, same)
+
+
+def read_frames_of_undenormalised(tmp_path, common, student_dir):
+    """Decoding the normalised file as if raw gives visibly different frames: the flag matters."""
+    from turbovaed.data import read_frames
+
+    result = run(*common, str(tmp_path / "wrong.mp4"), "--latents", str(tmp_path / "gen.safetensors"), "--raw")
+    assert result.returncode == 0, result.stderr
+    return read_frames(tmp_path / "wrong.mp4").astype(float)
+
+
+def test_layout_and_normalisation_mistakes_are_named(tmp_path):
+    student_dir = StudentDecoder(teachers.build_tiny("wan21").student_config(mini=True)).save_pretrained(
+        tmp_path / "student")
+    save_file({"latents": torch.randn(1, 3, 4, 8, 8)}, str(tmp_path / "btchw.safetensors"))
+    save_file({"latents": torch.randn(1, 4, 3, 8, 8)}, str(tmp_path / "raw.safetensors"), metadata={"latents": "raw"})
+    save_file({"latents": torch.randn(1, 4, 3, 8, 8)}, str(tmp_path / "plain.safetensors"))
+    out = str(tmp_path / "o.mp4")
+    for args, message in [
+        (["--latents", "btchw"], "looks like (N, T, C, H, W) as TAEHV and ComfyUI use: pass --layout btchw"),
+        (["--latents", "raw", "--normalized"], "states in its metadata that its latents are raw"),
+        (["--latents", "plain", "--layout", "nope"], "unknown latent layout 'nope'"),
+        (["--latents", "plain", "--normalized"], "carries none"),  # a student without latent_norm.json
+    ]:
+        args = [str(tmp_path / f"{a}.safetensors") if a in ("btchw", "raw", "plain") else a for a in args]
+        result = run("decode", "--student", str(student_dir), "--out", out, *args)
+        assert result.returncode == 2 and message in " ".join(result.stderr.split()), result.stderr
+        assert "Traceback" not in result.stderr and not (tmp_path / "o.mp4").exists()

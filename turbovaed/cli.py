@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import sys
 import threading
@@ -78,8 +79,20 @@ def info(target: Annotated[str, typer.Argument(help="preset name (e.g. ltx, wan2
     out.print(table)
 
 
-def load_latents(path: Path) -> torch.Tensor:
-    return LatentFile(path).read()
+def student_latent_norm(checkpoint: str) -> dict | None:
+    """The teacher's latent statistics a distilled student carries (latent_norm.json), if any."""
+    path = Path(checkpoint) / "latent_norm.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def denormalizer(stats: dict | None, what: str):
+    """(normalized chunk, index of its first latent frame) -> raw latents, from a teacher's statistics."""
+    if stats is None:
+        raise InputError(f"--normalized needs the teacher's latent statistics and {what} carries none (distilled "
+                         "before students kept latent_norm.json): add --teacher NAME, or pass raw latents")
+    from turbovaed.teachers import LatentNorm
+
+    return LatentNorm.from_dict(stats).to_raw
 
 
 @app.command()
@@ -100,7 +113,15 @@ def decode(out_path: Annotated[Path, typer.Option("--out", help="output .mp4 (a 
            artifact: Annotated[Optional[Path], typer.Option(help="with --stream: an exported streaming step graph "
                                                                  "(ExecuTorch / ONNX / LiteRT) to decode with")] = None,
            tile: Annotated[int, typer.Option(help="decode in spatial tiles of this many latent pixels (0: off)")] = 0,
-           overlap: Annotated[int, typer.Option(help="latent pixels shared by neighbouring tiles")] = 2) -> None:
+           overlap: Annotated[int, typer.Option(help="latent pixels shared by neighbouring tiles")] = 2,
+           layout: Annotated[str, typer.Option(help="axis order of --latents: 'bcthw' = (B, C, T, H, W) as diffusers "
+                                                   "pipelines return (default); 'btchw' = (N, T, C, H, W) as TAEHV "
+                                                   "and ComfyUI use")] = "bcthw",
+           normalized: Annotated[Optional[bool], typer.Option(
+               "--normalized/--raw", help="--normalized: --latents are a diffusion pipeline's output "
+               "(output_type='latent'), normalised by the VAE's latents_mean/std; --raw: the raw latents a VAE decoder "
+               "takes. Default: what the file's metadata states, else --raw (what turbovaed's encode writes)")] = None,
+           ) -> None:
     """Decode latents (or a video's teacher latents) with the teacher and/or a student; write mp4 + PNG."""
     if (latents is None) == (video is None):
         raise InputError("give exactly one of --latents FILE or --video FILE")
@@ -110,6 +131,16 @@ def decode(out_path: Annotated[Path, typer.Option("--out", help="output .mp4 (a 
         raise InputError(f"--out must be an .mp4 path, got {out_path}")
     if artifact is not None and not stream:
         raise InputError("--artifact decodes through an exported step graph and needs --stream")
+    source = None
+    if latents is not None:
+        source = LatentFile(latents, layout=layout)
+        stated = source.stated_normalized()
+        if None not in (normalized, stated) and normalized != stated:
+            raise InputError(f"{latents} states in its metadata that its latents are "
+                             f"{'normalized' if stated else 'raw'}, but --{'normalized' if normalized else 'raw'} was given")
+        normalized = bool(stated) if normalized is None else normalized
+    elif normalized:
+        raise InputError("--normalized describes --latents; a --video is encoded to raw latents by the teacher")
     if stream:
         if latents is None or (student is None) == (artifact is None) or teacher is not None or mobile:
             raise InputError("--stream decodes --latents FILE with --student CHECKPOINT or --artifact STREAM_EXPORT "
@@ -119,16 +150,21 @@ def decode(out_path: Annotated[Path, typer.Option("--out", help="output .mp4 (a 
                 raise InputError("--tile needs --student (an exported step graph has one fixed latent size)")
             streamer = ArtifactStreamer(artifact)
             chunk = streamer.chunk
+            channels, what, stats = streamer.shape[1], f"artifact {artifact}", streamer.norm_dict
         else:
             _, model, _ = resolve_student(student)
             if model is None:
                 raise InputError(f"--student must be a checkpoint folder (a preset has no trained weights): {student}")
             streamer = Streamer(model, tile, overlap)
+            channels, what, stats = model.config.latent_channels, f"student {student}", student_latent_norm(student)
+        source.check_channels(channels, what)
+        to_raw = denormalizer(stats, what) if normalized else None
         with Progress(TextColumn("[bold]stream"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=console, transient=True) as bar:
             task = bar.add_task("streaming decode (latent frames)", total=None)
-            n = stream_to_video(streamer, latents, out_path, chunk, fps,
-                                progress=lambda done, total: bar.update(task, completed=done, total=total))
+            n = stream_to_video(streamer, source, out_path, chunk, fps,
+                                progress=lambda done, total: bar.update(task, completed=done, total=total),
+                                to_raw=to_raw)
         out.print(f"wrote {out_path} ({n} frames, streamed {chunk} latent frame(s) per step"
                   f"{f', {tile}-latent tiles' if tile else ''}{f' through {artifact}' if artifact else ''})")
         return
@@ -144,7 +180,14 @@ def decode(out_path: Annotated[Path, typer.Option("--out", help="output .mp4 (a 
         rows["ground truth"] = clip
         z = te.encode(clip[None])
     else:
-        z = load_latents(latents)
+        if te is not None:
+            source.check_channels(te.latent_channels, f"teacher {te.spec.name}")
+        if student is not None:
+            source.check_channels(resolve_student(student)[0].latent_channels, f"student {student}")
+        z = source.read()
+        if normalized:
+            stats = te.norm.to_dict() if te is not None else student_latent_norm(student)
+            z = denormalizer(stats, f"student {student}")(z, 0)
     results = {}
     if te is not None:
         t0 = time.perf_counter()

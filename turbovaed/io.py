@@ -107,13 +107,21 @@ def load_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path} is not a readable safetensors file (truncated or corrupt?): {err}") from err
 
 
-class LatentFile:
-    """A 'latents' tensor (B, C, T, h, w) or (C, T, h, w) in a .safetensors file, read a time range at a
-    time (memory-mapped slices), so a long latent sequence never has to fit in memory."""
+LAYOUTS = {"bcthw": "(B, C, T, H, W) as diffusers pipelines return", "btchw": "(N, T, C, H, W) as TAEHV and ComfyUI use"}
 
-    def __init__(self, path: str | Path, name: str = "latents") -> None:
+
+class LatentFile:
+    """A 'latents' tensor in a .safetensors file, read a time range at a time (memory-mapped slices), so a
+    long latent sequence never has to fit in memory. `layout` is "bcthw" (diffusers: (B, C, T, h, w) or
+    (C, T, h, w)) or "btchw" (TAEHV / ComfyUI: (N, T, C, h, w) or (T, C, h, w)); reads always come back as
+    float32 (B, C, n, h, w) whatever the stored dtype (generators save bf16). A file may state its layout
+    and whether it is normalised in its safetensors metadata ("layout", "latents": "raw" | "normalized")."""
+
+    def __init__(self, path: str | Path, name: str = "latents", layout: str = "bcthw") -> None:
         from safetensors import SafetensorError, safe_open
 
+        if layout not in LAYOUTS:
+            raise InputError(f"unknown latent layout {layout!r}; expected one of {sorted(LAYOUTS)}")
         self.path = Path(path)
         _check_safetensors(self.path)
         try:
@@ -123,18 +131,48 @@ class LatentFile:
                 raise InputError(f"{self.path} has no '{name}' tensor (has {sorted(names)})")
             self._slice = self._file.get_slice(name)
             shape = tuple(self._slice.get_shape())
+            self.metadata = self._file.metadata() or {}
         except (SafetensorError, OSError) as err:
             raise CheckpointError(f"{self.path} is not a readable safetensors file (truncated or corrupt?): {err}") from err
+        stated = self.metadata.get("layout")
+        if stated is not None and stated != layout:
+            raise InputError(f"{self.path} states layout {stated!r} in its metadata but {layout!r} was asked for")
         if len(shape) not in (4, 5):
-            raise InputError(f"{self.path}: '{name}' must be (B, C, T, h, w) or (C, T, h, w), got shape {shape}")
-        self.batched = len(shape) == 5
-        self.shape = shape if self.batched else (1, *shape)
+            raise InputError(f"{self.path}: '{name}' must be {LAYOUTS[layout]} (or without the batch axis), "
+                             f"got shape {shape}")
+        self.layout, self.batched = layout, len(shape) == 5
+        full = shape if self.batched else (1, *shape)
+        self.shape = full if layout == "bcthw" else (full[0], full[2], full[1], *full[3:])  # as (B, C, T, h, w)
+        self.stored_shape = shape
+
+    def check_channels(self, expected: int, what: str) -> None:
+        """One clear error when the channel axis does not hold `expected` channels, naming the layout that
+        would fit (a (1, 16, 16, h, w) Wan file fits both: say which with --layout or the file's metadata)."""
+        if self.shape[1] == expected:
+            return
+        other = "btchw" if self.layout == "bcthw" else "bcthw"
+        hint = ""
+        if self.shape[2] == expected:
+            hint = f"; it looks like {LAYOUTS[other]}: pass --layout {other}"
+        raise InputError(f"{self.path}: latents {self.stored_shape} read as {LAYOUTS[self.layout]} have "
+                         f"{self.shape[1]} channels, {what} expects {expected}{hint}")
+
+    def stated_normalized(self) -> bool | None:
+        """True/False when the file's metadata says "normalized"/"raw", else None."""
+        value = self.metadata.get("latents")
+        if value not in (None, "raw", "normalized"):
+            raise InputError(f"{self.path}: metadata 'latents' must be 'raw' or 'normalized', got {value!r}")
+        return None if value is None else value == "normalized"
 
     @property
     def frames(self) -> int:
         return self.shape[2]
 
     def read(self, start: int = 0, stop: int | None = None) -> torch.Tensor:
-        """Latent frames [start, stop) as a float tensor (B, C, n, h, w)."""
+        """Latent frames [start, stop) as a float32 tensor (B, C, n, h, w)."""
         stop = self.frames if stop is None else stop
-        return self._slice[:, :, start:stop] if self.batched else self._slice[:, start:stop][None]
+        if self.layout == "bcthw":
+            z = self._slice[:, :, start:stop] if self.batched else self._slice[:, start:stop][None]
+        else:
+            z = (self._slice[:, start:stop] if self.batched else self._slice[start:stop][None]).transpose(1, 2)
+        return z.float().contiguous()

@@ -13,6 +13,7 @@ import torch
 from turbovaed.data import VideoWriter
 from turbovaed.io import InputError, LatentFile
 from turbovaed.student import StreamState, StudentConfig, StudentDecoder, check_latents
+from turbovaed.teachers import LatentNorm
 
 
 def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
@@ -106,12 +107,20 @@ class ArtifactStreamer:
         self.drop = manifest["stream"]["first_chunk_drop_frames"]
         self.states = [torch.zeros(i["shape"]) for i in manifest["inputs"][2:]]
         self.first = True
+        # a graph exported with input_latents = "normalized" folds de-normalisation in: feed it normalised chunks
+        self.norm = LatentNorm.from_dict(manifest["latent_normalisation"]) \
+            if manifest.get("input_latents", "raw") == "normalized" else None
+        self.norm_dict = manifest["latent_normalisation"]
+        self.position = 0
 
     def __call__(self, z: torch.Tensor) -> torch.Tensor:
         if list(z.shape) != self.shape:
             raise InputError(f"this artifact takes latent chunks of shape {self.shape}, got {list(z.shape)} "
                              "(export it for this size and chunk)")
         check_latents(z, StudentConfig(latent_channels=self.shape[1]))
+        if self.norm is not None:
+            z = self.norm.normalize(z, start=self.position)
+        self.position += z.shape[2]
         frames, *self.states = self.run(z.float().contiguous(), torch.ones(1) if self.first else torch.zeros(1),
                                         *self.states)
         if self.first:
@@ -122,16 +131,18 @@ class ArtifactStreamer:
         self.states = []
 
 
-def stream_to_video(streamer: Streamer | ArtifactStreamer, latents: Path, out: Path, chunk: int, fps: float = 24.0,
-                    progress: Callable[[int, int], None] | None = None) -> int:
+def stream_to_video(streamer: Streamer | ArtifactStreamer, source: LatentFile, out: Path, chunk: int, fps: float = 24.0,
+                    progress: Callable[[int, int], None] | None = None,
+                    to_raw: Callable[[torch.Tensor, int], torch.Tensor] | None = None) -> int:
     """Decode a latents file chunk by chunk into an mp4; only one chunk of latents and frames is ever in
-    memory. Returns the number of frames written; an error leaves no mp4 behind."""
+    memory. `to_raw(chunk, first_frame_index)` de-normalises generator latents. Returns the number of
+    frames written; an error leaves no mp4 behind."""
     if chunk < 1:
         raise InputError(f"--chunk must be >= 1 latent frame, got {chunk}")
-    source = LatentFile(latents)
     with VideoWriter(out, fps) as writer:
         for start in range(0, source.frames, chunk):
-            writer.write(streamer(source.read(start, start + chunk))[0])
+            z = source.read(start, start + chunk)
+            writer.write(streamer(to_raw(z, start) if to_raw else z)[0])
             if progress:
                 progress(min(start + chunk, source.frames), source.frames)
     streamer.close()

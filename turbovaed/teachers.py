@@ -136,21 +136,30 @@ class LatentNorm:
     std: list[float] | None
     scale: float = 1.0
 
-    def _stats(self, z: torch.Tensor) -> tuple[torch.Tensor | float, torch.Tensor | float]:
+    def _stats(self, z: torch.Tensor, start: int) -> tuple[torch.Tensor | float, torch.Tensor | float]:
         def shaped(values: list[float] | None, default: float):
             if values is None:
                 return default
             v = torch.tensor(values, dtype=z.dtype, device=z.device).view(1, z.shape[1], -1, 1, 1)
-            return v[:, :, : z.shape[2]] if v.shape[2] > 1 else v
+            return v[:, :, start:start + z.shape[2]] if v.shape[2] > 1 else v
         return shaped(self.mean, 0.0), shaped(self.std, 1.0)
 
-    def normalize(self, raw: torch.Tensor) -> torch.Tensor:
-        mean, std = self._stats(raw)
+    def normalize(self, raw: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """`start`: the first latent frame's index (per-frame statistics, streamed chunks)."""
+        mean, std = self._stats(raw, start)
         return (raw - mean) * self.scale / std
 
-    def to_raw(self, normalized: torch.Tensor) -> torch.Tensor:
-        mean, std = self._stats(normalized)
+    def to_raw(self, normalized: torch.Tensor, start: int = 0) -> torch.Tensor:
+        mean, std = self._stats(normalized, start)
         return normalized * std / self.scale + mean
+
+    def to_dict(self) -> dict:
+        return {"formula": "raw = normalized * std / scale + mean (the decoder takes raw latents)",
+                "mean": self.mean, "std": self.std, "scale": self.scale}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> LatentNorm:
+        return cls(d.get("mean"), d.get("std"), float(d.get("scale", 1.0)))
 
 
 def _as_list(value) -> list[float] | None:

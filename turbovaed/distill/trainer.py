@@ -540,7 +540,8 @@ Distilled with turbovaed from the frozen `{report['teacher']}` teacher ({report[
 parameters) into a {report['student_params']:,}-parameter student
 ({report['student_params'] / report['teacher_decoder_params']:.1%} of the teacher decoder).
 `model.safetensors` holds the EMA weights (what is evaluated and exported); `raw.safetensors` the last raw weights;
-`sample.mp4` shows ground truth | teacher | student on the first evaluation clip.
+`sample.mp4` shows ground truth | teacher | student on the first evaluation clip; `latent_norm.json` holds the
+teacher's latent statistics, so `turbovaed decode --normalized` can decode a diffusion pipeline's output.
 
 | on {report['eval_set']} ({len(report['clips'])} clips) | PSNR dB | SSIM | MS-SSIM |
 |---|---|---|---|
@@ -559,6 +560,7 @@ Steps: {report['steps']}, processes: {report['world_size']}, device: {report['de
         "raw.safetensors": raw, "recipe.toml": to_toml(r), "README.md": card,
         "metrics.json": json.dumps(report, indent=1, default=str),
         "log.jsonl": run.log_path.read_text() if run.log_path.is_file() else "",
+        "latent_norm.json": json.dumps({**run.teacher.norm.to_dict(), "teacher": r.teacher.name}, indent=1),
         "sample.mp4": sample.read_bytes()})
     return out
 

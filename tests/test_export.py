@@ -114,3 +114,47 @@ def test_streaming_step_artifact_matches_whole_clip_decode(tmp_path, student_dir
     assert manifest["inputs"][0]["shape"] == [1, 4, 1, 4, 4] and manifest["outputs"][0]["shape"][2] == 4
     assert [o["shape"] for o in manifest["outputs"][1:]] == [i["shape"] for i in manifest["inputs"][2:]]
     assert manifest["stream"]["first_chunk_drop_frames"] == 3
+
+
+def test_folded_denormalisation_lets_apps_feed_generator_latents(tmp_path, student_dir, monkeypatch):
+    """input_latents = "normalized": the graph de-normalises, the manifest and bundle say so, the bundle's
+    sample latents are normalised, and a streamed step graph takes normalised chunks at their offsets."""
+    import onnxruntime as ort
+    import torch
+
+    from turbovaed import teachers
+    from turbovaed.export import core
+    from turbovaed.metrics import psnr
+    from turbovaed.stream import ArtifactStreamer
+    from turbovaed.student import StudentDecoder
+
+    norm = teachers.LatentNorm([0.5, -0.2, 0.1, 0.0], [2.0, 0.5, 1.5, 1.0], 1.0)  # a teacher with real statistics
+    real_load = core.teachers.load
+
+    def load(*args, **kwargs):
+        teacher = real_load(*args, **kwargs)
+        teacher.norm = norm
+        return teacher
+    monkeypatch.setattr(core.teachers, "load", load)
+    whole = export(recipe_for("onnx", "fp32", name="gen-whole", input_latents="normalized"), student_dir, tmp_path,
+                   bundle=True)
+    stream = export(recipe_for("onnx", "fp32", name="gen-stream", input_latents="normalized",
+                               shape={"latent_frames": 2, "height": 32, "width": 32, "stream_chunk": 1}),
+                    student_dir, tmp_path)
+    for m in (whole, stream):
+        assert m["input_latents"] == "normalized" and m["numerics"]["status"] == "pass", m["numerics"]
+    bundle = json.loads((tmp_path / "gen-whole" / "bundle.json").read_text())
+    assert bundle["latents"]["normalized"] is True
+    student = StudentDecoder.from_pretrained(student_dir).eval()
+    z = torch.randn(1, 4, 2, 4, 4) * 1.5
+    with torch.no_grad():
+        want = student(z)
+    session = ort.InferenceSession(str(tmp_path / "gen-whole" / whole["artifact"]))
+    got = torch.from_numpy(session.run(None, {"latents": norm.normalize(z).numpy()})[0])
+    assert psnr(got, want) > 60  # normalised in, the raw decode out
+    assert psnr(torch.from_numpy(session.run(None, {"latents": z.numpy()})[0]), want) < 40  # raw in: wrong
+    streamer = ArtifactStreamer(tmp_path / "gen-stream")  # takes raw chunks, normalises them at their offset
+    streamed = torch.cat([streamer(z[:, :, i:i + 1]) for i in range(2)], dim=2)
+    assert psnr(streamed, want) > 60
+    with pytest.raises(InputError, match="input_latents must be"):
+        recipe_for("onnx", "fp32", input_latents="bf16")

@@ -285,8 +285,25 @@ class MobileDecoder(nn.Module):
         self.upsamplers = nn.ModuleList(u.to_mobile(lp) for u in ref.upsamplers)
         self.norm_out = ref.norm_out.to_mobile()
         self.conv_out = ref.conv_out.to_mobile(lp)
+        self.register_buffer("input_scale", None)  # set by fold_denormalization
+        self.register_buffer("input_shift", None)
+
+    def fold_denormalization(self, mean: list[float] | None, std: list[float] | None, scale: float) -> MobileDecoder:
+        """Take normalised latents (a diffusion pipeline's output) directly: raw = z * std / scale + mean
+        becomes the graph's first op (one multiply-add, delegated everywhere). Per-channel statistics only."""
+        c = self.config.latent_channels
+        for name, values in (("mean", mean), ("std", std)):
+            if values is not None and len(values) != c:
+                raise InputError(f"latent {name} has {len(values)} values, not one per channel ({c}): per-frame "
+                                 "statistics cannot be folded into a fixed-shape graph; export with raw input")
+        std_t = torch.tensor(std if std is not None else [1.0] * c)
+        self.register_buffer("input_scale", (std_t / scale).view(1, c, 1, 1, 1))
+        self.register_buffer("input_shift", torch.tensor(mean if mean is not None else [0.0] * c).view(1, c, 1, 1, 1))
+        return self
 
     def forward(self, z: torch.Tensor, cache: TimeCache | None = None) -> torch.Tensor:
+        if self.input_scale is not None:
+            z = z * self.input_scale + self.input_shift
         b, c, t, h, w = z.shape
         x = self.conv_in(z.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w), t, cache)
         for i, stage in enumerate(self.stages):

@@ -65,8 +65,13 @@ class ExportRecipe:
     group_size: int = 32  # int4 block size where the backend takes one
     shape: ShapeSection = field(default_factory=ShapeSection)
     calibration: CalibrationSection = field(default_factory=CalibrationSection)
+    # "raw": the graph takes the raw latents a VAE decoder takes; "normalized": de-normalisation is folded into
+    # the graph, so an app feeds a diffusion pipeline's (normalised) output directly
+    input_latents: str = "raw"
 
     def __post_init__(self) -> None:
+        if self.input_latents not in ("raw", "normalized"):
+            raise InputError(f"input_latents must be 'raw' or 'normalized', got {self.input_latents!r}")
         if self.backend not in BACKENDS:
             raise InputError(f"unknown backend {self.backend!r}; expected one of {sorted(BACKENDS)}")
         if self.precision not in BACKENDS[self.backend]:
@@ -176,7 +181,10 @@ def write_bundle(folder: Path, manifest: dict, latents: torch.Tensor, frames: to
     bundle = {"format": BUNDLE_FORMAT, "version": 1, "artifact": manifest["artifact"], "manifest": "manifest.json",
               "backend": manifest["backend"], "precision": manifest["precision"], "fps": 8,
               "latents": {"file": "sample_latents.bin", "shape": list(latents.shape), "dtype": "float32",
-                          "byte_order": "little", "source": source},
+                          "byte_order": "little", "source": source, "normalized": manifest["input_latents"] == "normalized",
+                          "what": "fed to the artifact as they are: " + (
+                              "normalised latents (the graph de-normalises)" if manifest["input_latents"] == "normalized"
+                              else "raw latents (de-normalise a pipeline's output first: see manifest latent_normalisation)")},
               "reference_frames": {"file": "reference_frames.bin", "shape": list(frames.shape), "dtype": "float32",
                                    "byte_order": "little", "range": "[-1, 1]",
                                    "what": "the fp32 reference student decoding sample_latents (for an on-device PSNR check)"}}
@@ -194,6 +202,10 @@ def export(recipe: ExportRecipe, checkpoint: str | Path, out_dir: str | Path, bu
     model, example, io = graph(student, recipe, backend)
     chunk = recipe.shape.stream_chunk
     calib, verify, source, teacher = calibration_latents(recipe, student)
+    feed = (lambda z: z) if recipe.input_latents == "raw" else teacher.norm.normalize  # what the graph is given
+    if recipe.input_latents == "normalized":
+        (model.decoder if chunk else model).fold_denormalization(teacher.norm.mean, teacher.norm.std, teacher.norm.scale)
+        calib = [feed(z) for z in calib]
     calib_inputs: list[tuple] = []
     for z in calib:  # a streaming graph calibrates on the inputs of every chunk of real streams
         if chunk:
@@ -207,7 +219,7 @@ def export(recipe: ExportRecipe, checkpoint: str | Path, out_dir: str | Path, bu
         with torch.no_grad():
             expected = [student(z) for z in verify]
         run = backend.runner(artifact, model=model, recipe=recipe)
-        got = None if run is None else [run_clip(model, run, z, chunk) for z in verify]
+        got = None if run is None else [run_clip(model, run, feed(z), chunk) for z in verify]
         numerics = {"verified_by": info.get("verified_by", "runtime"), "clips": len(verify),
                     "against": "the fp32 reference student decoding each whole clip" + (
                         f" (artifact streamed {chunk} latent frame(s) per call)" if chunk else "")}
@@ -234,6 +246,7 @@ def export(recipe: ExportRecipe, checkpoint: str | Path, out_dir: str | Path, bu
             **({"stream": io["stream"]} if chunk else {}),
             "frame_rule": {"temporal_ratio": cfg.temporal_ratio, "first_frame": cfg.first_frame,
                            "spatial_ratio": cfg.spatial_ratio},
+            "input_latents": recipe.input_latents,
             "latent_normalisation": {**teacher.norm.to_dict(), "teacher": recipe.teacher},
             "student": {"checkpoint": str(Path(checkpoint).resolve()), "params": student.num_parameters(),
                         "sha256": sha256(Path(checkpoint) / WEIGHTS_NAME), "config": cfg.to_dict()},
@@ -244,5 +257,5 @@ def export(recipe: ExportRecipe, checkpoint: str | Path, out_dir: str | Path, bu
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
         if bundle:
-            write_bundle(tmp, manifest, verify[0], expected[0], source)
+            write_bundle(tmp, manifest, feed(verify[0]), expected[0], source)
     return manifest

@@ -82,3 +82,16 @@ def test_streaming_needs_causal_padding():
     model = StudentDecoder(config).eval()
     with pytest.raises(InputError, match="causal"):
         model.step(torch.randn(1, config.latent_channels, 1, 2, 2))
+
+
+def test_a_student_without_temporal_taps_streams_every_frame():
+    """kernel_t = 1 leaves no state to carry: later chunks must still keep all their frames."""
+    from dataclasses import replace
+
+    config = replace(TEACHERS["wan21"].student_config(mini=True), kernel_t=1)
+    model = randomize(StudentDecoder(config), std=0.1).eval()
+    z = torch.randn(1, config.latent_channels, 4, 4, 4)
+    with torch.no_grad():
+        whole = model(z)
+    got = stream(model, z, [1, 2, 1])
+    assert got.shape == whole.shape and rel_err(got, whole) <= 1e-5

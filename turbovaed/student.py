@@ -153,7 +153,7 @@ class StudentDecoder(nn.Module):
         if not isinstance(state, StreamState):
             raise InputError(f"state must be None or the StreamState of a previous step, got {type(state).__name__}")
         state.check(key)
-        cache = TimeCache(state.tensors or None)
+        cache = TimeCache(state.tensors if state.latent_frames else None)  # [] is a later chunk when k_t = 1
         frames = self(z.to(next(self.parameters()).dtype), cache=cache)
         state.tensors, state.latent_frames = cache.out, state.latent_frames + z.shape[2]
         return frames, state

@@ -140,6 +140,9 @@ class LatentFile:
         if len(shape) not in (4, 5):
             raise InputError(f"{self.path}: '{name}' must be {LAYOUTS[layout]} (or without the batch axis), "
                              f"got shape {shape}")
+        dtype = self._slice.get_dtype()
+        if dtype not in ("F16", "BF16", "F32", "F64"):
+            raise InputError(f"{self.path}: latents must be floating point, got {dtype}")
         self.layout, self.batched = layout, len(shape) == 5
         full = shape if self.batched else (1, *shape)
         self.shape = full if layout == "bcthw" else (full[0], full[2], full[1], *full[3:])  # as (B, C, T, h, w)

@@ -567,8 +567,8 @@ Steps: {report['steps']}, processes: {report['world_size']}, device: {report['de
 
 def distill(recipe: DistillRecipe, resume: bool = False, show_progress: bool = True) -> Path:
     """Run a recipe to completion; returns the output checkpoint folder."""
-    run = setup(recipe, resume, show_progress)
     try:
+        run = setup(recipe, resume, show_progress)
         cache = fill_cache(run)
         m = build_models(run, cache, resume)
         if run.rank == 0:

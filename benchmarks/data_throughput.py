@@ -19,25 +19,16 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from decode_speed import median_time  # sibling script: median of timed calls after a warm-up
 
 from turbovaed import data
 
 OUT = Path(__file__).resolve().parent / "results" / "data_throughput.json"
-
-
-def timed(fn, repeat: int = 1) -> float:
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def clips_per_s(videos: list[Path], count: int, seek: bool, index: Path | None) -> float:
@@ -89,7 +80,7 @@ def cache_reads(tmp: Path, items: int = 24) -> dict:
             f = handles.setdefault(s, safe_open(str(shards[s]), framework="pt"))
             _ = {n: f.get_slice(n)[k:k + 1][0] for n in f.keys()}
 
-    t_old, t_new = timed(old, 3), timed(new, 3)
+    t_old, t_new = median_time(old, 3), median_time(new, 3)
     return {"items": items, "old_items_per_s": round(items / t_old, 1), "new_items_per_s": round(items / t_new, 1),
             "speedup": round(t_old / t_new, 1)}
 
@@ -118,7 +109,7 @@ def main() -> None:
         n = data.video_info(long).frames
         row = {"video_frames": n}
         for name, seek in (("old", False), ("new", True)):
-            at0, at2000, at2120 = (timed(lambda s=start, k=seek: data.read_frames(long, s, 17, seek=k), 3)
+            at0, at2000, at2120 = (median_time(lambda s=start, k=seek: data.read_frames(long, s, 17, seek=k), 3)
                                    for start in (0, 2000, 2120))
             row[name] = {"frame0_s": round(at0, 3), "frame2000_s": round(at2000, 3), "frame2120_s": round(at2120, 3),
                          "ratio_2000": round(at2000 / at0, 2), "ratio_2120": round(at2120 / at0, 2)}

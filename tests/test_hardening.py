@@ -110,8 +110,10 @@ def test_killed_export_leaves_no_artifact_and_the_next_run_cleans_up(tmp_path, s
     deadline = time.time() + 120
     while time.time() < deadline and not any(out.glob(".t-litert-int8.*")):  # the temp folder exists: mid-export
         time.sleep(0.05)
+    started, running = any(out.glob(".t-litert-int8.*")), proc.poll() is None
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+    assert started and running, "the kill must land mid-export: its temp folder existed and it was still running"
     assert not (out / "t-litert-int8").exists()
     from test_export import recipe_for
 

@@ -117,3 +117,21 @@ def test_cli_import_report_and_bad_inputs(artifacts, tmp_path):
     assert "(est.)" in md and "| host | measured-host |" in md
     assert "| pixel-8 | measured-device-app |" not in md  # the imported record is another model's
     assert "<table>" in (tmp_path / "report" / "report.html").read_text() and report["table"].startswith("| student")
+
+
+def test_records_belong_to_a_student_by_weights_not_folder_name():
+    """A new student in a folder of the same name must not inherit the old student's records."""
+    from pathlib import Path as _Path
+
+    from turbovaed.profile import report, schema
+
+    old = schema.load_all(_Path(__file__).resolve().parents[1] / "profiles" / "results")
+    assert old and all(r.model_sha256 for r in old) and {r.model for r in old} == {"student"}
+    base = {"checkpoint": "/elsewhere/student", "params": 110_000, "config": {"latent_channels": 16}}
+    frame_rule = {"spatial_ratio": 8, "temporal_ratio": 4}
+    host_cell = lambda table: table.splitlines()[-1].split("|")[6].strip()  # noqa: E731
+    same = report.headline([{"student": {**base, "sha256": old[0].model_sha256}, "frame_rule": frame_rule}], old,
+                           ["host"])
+    other = report.headline([{"student": {**base, "sha256": "0" * 64}, "frame_rule": frame_rule}], old, ["host"])
+    assert host_cell(same) != "-"  # the same weights find their host record
+    assert host_cell(other) == "-"  # same folder name, other weights: nothing merged in

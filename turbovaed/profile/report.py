@@ -52,10 +52,11 @@ def best_records(records: list[Record], key) -> dict:
 def headline(manifests: list[dict], records: list[Record], devices: list[str]) -> str:
     """The Turbo-VAED-style table: one row per student, FPS per device (best precision), quality."""
     rows = []
-    for ckpt in sorted({m["student"]["checkpoint"] for m in manifests}):
-        m = next(x for x in manifests if x["student"]["checkpoint"] == ckpt)
+    for sha in sorted({m["student"]["sha256"] for m in manifests}):  # students by their weights, not folder names
+        m = next(x for x in manifests if x["student"]["sha256"] == sha)
+        ckpt = m["student"]["checkpoint"]
         cfg, q = m["student"]["config"], _student_quality(m)
-        best = best_records([r for r in records if r.model == Path(ckpt).name and "stream" not in r.notes],
+        best = best_records([r for r in records if r.model_sha256 == sha and "stream" not in r.notes],
                             key=lambda r: r.device)
         cells = []
         for d in devices:
@@ -196,8 +197,8 @@ def write_report(exports: Path, out_dir: Path, results: Path | None = None, vide
     manifests = find_manifests(exports)
     catalog = load_catalog()
     records = load_all(results or RESULTS_DIR, set(catalog))
-    names = {m["student"]["checkpoint"] for m in manifests}
-    records = [r for r in records if r.model in {Path(n).name for n in names}]
+    students = {m["student"]["sha256"] for m in manifests}
+    records = [r for r in records if r.model_sha256 in students]  # a same-named older student never merges in
     if not records:
         raise InputError(f"no profile records for these artifacts: run `turbovaed profile {exports}` first")
     devices = ["host"] + [d for d in sorted(catalog) if d != "host"]

@@ -169,6 +169,7 @@ def decode(out_path: Annotated[Path, typer.Option("--out", help="output .mp4 (a 
                   f"{f', {tile}-latent tiles' if tile else ''}{f' through {artifact}' if artifact else ''})")
         return
     te = teachers.load(teacher, teacher_path, tiny=tiny_teacher) if teacher else None
+    config, model, _ = resolve_student(student) if student is not None else (None, None, None)
     rows: dict[str, torch.Tensor] = {}
     if video is not None:
         if te is None:
@@ -182,8 +183,8 @@ def decode(out_path: Annotated[Path, typer.Option("--out", help="output .mp4 (a 
     else:
         if te is not None:
             source.check_channels(te.latent_channels, f"teacher {te.spec.name}")
-        if student is not None:
-            source.check_channels(resolve_student(student)[0].latent_channels, f"student {student}")
+        if config is not None:
+            source.check_channels(config.latent_channels, f"student {student}")
         z = source.read()
         if normalized:
             stats = te.norm.to_dict() if te is not None else student_latent_norm(student)
@@ -194,7 +195,6 @@ def decode(out_path: Annotated[Path, typer.Option("--out", help="output .mp4 (a 
         rows["teacher"] = results["teacher"] = te.decode(z)[0]
         console.print(f"teacher {te.spec.name}: {time.perf_counter() - t0:.2f} s")
     if student is not None:
-        config, model, _ = resolve_student(student)
         if model is None:
             raise InputError(f"--student must be a checkpoint folder (a preset has no trained weights): {student}")
         net = model.to_mobile().eval() if mobile else model.eval()

@@ -510,7 +510,7 @@ class LatentCache:
                                              collate_fn=_columns)
         pending: dict[str, list] = {"items": [], "latents": [], "logvar": [], "frames": [], "teacher": [], "src": []}
         for indices, frames, sources in loader:
-            x = torch.stack(frames).to(teacher.device).float().div(127.5).sub(1.0)
+            x = dequantize(torch.stack(frames).to(teacher.device))
             mean, logvar = teacher.encode_posterior(x)
             decoded = teacher.decode(mean)
             pending["items"] += indices

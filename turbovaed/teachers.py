@@ -216,17 +216,19 @@ class Teacher:
     @torch.no_grad()
     def encode(self, frames: torch.Tensor, sample: bool = False) -> torch.Tensor:
         """Frames (B, 3, T, H, W) in [-1, 1] -> raw latents (posterior mean unless sample=True)."""
-        self.check_frames(frames)
-        dist = self._sliced(lambda x: self.vae.encode(x).latent_dist, frames.to(self.device, self._dtype))
+        dist = self._posterior(frames)
         return (dist.sample() if sample else dist.mode()).float()
 
     @torch.no_grad()
     def encode_posterior(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(posterior mean, log-variance) in fp32; log-variance None for deterministic encoders (Cosmos)."""
-        self.check_frames(frames)
-        dist = self._sliced(lambda x: self.vae.encode(x).latent_dist, frames.to(self.device, self._dtype))
+        dist = self._posterior(frames)
         logvar = getattr(dist, "logvar", None)
         return dist.mode().float(), None if logvar is None else logvar.float()
+
+    def _posterior(self, frames: torch.Tensor):
+        self.check_frames(frames)
+        return self._sliced(lambda x: self.vae.encode(x).latent_dist, frames.to(self.device, self._dtype))
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
@@ -241,7 +243,7 @@ class Teacher:
         alignment then costs only the low-resolution part of the teacher (its frames are cached)."""
         check_latents(latents, StudentConfig(latent_channels=self.latent_channels))
         picked = list(range(len(self.feature_modules))) if blocks is None else sorted(blocks)
-        if picked and not 0 <= picked[-1] < len(self.feature_modules) or picked and picked[0] < 0:
+        if any(not 0 <= i < len(self.feature_modules) for i in picked):
             raise InputError(f"feature blocks {blocks} out of range: {self.spec.name} has "
                              f"{len(self.feature_modules)} (0 = mid block, then the up blocks)")
         modules = [self.feature_modules[i] for i in picked] if features else []

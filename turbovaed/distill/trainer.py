@@ -200,8 +200,8 @@ def _videos(recipe: DistillRecipe, work: Path, rank: int, show_progress: bool
             print(f"skipping {len(bad)} unreadable video(s); first: {bad[0]}", file=sys.stderr)
     else:
         infos, _ = data.wait_for_index(listed, index, timeout_s=recipe.train.dist_timeout_minutes * 60)
-    readable = {i.path for i in infos}
-    train_infos = [i for i in infos if i.path in set(train)]
+    readable, training = {i.path for i in infos}, set(train)
+    train_infos = [i for i in infos if i.path in training]
     if train and not train_infos:
         raise data.VideoError(f"none of the {len(train)} training videos is readable")
     return train_infos, [v for v in held_out if v in readable]

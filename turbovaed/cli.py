@@ -33,11 +33,11 @@ def resolve_student(target: str) -> tuple[StudentConfig, StudentDecoder | None, 
     if path.is_dir() or path.suffix or "/" in target:
         model = StudentDecoder.from_pretrained(path)
         return model.config, model, f"checkpoint {path}"
-    name, mini = (target[:-5], True) if target.endswith("-mini") else (target, False)
-    if name not in teachers.TEACHERS:
-        names = sorted(teachers.TEACHERS) + [n + "-mini" for n in sorted(teachers.TEACHERS)]
-        raise InputError(f"{target!r} is neither a checkpoint folder nor a preset; presets: {', '.join(names)}")
-    return teachers.get_spec(name).student_config(mini=mini), None, f"preset {target}"
+    try:
+        name, size = teachers.parse_preset(target)
+    except InputError as err:
+        raise InputError(f"{target!r} is not a checkpoint folder, and {err}") from None
+    return teachers.get_spec(name).student_config(size=size), None, f"preset {target}"
 
 
 def parse_size(size: str) -> tuple[int, int]:
@@ -50,11 +50,44 @@ def parse_size(size: str) -> tuple[int, int]:
     return h, w
 
 
+def ladder_rows() -> list[dict]:
+    """Every teacher family x ladder rung: parameters and GMACs per output frame at 512x512 and 720p (the
+    height rounded up to the family's spatial multiple, e.g. 736 for 32x), over 5 latent frames."""
+    from turbovaed.student import SIZES
+
+    rows = []
+    for name, spec in teachers.TEACHERS.items():
+        for rung in SIZES:
+            config = spec.student_config(size=rung)
+            with torch.device("meta"):
+                params = StudentDecoder(config).num_parameters()
+            frames = config.frames_for(5)
+            s = config.spatial_ratio
+            tall = -(-720 // s) * s
+            rows.append({"preset": name if rung == "nano" else f"{name}-{rung}", "params": params,
+                         "gmacs_512": count_macs(config, (5, 512 // s, 512 // s)) / 1e9 / frames,
+                         "gmacs_720p": count_macs(config, (5, tall // s, 1280 // s)) / 1e9 / frames,
+                         "size_720p": f"{tall}x1280"})
+    return rows
+
+
 @app.command()
-def info(target: Annotated[str, typer.Argument(help="preset name (e.g. ltx, wan21-mini) or checkpoint folder")],
+def info(target: Annotated[Optional[str], typer.Argument(
+            help="preset name (family, optionally -mini/-base/-turbo: ltx, wan21-base) or checkpoint folder; "
+                 "none: the whole preset ladder")] = None,
          size: Annotated[str, typer.Option(help="output HEIGHTxWIDTH")] = "256x256",
          frames: Annotated[int, typer.Option(help="output frames")] = 17) -> None:
-    """Parameters, MACs per frame, compression and frame rule of a student."""
+    """Parameters, MACs per frame, compression and frame rule of a student (or of every preset)."""
+    if target is None:
+        table = Table(title="student presets: nano (CPU-sized), base (~TAEHV MACs), turbo (Turbo-VAED layout); "
+                            "mini is for tests")
+        for col in ("preset", "params (M)", "GMACs/frame 512x512", "GMACs/frame 720p", "720p as"):
+            table.add_column(col, justify="left" if col == "preset" else "right")
+        for r in ladder_rows():
+            table.add_row(r["preset"], f"{r['params'] / 1e6:.2f}", f"{r['gmacs_512']:.2f}", f"{r['gmacs_720p']:.2f}",
+                          r["size_720p"])
+        out.print(table)
+        return
     config, _, source = resolve_student(target)
     h, w = parse_size(size)
     if h % config.spatial_ratio or w % config.spatial_ratio:

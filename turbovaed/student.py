@@ -39,6 +39,8 @@ class StudentConfig:
     final_temporal: int = 2  # temporal split folded into the output conv (1 = none)
     kernel_t: int = 3
     kernel_s: int = 3
+    kernel_dw: int | None = None  # k x k x k depthwise kernel of separable stages (Turbo-VAED: 5); None: kernel_t/s
+    dense_upsample: tuple[bool, ...] | None = None  # per shuffle: dense conv; None: as the stage it starts from
     temporal_padding: str = "causal"
     first_frame: bool = True  # 1+k latents -> 1 + r_t*k frames (drop the first r_t - 1 frames)
     eps: float = 1e-6
@@ -48,8 +50,13 @@ class StudentConfig:
         self.blocks = tuple(int(b) for b in self.blocks)
         self.dense = tuple(bool(d) for d in self.dense)
         self.upsample = tuple((int(a), int(b)) for a, b in self.upsample)
+        if self.dense_upsample is not None:
+            self.dense_upsample = tuple(bool(d) for d in self.dense_upsample)
         n = len(self.channels)
         problems = []
+        if self.dense_upsample is not None and len(self.dense_upsample) != len(self.upsample):
+            problems.append(f"dense_upsample needs one entry per shuffle ({len(self.upsample)}), "
+                            f"got {len(self.dense_upsample)}")
         if n == 0 or len(self.blocks) != n or len(self.dense) != n:
             problems.append(f"channels, blocks and dense need one entry per stage (got {n}, "
                             f"{len(self.blocks)}, {len(self.dense)})")
@@ -60,10 +67,19 @@ class StudentConfig:
         if min((*self.channels, self.latent_channels, self.out_channels, self.patch, self.final_temporal,
                 self.kernel_t, self.kernel_s, *(s for pair in self.upsample for s in pair)), default=1) < 1:
             problems.append("channels, factors and kernel sizes must be positive")
-        if self.kernel_s % 2 == 0:
-            problems.append(f"kernel_s must be odd, got {self.kernel_s}")
+        if self.kernel_s % 2 == 0 or (self.kernel_dw is not None and (self.kernel_dw < 1 or self.kernel_dw % 2 == 0)):
+            problems.append(f"kernel_s and kernel_dw must be odd and positive, got {self.kernel_s}, {self.kernel_dw}")
         if problems:
             raise ValueError("invalid StudentConfig: " + "; ".join(problems))
+
+    def kernels(self, dense: bool) -> tuple[int, int]:
+        """(temporal, spatial) kernel of a dense or a depthwise-separable conv."""
+        if dense or self.kernel_dw is None:
+            return self.kernel_t, self.kernel_s
+        return self.kernel_dw, self.kernel_dw
+
+    def upsample_dense(self, i: int) -> bool:
+        return self.dense[i] if self.dense_upsample is None else self.dense_upsample[i]
 
     @property
     def temporal_ratio(self) -> int:
@@ -111,11 +127,12 @@ class StudentDecoder(nn.Module):
         p, kt, ks = c.temporal_padding, c.kernel_t, c.kernel_s
         self.conv_in = Conv3d(c.latent_channels, c.channels[0], kt, ks, padding=p)
         self.stages = nn.ModuleList(
-            nn.Sequential(*[ResBlock(ch, d, kt, ks, p, c.eps) for _ in range(n)])
+            nn.Sequential(*[ResBlock(ch, d, *c.kernels(d), p, c.eps) for _ in range(n)])
             for ch, n, d in zip(c.channels, c.blocks, c.dense)
         )
         self.upsamplers = nn.ModuleList(
-            PixelShuffle3d(c.channels[i], c.channels[i + 1], st, ss, c.dense[i], kt, ks, p)
+            PixelShuffle3d(c.channels[i], c.channels[i + 1], st, ss, c.upsample_dense(i),
+                           *c.kernels(c.upsample_dense(i)), p)
             for i, (st, ss) in enumerate(c.upsample)
         )
         self.norm_out = RMSNorm(c.channels[-1], c.eps)
@@ -363,6 +380,11 @@ def count_macs(config: StudentConfig, latent_shape: tuple[int, int, int]) -> int
     """Multiply-accumulates of one decode of latents (T, h, w), counted on the meta device (no compute)."""
     with torch.device("meta"):
         model = StudentDecoder(config)
+    return module_macs(model, (1, config.latent_channels, *latent_shape))
+
+
+def module_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """Conv and Linear multiply-accumulates of model(input) for any decoder (peers too), on the meta device."""
     total = 0
 
     def hook(module: nn.Module, _inputs, out: torch.Tensor) -> None:
@@ -372,39 +394,84 @@ def count_macs(config: StudentConfig, latent_shape: tuple[int, int, int]) -> int
         elif isinstance(module, nn.Linear):
             total += out.numel() * module.in_features
 
-    for m in model.modules():
-        m.register_forward_hook(hook)
-    model(torch.empty(1, config.latent_channels, *latent_shape, device="meta"))
+    model = model.to("meta")
+    handles = [m.register_forward_hook(hook) for m in model.modules()]
+    try:
+        with torch.no_grad():
+            model(torch.empty(input_shape, device="meta"))
+    finally:
+        for h in handles:
+            h.remove()
     return total
 
 
-# Presets. The layout follows the teacher's compression: every stage but the last runs at or near
-# latent resolution (where depthwise-separable convs are cheap), the last stage ends at 1/4 of the
-# output resolution, and a 4x4 depth-to-space finishes (measured fastest on CPU, as in TAEHV/LTX).
-_LAYOUTS = {  # spatial ratio -> (channels, blocks, upsample pairs without temporal, temporal slots)
-    8: ((384, 160), (4, 3), (2,)),
-    16: ((384, 192, 96), (3, 3, 1), (2, 2)),
-    32: ((512, 256, 128, 64), (3, 3, 2, 0), (2, 2, 2)),
+# Presets: a ladder per teacher compression. Every rung is the same block vocabulary (so each lowers
+# exactly to 2D and exports to every backend); they differ in where the work sits.
+#   mini  - ~16x smaller than nano: tests and CPU smoke runs.
+#   nano  - the CPU-sized students: all work at or near latent resolution, 4x4 depth-to-space out.
+#   base  - about TAEHV's MACs per frame at 512x512: wider latent stages and a stage at 1/2 resolution.
+#   turbo - Turbo-VAED's layout: ~40M parameters, 5x5x5 depthwise-separable blocks at latent resolution,
+#           dense 3D convs (and dense shuffles) in the upsampled stages, work at 1/2 and full resolution.
+#           Frames are trimmed once at the output (Turbo-VAED trims after each temporal shuffle), so one
+#           static step graph serves every streamed chunk.
+SIZES = ("mini", "nano", "base", "turbo")
+
+# size -> spatial ratio -> (channels, blocks, dense, spatial shuffles, patch)
+_LADDER: dict[str, dict[int, tuple]] = {
+    "nano": {
+        8: ((384, 160), (4, 3), (False, False), (2,), 4),
+        16: ((384, 192, 96), (3, 3, 1), (False,) * 3, (2, 2), 4),
+        32: ((512, 256, 128, 64), (3, 3, 2, 0), (False,) * 4, (2, 2, 2), 4),
+    },
+    # TAEHV-style decoders at 512x512 (benchmarks/peers): 52.5 GMACs/frame for 8x latents (patch 1), 13.6 for
+    # 16x (patch 2, Wan 2.2), 3.8 for 32x (patch 4, LTX). base: 47.4, 14.1 and 4.2.
+    "base": {
+        8: ((512, 320, 160, 32), (6, 4, 2, 1), (False, False, False, True), (2, 2, 2), 1),
+        16: ((512, 384, 192, 32), (5, 3, 2, 1), (False, False, False, True), (2, 2, 2), 2),
+        32: ((768, 512, 256, 96, 32), (5, 3, 2, 2, 1), (False,) * 5, (2, 2, 2, 2), 2),
+    },
+    # Turbo-VAED (benchmarks/peers): 40.7M parameters for 8x latents, 41.9M for LTX. turbo: 41.2, 40.0, 41.4M.
+    "turbo": {
+        8: ((384, 256, 32, 16), (9, 4, 4, 4), (False, True, True, True), (2, 2, 2), 1),
+        16: ((384, 224, 96, 24, 12), (9, 4, 3, 3, 3), (False, True, True, True, True), (2, 2, 2, 2), 1),
+        32: ((320, 256, 128, 64, 16, 8), (2, 3, 2, 3, 1, 1), (False, True, True, True, True, True),
+             (2, 2, 2, 2, 2), 1),
+    },
 }
 
 
+def _temporal_split(temporal: int, shuffles: int, early: bool) -> tuple[list[int], int]:
+    """Temporal factor per shuffle and the rest for the output conv. `early` puts every factor of 2 (then a
+    3) in the first shuffles (Turbo-VAED); otherwise 2x goes to the first shuffles only while more than 2x
+    would remain, the rest to the output conv (nano, where the output conv is the cheap place)."""
+    factors, rest = [1] * shuffles, temporal
+    for i in range(shuffles):
+        for f in (2, 3) if early else (2,):
+            if rest % f == 0 and (early or rest > 2):
+                factors[i], rest = f, rest // f
+                break
+    return factors, rest
+
+
 def family_preset(latent_channels: int, spatial: int, temporal: int, first_frame: bool = True,
-                  mini: bool = False, temporal_padding: str = "causal") -> StudentConfig:
-    """Student layout for a teacher's compression; `mini` is a ~16x smaller variant for CPU work."""
-    if spatial not in _LAYOUTS:
-        raise InputError(f"no student layout for {spatial}x spatial compression; have {sorted(_LAYOUTS)}")
-    channels, blocks, spatial_ups = _LAYOUTS[spatial]
-    # Temporal upsampling: 2x in the first shuffle(s), the rest in the output conv.
-    temporal_ups = [1] * len(spatial_ups)
-    rest = temporal
-    for i in range(len(spatial_ups)):
-        if rest % 2 == 0 and rest > 2:
-            temporal_ups[i], rest = 2, rest // 2
-    if mini:
+                  mini: bool = False, temporal_padding: str = "causal", size: str = "nano") -> StudentConfig:
+    """Student layout for a teacher's compression at one rung of the ladder (SIZES); `mini=True` is
+    size="mini", a ~16x smaller nano for CPU work."""
+    size = "mini" if mini else size
+    if size not in SIZES:
+        raise InputError(f"unknown student size {size!r}; expected one of {', '.join(SIZES)}")
+    ladder = _LADDER["nano" if size == "mini" else size]
+    if spatial not in ladder:
+        raise InputError(f"no student layout for {spatial}x spatial compression; have {sorted(ladder)}")
+    channels, blocks, dense, spatial_ups, patch = ladder[spatial]
+    temporal_ups, rest = _temporal_split(temporal, len(spatial_ups), early=size in ("base", "turbo"))
+    if size == "mini":
         channels = tuple(max(c // 4, 16) for c in channels)
         blocks = tuple(min(b, 1) for b in blocks)
+    turbo = size == "turbo"
     return StudentConfig(
-        latent_channels=latent_channels, channels=channels, blocks=blocks,
-        dense=(False,) * len(channels), upsample=tuple(zip(temporal_ups, spatial_ups)), patch=4,
-        final_temporal=rest, temporal_padding=temporal_padding, first_frame=first_frame,
+        latent_channels=latent_channels, channels=channels, blocks=blocks, dense=dense,
+        upsample=tuple(zip(temporal_ups, spatial_ups)), patch=patch, final_temporal=rest,
+        temporal_padding=temporal_padding, first_frame=first_frame, kernel_dw=5 if turbo else None,
+        dense_upsample=tuple(dense[1:]) if turbo else None,
     )

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from turbovaed.io import CheckpointError, InputError
-from turbovaed.student import StudentConfig, check_latents, family_preset
+from turbovaed.student import SIZES, StudentConfig, check_latents, family_preset
 
 
 @dataclass(frozen=True)
@@ -40,9 +40,10 @@ class TeacherSpec:
         full = latent_frames * self.temporal
         return full - (self.temporal - 1) if self.first_frame else full
 
-    def student_config(self, mini: bool = False, latent_channels: int | None = None) -> StudentConfig:
+    def student_config(self, mini: bool = False, latent_channels: int | None = None, size: str = "nano"
+                       ) -> StudentConfig:
         return family_preset(latent_channels or self.latent_channels, self.spatial, self.temporal,
-                             first_frame=self.first_frame, mini=mini)
+                             first_frame=self.first_frame, mini=mini, size=size)
 
 
 def _spec(name: str, cls: str, spatial: int, temporal: int, channels: int, models: str, tiny: dict,
@@ -119,6 +120,18 @@ NOT_VIDEO: dict[str, str] = {
 }
 
 
+def parse_preset(name: str) -> tuple[str, str]:
+    """'wan21' -> ('wan21', 'nano'); 'wan21-base' -> ('wan21', 'base'); InputError for anything else."""
+    family, _, size = name.rpartition("-")
+    if not (family in TEACHERS and size in SIZES):
+        family, size = name, "nano"
+    if family not in TEACHERS:
+        names = sorted(TEACHERS)
+        raise InputError(f"unknown student preset {name!r}; presets are a teacher family ({', '.join(names)}), "
+                         f"optionally with a size suffix -{'/-'.join(SIZES)} (e.g. wan21-base)")
+    return family, size
+
+
 def get_spec(name: str) -> TeacherSpec:
     try:
         return TEACHERS[name]
@@ -185,8 +198,8 @@ class Teacher:
         self.feature_modules = _feature_modules(vae)
         self._out_shapes: dict[tuple, list | None] = {}  # decoder outputs per latent shape (None: cannot cut)
 
-    def student_config(self, mini: bool = False) -> StudentConfig:
-        return self.spec.student_config(mini=mini, latent_channels=self.latent_channels)
+    def student_config(self, mini: bool = False, size: str = "nano") -> StudentConfig:
+        return self.spec.student_config(mini=mini, latent_channels=self.latent_channels, size=size)
 
     def check_frames(self, frames: torch.Tensor) -> None:
         if not isinstance(frames, torch.Tensor) or not frames.is_floating_point():

@@ -20,6 +20,7 @@ import random
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,10 +61,10 @@ class StudentWithHeads(nn.Module):
 def student_config(recipe: DistillRecipe, teacher: teachers.Teacher) -> StudentConfig:
     s = recipe.student
     if s.preset:
-        name, mini = (s.preset[:-5], True) if s.preset.endswith("-mini") else (s.preset, s.mini)
-        config = teachers.get_spec(name).student_config(mini=mini)
+        name, size = teachers.parse_preset(s.preset)
+        config = teachers.get_spec(name).student_config(mini=s.mini, size=size)
     else:
-        config = teacher.student_config(mini=s.mini)
+        config = teacher.student_config(mini=s.mini, size=s.size)
     overrides = {k: v for k, v in (("channels", s.channels), ("blocks", s.blocks)) if v is not None}
     if "channels" in overrides and len(overrides["channels"]) != len(config.channels):
         raise InputError(f"student.channels needs {len(config.channels)} entries for this layout")
@@ -279,12 +280,15 @@ class Models:
     optimizers: dict = field(default_factory=dict)
 
 
-def build_models(run: Run, cache: data.LatentCache, resume: bool) -> Models:
+def build_models(run: Run, cache: data.LatentCache, resume: bool,
+                 make_student: Callable[[], nn.Module] | None = None) -> Models:
     """Student, EMA, alignment heads sized from one probe item, optional discriminator, optimizers;
-    restored from the checkpoint on resume; wrapped for DDP and torch.compile."""
+    restored from the checkpoint on resume; wrapped for DDP and torch.compile. `make_student` swaps in
+    another decoder with the StudentDecoder interface (forward(z, return_features), save_pretrained,
+    num_parameters): how benchmarks/pareto.py trains peer architectures with this very trainer."""
     r, t, dev = run.recipe, run.recipe.train, run.device
     torch.manual_seed(t.seed)
-    student = StudentDecoder(run.config).to(dev)
+    student = (make_student() if make_student else StudentDecoder(run.config)).to(dev)
     align = None
     if r.loss.feature > 0:
         z0 = cache.read(cache.items(run.rank, run.world, r.data.clips)[0])["latents"][None].to(dev)
@@ -400,7 +404,7 @@ def train_loop(run: Run, m: Models, cache: data.LatentCache, evalset: list[EvalC
     """Train to recipe.train.steps (or the time budget); returns the step it stopped at early, if any."""
     r, t, dev = run.recipe, run.recipe.train, run.device
     batches = _batches(run, cache, m.step)
-    last_weight = [x for x in m.student.conv_out.modules() if isinstance(x, nn.Conv3d)][-1].weight
+    last_weight = [x for x in m.student.modules() if isinstance(x, (nn.Conv2d, nn.Conv3d))][-1].weight
     weights = {"l1_frames": r.loss.frames, "l1_teacher": r.loss.teacher, "perceptual": r.loss.perceptual,
                "feature": r.loss.feature}
     per_step = t.batch * run.world * t.grad_accum
@@ -565,12 +569,13 @@ Steps: {report['steps']}, processes: {report['world_size']}, device: {report['de
     return out
 
 
-def distill(recipe: DistillRecipe, resume: bool = False, show_progress: bool = True) -> Path:
+def distill(recipe: DistillRecipe, resume: bool = False, show_progress: bool = True,
+            make_student: Callable[[], nn.Module] | None = None) -> Path:
     """Run a recipe to completion; returns the output checkpoint folder."""
     try:
         run = setup(recipe, resume, show_progress)
         cache = fill_cache(run)
-        m = build_models(run, cache, resume)
+        m = build_models(run, cache, resume, make_student)
         if run.rank == 0:
             run.work.mkdir(parents=True, exist_ok=True)
             if m.step == 0:

@@ -1,0 +1,245 @@
+"""Quality versus latency: every ladder preset and both peers, distilled from the reference teacher with the
+same trainer, data, settings and wall-clock budget, then timed through the runtimes users deploy.
+
+For each decoder: parameters, GMACs per output frame (256x256 and 512x512), host latency of the 2D-only
+form at 17x256x256 through ONNX Runtime and ExecuTorch XNNPACK (fp32, random weights, runs interleaved
+across decoders and runtimes, median), and held-out PSNR / SSIM / LPIPS against ground truth and against
+the teacher (9x128x128 windows of turbovaed.reference.HELD_OUT, 3 per clip), beside per-frame bicubic 8x.
+Writes benchmarks/results/pareto.json and pareto.png.
+
+    python benchmarks/pareto.py --lpips runs/lpips/lpips_vgg.safetensors [--minutes 6] [--runs 3]
+        [--only nano taehv] [--skip-train]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from peers.taehv import TAEHVDecoder  # noqa: E402
+from peers.turbo_vaed import HUNYUAN, TurboVAEDDecoder  # noqa: E402
+from train_reference_teacher import bicubic_baseline  # noqa: E402
+
+from turbovaed import data, metrics, reference, teachers  # noqa: E402
+from turbovaed.distill.recipe import DistillRecipe  # noqa: E402
+from turbovaed.distill.trainer import distill  # noqa: E402
+from turbovaed.evaluate import EvalClip, prepare, score  # noqa: E402
+from turbovaed.io import load_safetensors  # noqa: E402
+from turbovaed.recipes import build, to_toml  # noqa: E402
+from turbovaed.student import StudentDecoder, load_state, module_macs  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+SPEC = teachers.get_spec("reference")
+CANDIDATES = {  # name -> (kind, builder); every one takes the reference teacher's 16-channel 8x/4x latents
+    "nano": ("turbovaed", lambda: StudentDecoder(SPEC.student_config(size="nano"))),
+    "base": ("turbovaed", lambda: StudentDecoder(SPEC.student_config(size="base"))),
+    "turbo": ("turbovaed", lambda: StudentDecoder(SPEC.student_config(size="turbo"))),
+    "taehv": ("peer", lambda: TAEHVDecoder(16)),
+    "turbo-vaed": ("peer", lambda: TurboVAEDDecoder(**HUNYUAN)),
+}
+LATENTS = (1, 16, 5, 32, 32)  # -> 17 x 256 x 256
+
+
+def recipe(name: str, out: Path, minutes: float, threads: int) -> DistillRecipe:
+    """The quickstart's data and losses; one fixed lr and EMA for every decoder; the budget is wall clock."""
+    return build(DistillRecipe, {
+        "output": str(out / name), "teacher": {"name": "reference"}, "student": {"preset": "reference"},
+        "data": {"held_out": [*reference.HELD_OUT, "carphone_pristine.mp4"], "latent_frames": 3, "size": 64,
+                 "resize": 128, "clips": 64, "eval_size": 128},
+        "loss": {"frames": 1.0, "teacher": 1.0, "perceptual": 0.2, "feature": 0.1},
+        "train": {"steps": 1_000_000, "max_minutes": minutes, "batch": 4, "lr": 1e-3, "betas": [0.9, 0.99],
+                  "warmup": 10, "ema_decay": 0.98, "checkpoint_every": 1_000_000, "threads": threads}})
+
+
+def train(names: list[str], out: Path, minutes: float, threads: int) -> dict[str, dict]:
+    """Distil each candidate; the teacher-latent cache is filled once and copied to the others."""
+    runs, cache = {}, None
+    for name in names:
+        r = recipe(name, out, minutes, threads)
+        work = Path(r.output).with_name(Path(r.output).name + ".work")
+        shutil.rmtree(work, ignore_errors=True)
+        if cache is not None:
+            shutil.copytree(cache, work / "cache")
+        print(f"distilling {name} for {minutes} min ...", flush=True)
+        folder = distill(r, show_progress=False, make_student=CANDIDATES[name][1])
+        cache = work / "cache"
+        metrics = json.loads((folder / "metrics.json").read_text())
+        runs[name] = {"folder": str(folder), "steps": metrics["steps"], "minutes": minutes}
+    return runs
+
+
+def load_trained(name: str, folder: Path) -> nn.Module:
+    model = CANDIDATES[name][1]()
+    load_state(model, load_safetensors(folder / "model.safetensors"), folder)
+    return model.eval()
+
+
+@torch.no_grad()
+def rate(model: nn.Module, prepared: list[EvalClip], lpips: nn.Module | None) -> dict[str, dict[str, float]]:
+    """Mean PSNR / SSIM (/ LPIPS) of the model's decodes against ground truth and against the teacher."""
+    sums: dict[str, dict[str, float]] = {"vs_ground_truth": {}, "vs_teacher": {}}
+    for c in prepared:
+        s = model(c.latents).float()
+        for key, ref in (("vs_ground_truth", c.frames), ("vs_teacher", c.teacher)):
+            row = {"psnr": metrics.psnr(s, ref), "ssim": metrics.ssim(s, ref)}
+            if lpips is not None:
+                row["lpips"] = lpips(s, ref).item()
+            for k, v in row.items():
+                sums[key][k] = sums[key].get(k, 0.0) + v / len(prepared)
+    return sums
+
+
+def quality(names: list[str], runs: dict, lpips_path: Path | None) -> tuple[dict, float]:
+    """Scores on the held-out windows; the teacher encodes, decodes and is scored once."""
+    lpips = None
+    if lpips_path:
+        from turbovaed.lpips import LPIPS
+
+        lpips = LPIPS(str(lpips_path))
+    videos = [v for v in data.list_videos(data.shared_videos_dir()) if v.name in reference.HELD_OUT]
+    clips = data.fixed_clips(videos, reference.EVAL_FRAMES, reference.EVAL_SIZE)
+    prepared = prepare(teachers.load("reference"), clips, lpips)
+    out = {"teacher": score(None, prepared, lpips)["mean"]}
+    for name in names:
+        out[name] = rate(load_trained(name, Path(runs[name]["folder"])), prepared, lpips)
+    return out, bicubic_baseline([c for c, _ in clips])
+
+
+def latency(names: list[str], runs: int, threads: int) -> dict[str, dict]:
+    """ms per 17x256x256 decode, ONNX Runtime and ExecuTorch XNNPACK, fp32, interleaved."""
+    import onnxruntime as ort
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+    from executorch.runtime import Runtime
+
+    torch.manual_seed(0)
+    z = torch.randn(LATENTS)
+    fns, tmp = {}, Path(tempfile.mkdtemp(prefix="pareto-"))
+    try:
+        for name in names:
+            mobile = CANDIDATES[name][1]().eval().to_mobile().eval()
+            with torch.no_grad():
+                expected = mobile(z)
+                onnx_path = tmp / f"{name}.onnx"
+                torch.onnx.export(mobile, (z,), dynamo=True, verbose=False).save(str(onnx_path), external_data=False)
+                edge = to_edge_transform_and_lower(torch.export.export(mobile, (z,)), partitioner=[XnnpackPartitioner()])
+            pte = tmp / f"{name}.pte"
+            pte.write_bytes(edge.to_executorch().buffer)
+            options = ort.SessionOptions()
+            options.intra_op_num_threads, options.log_severity_level = threads, 3
+            session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+            feed = {session.get_inputs()[0].name: z.numpy()}
+            method = Runtime.get().load_program(str(pte)).load_method("forward")
+            for runtime, fn in (("onnxruntime", lambda s=session, f=feed: s.run(None, f)[0]),
+                                ("executorch-xnnpack", lambda m=method: m.execute([z])[0])):
+                got = torch.as_tensor(fn())
+                err = (got - expected).abs().max().item()
+                if err > 1e-3 * expected.abs().max().item():
+                    raise RuntimeError(f"{name} through {runtime} disagrees with PyTorch (max error {err:.3g})")
+                fns[(name, runtime)] = fn
+            print(f"  built {name}: ONNX {onnx_path.stat().st_size / 1e6:.1f} MB, .pte {pte.stat().st_size / 1e6:.1f} MB",
+                  flush=True)
+        times: dict[tuple, list[float]] = {k: [] for k in fns}
+        for r in range(runs + 1):  # the first round warms up
+            for key, fn in fns.items():
+                t0 = time.perf_counter()
+                fn()
+                if r:
+                    times[key].append((time.perf_counter() - t0) * 1000)
+            print(f"  latency round {r}/{runs}", flush=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    out: dict[str, dict] = {n: {} for n in names}
+    for (name, runtime), ts in times.items():
+        out[name][runtime] = {"median_ms": statistics.median(ts), "runs_ms": [round(t, 1) for t in ts]}
+    return out
+
+
+def plot(results: dict, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, runtime in zip(axes, ("onnxruntime", "executorch-xnnpack")):
+        for name, row in results["decoders"].items():
+            if "quality" not in row:
+                continue
+            x, y = row["latency"][runtime]["median_ms"], row["quality"]["vs_ground_truth"]["psnr"]
+            ax.scatter(x, y, marker="o" if row["kind"] == "turbovaed" else "s")
+            ax.annotate(f"{name} ({row['params'] / 1e6:.1f}M)", (x, y), textcoords="offset points", xytext=(4, 4))
+        ax.axhline(results["bicubic_8x_psnr"], color="grey", ls="--", label="bicubic 8x")
+        ax.axhline(results["teacher"]["teacher_psnr"], color="k", ls=":", label="teacher")
+        ax.set(xscale="log", xlabel=f"{runtime} ms per 17x256x256 decode (2 threads, this CPU)",
+               ylabel="held-out PSNR dB", title=f"quality vs latency ({runtime})")
+        ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--minutes", type=float, default=6.0, help="distillation wall-clock budget per decoder")
+    p.add_argument("--runs", type=int, default=3, help="timed rounds (after one warm-up round)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--only", nargs="*", default=list(CANDIDATES), choices=list(CANDIDATES))
+    p.add_argument("--lpips", type=Path, default=None, help="LPIPS VGG weights (turbovaed lpips-weights)")
+    p.add_argument("--out", type=Path, default=Path("runs/pareto"))
+    p.add_argument("--skip-train", action="store_true", help="reuse the students already in --out")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    names = args.only
+    if args.skip_train:
+        runs = json.loads((args.out / "runs.json").read_text())
+    else:
+        runs = train(names, args.out, args.minutes, args.threads)
+        (args.out / "runs.json").write_text(json.dumps(runs, indent=1))
+    scores, bicubic = quality(names, runs, args.lpips)
+    timings = latency(names, args.runs, args.threads)
+    decoders = {}
+    for name in names:
+        kind, make = CANDIDATES[name]
+        decoders[name] = {
+            "kind": kind, "params": make().num_parameters(),
+            "gmacs_per_frame_256": module_macs(make(), LATENTS) / 1e9 / 17,
+            "gmacs_per_frame_512": module_macs(make(), (1, 16, 5, 64, 64)) / 1e9 / 17,
+            "latency": timings[name], "quality": scores[name], "distillation": runs[name]}
+    results = {
+        "what": "quality vs latency on the shipped reference teacher (16-channel, 8x spatial, 4x temporal latents)",
+        "teacher": scores["teacher"], "bicubic_8x_psnr": bicubic,
+        "eval": f"{reference.EVAL_FRAMES}x{reference.EVAL_SIZE}x{reference.EVAL_SIZE}, 3 windows of each of "
+                f"{', '.join(reference.HELD_OUT)}; LPIPS {'VGG16 v0.1' if args.lpips else 'not measured'}",
+        "latency_setup": f"2D-only form, fp32, latents {LATENTS} -> 17x256x256, {args.threads} threads, median of "
+                         f"{args.runs} interleaved rounds after one warm-up, random weights",
+        "distillation_setup": {"minutes_each": args.minutes,
+                               "recipe": to_toml(recipe("NAME", args.out, args.minutes, args.threads))},
+        "decoders": decoders}
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "pareto.json").write_text(json.dumps(results, indent=1, default=str))
+    print(f"plot: {plot(results, RESULTS / 'pareto.png')}")
+    print(f"{'decoder':12s} {'params':>8s} {'GMAC/f':>7s} {'ORT ms':>8s} {'ET ms':>8s} {'PSNR':>6s} {'SSIM':>6s} "
+          f"{'LPIPS':>6s} {'vsT':>6s} steps")
+    for name, d in decoders.items():
+        g, t = d["quality"]["vs_ground_truth"], d["quality"]["vs_teacher"]
+        print(f"{name:12s} {d['params'] / 1e6:7.2f}M {d['gmacs_per_frame_256']:7.2f} "
+              f"{d['latency']['onnxruntime']['median_ms']:8.0f} {d['latency']['executorch-xnnpack']['median_ms']:8.0f} "
+              f"{g['psnr']:6.2f} {g['ssim']:6.4f} {g.get('lpips', float('nan')):6.4f} {t['psnr']:6.2f} "
+              f"{d['distillation']['steps']}")
+    print(f"teacher {scores['teacher']['teacher_psnr']:.2f} dB; bicubic 8x {bicubic:.2f} dB")
+
+
+if __name__ == "__main__":
+    main()

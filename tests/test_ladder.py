@@ -1,0 +1,121 @@
+"""The preset ladder (mini/nano/base/turbo) and the peers in benchmarks/peers: sizes, exactness, export, training."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import randomize
+
+from turbovaed.export.core import ExportRecipe, export
+from turbovaed.recipes import build
+from turbovaed.student import SIZES, StudentDecoder, family_preset, module_macs
+from turbovaed.teachers import TEACHERS, parse_preset
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from peers.taehv import TAEHVDecoder  # noqa: E402
+from peers.turbo_vaed import HUNYUAN, LTX, TurboVAEDDecoder  # noqa: E402
+
+
+def params(make) -> int:
+    with torch.device("meta"):
+        return make().num_parameters()
+
+
+def test_every_rung_keeps_the_teacher_compression_and_grows():
+    for name, spec in TEACHERS.items():
+        sizes = []
+        for size in SIZES:
+            cfg = spec.student_config(size=size)
+            assert (cfg.spatial_ratio, cfg.temporal_ratio, cfg.latent_channels) == \
+                (spec.spatial, spec.temporal, spec.latent_channels), (name, size)
+            sizes.append(params(lambda: StudentDecoder(cfg)))
+        assert sizes == sorted(sizes) and sizes[0] * 4 < sizes[1], (name, sizes)
+        assert 38e6 <= sizes[-1] <= 45e6, (name, "turbo should be about Turbo-VAED's 40M parameters", sizes[-1])
+
+
+def test_turbo_rung_has_turbo_vaed_layout():
+    cfg = TEACHERS["wan21"].student_config(size="turbo")
+    assert cfg.kernel_dw == 5 and not cfg.dense[0] and all(cfg.dense[1:]) and all(cfg.dense_upsample)
+    assert cfg.patch == 1  # the last stages run at 1/2 and full resolution
+    assert [s for _, s in cfg.upsample] == [2, 2, 2]
+
+
+def test_preset_names_parse_and_fail_clearly():
+    assert parse_preset("wan21") == ("wan21", "nano")
+    assert parse_preset("wan21-turbo") == ("wan21", "turbo")
+    assert parse_preset("reference-mini") == ("reference", "mini")
+    with pytest.raises(Exception, match="size suffix"):
+        parse_preset("wan21-huge")
+
+
+@pytest.mark.parametrize("make,published", [(lambda: TAEHVDecoder(16), 9.8e6),
+                                            (lambda: TurboVAEDDecoder(**HUNYUAN), 40.7e6),
+                                            (lambda: TurboVAEDDecoder(**LTX), 41.9e6)],
+                         ids=["taehv", "turbo-vaed-hunyuan", "turbo-vaed-ltx"])
+def test_peer_parameter_counts_match_published(make, published):
+    assert abs(params(make) / published - 1) <= 0.05
+
+
+@pytest.mark.parametrize("spatial,temporal,channels,taehv", [(8, 4, 16, TAEHVDecoder(16)),
+                                                             (16, 4, 48, TAEHVDecoder(48, patch_size=2)),
+                                                             (32, 8, 128, TAEHVDecoder(128, patch_size=4))],
+                         ids=["8x", "16x", "32x"])
+def test_base_rung_costs_about_taehvs_macs_per_frame(spatial, temporal, channels, taehv):
+    base = family_preset(channels, spatial, temporal, size="base")
+    side = 512 // spatial
+    ours = module_macs(StudentDecoder(base), (1, channels, 5, side, side)) / base.frames_for(5)
+    theirs = module_macs(taehv, (1, channels, 5, side, side)) / 17  # TAEHV: 4x in time, 5 -> 17 frames
+    assert 0.7 <= ours / theirs <= 1.3, (ours / 1e9, theirs / 1e9)
+
+
+def test_peers_follow_the_frame_rule_and_turbo_vaed_lowers_exactly():
+    small = dict(HUNYUAN, block_out_channels=(8, 8, 16, 32), layers_per_block=(1, 1, 1, 1, 1))
+    model = randomize(TurboVAEDDecoder(**small), std=0.1).eval()
+    z = torch.randn(2, 16, 3, 4, 3)
+    with torch.no_grad():
+        ref, mob = model(z), model.to_mobile()(z)
+        taehv = TAEHVDecoder(16)(z)
+    assert ref.shape == taehv.shape == (2, 3, 9, 32, 24)
+    assert ((mob - ref).abs().max() / ref.abs().max()).item() <= 1e-5
+
+
+def test_peers_train_with_the_trainer(tmp_path):
+    """The make_student hook: a peer goes through the very trainer (loss, EMA, evaluation, publish)."""
+    from turbovaed.distill.recipe import DistillRecipe
+    from turbovaed.distill.trainer import distill
+
+    small = dict(HUNYUAN, latent_channels=4, block_out_channels=(8, 8, 16, 32), layers_per_block=(1, 1, 1, 1, 1))
+    recipe = build(DistillRecipe, {
+        "output": str(tmp_path / "peer"), "teacher": {"name": "wan21", "tiny": True}, "student": {"mini": True},
+        "data": {"synthetic": True, "size": 32, "clips": 2, "eval_clips": 1, "eval_size": 64, "latent_frames": 2},
+        "train": {"steps": 3, "batch": 2, "checkpoint_every": 3, "threads": 2}})
+    out = distill(recipe, show_progress=False, make_student=lambda: TurboVAEDDecoder(**small))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert json.loads((out / "config.json").read_text())["_class_name"] == "TurboVAEDDecoder"
+    assert metrics["student_params"] == TurboVAEDDecoder(**small).num_parameters()
+    assert metrics["mean"]["student_psnr"] > 0
+
+
+@pytest.mark.parametrize("size", ["turbo"])
+@pytest.mark.parametrize("backend,precision", [("executorch", "fp32"), ("onnx", "fp32"), ("litert", "fp32"),
+                                               ("coreml", "fp16")])
+def test_upper_rungs_export_through_every_backend(tmp_path, size, backend, precision):
+    """turbo (random weights, the tiny wan21 teacher's 4 latent channels) converts, delegates fully and
+    verifies on each backend, like the nano students: its 5x5x5 depthwise blocks, dense stages and dense
+    shuffles cover every block base uses too (base measured the same way: 8 passed, 2026-11-23)."""
+    folder = randomize(StudentDecoder(family_preset(4, 8, 4, size=size)), std=0.02).save_pretrained(tmp_path / "s")
+    recipe = build(ExportRecipe, {"name": f"{size}-{backend}", "backend": backend, "precision": precision,
+                                  "teacher": "wan21", "teacher_tiny": True,
+                                  "shape": {"latent_frames": 2, "height": 16, "width": 16},
+                                  "calibration": {"synthetic": True, "clips": 1, "verify_clips": 1}})
+    manifest = export(recipe, folder, tmp_path / "out")
+    assert manifest["numerics"]["status"] == "pass", manifest["numerics"]
+    ops = manifest["ops"]
+    if backend == "executorch":
+        assert ops["conv_not_delegated"] == 0 and ops["not_delegated_ops"] == []
+    if backend == "litert":
+        assert ops["conv_3d"] == 0 and ops["flex_or_custom"] == 0
+    if backend == "coreml":
+        assert ops["max_rank"] <= 5

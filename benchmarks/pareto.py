@@ -183,7 +183,7 @@ def plot(results: dict, path: Path) -> Path:
         ax.axhline(results["teacher"]["teacher_psnr"], color="k", ls=":", label="teacher")
         ax.set(xscale="log", xlabel=f"{runtime} ms per 17x256x256 decode (2 threads, this CPU)",
                ylabel="held-out PSNR dB", title=f"quality vs latency ({runtime})")
-        ax.legend(loc="lower right")
+        ax.legend(loc="lower left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

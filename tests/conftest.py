@@ -41,3 +41,22 @@ def student_dir(tmp_path_factory):
         "train": {"steps": 25, "batch": 2, "lr": 5e-3, "checkpoint_every": 25, "threads": 2},
     })
     return distill(recipe, show_progress=False)
+
+
+@pytest.fixture(scope="session")
+def reference_student_dir(tmp_path_factory, videos_dir):
+    """A mini student distilled for 40 steps from the shipped reference teacher on real clips: trained
+    weights (with a trained model's ranges) for the tests that should not run on random ones."""
+    from turbovaed.distill.recipe import DistillRecipe
+    from turbovaed.distill.trainer import distill
+    from turbovaed.recipes import build
+    from turbovaed.reference import HELD_OUT
+
+    recipe = build(DistillRecipe, {
+        "output": str(tmp_path_factory.mktemp("reference") / "student"), "teacher": {"name": "reference"},
+        "student": {"preset": "reference-mini"},
+        "data": {"videos": [str(videos_dir)], "held_out": list(HELD_OUT), "latent_frames": 2, "size": 64,
+                 "resize": 128, "clips": 8, "eval_size": 64, "eval_per_video": 1},
+        "train": {"steps": 40, "batch": 4, "lr": 2e-3, "warmup": 5, "ema_decay": 0.9, "checkpoint_every": 40,
+                  "threads": 2}})
+    return distill(recipe, show_progress=False)

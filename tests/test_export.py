@@ -158,3 +158,76 @@ def test_folded_denormalisation_lets_apps_feed_generator_latents(tmp_path, stude
     assert psnr(streamed, want) > 60
     with pytest.raises(InputError, match="input_latents must be"):
         recipe_for("onnx", "fp32", input_latents="bf16")
+
+
+def test_verification_uses_clips_the_student_never_trained_on(tmp_path, reference_student_dir):
+    from turbovaed.reference import HELD_OUT
+
+    recipe = build(ExportRecipe, {"name": "v", "backend": "onnx", "precision": "fp32", "teacher": "reference",
+                                  "shape": {"latent_frames": 2, "height": 64, "width": 64},
+                                  "calibration": {"clips": 2, "verify_clips": 2}})
+    numerics = export(recipe, reference_student_dir, tmp_path)["numerics"]
+    assert numerics["status"] == "pass", numerics
+    assert all(name in numerics["verified_on"] for name in HELD_OUT), numerics["verified_on"]
+    assert "held out by the student's recipe" in numerics["verified_on"]
+
+
+def _float_convs_under(gm, prefix: str) -> tuple[int, int]:
+    """(convs under `prefix` with a float weight, convs under it whose weight is dequantized) in a PT2E graph."""
+    plain = quantized = 0
+    for node in gm.graph.nodes:
+        if node.op != "call_function" or "conv" not in str(node.target):
+            continue
+        stack = [path for path, _ in (node.meta.get("nn_module_stack") or {}).values()]
+        if not any(p == prefix or p.startswith(prefix + ".") for p in stack):
+            continue
+        w = node.args[1]
+        if getattr(w, "op", None) == "call_function" and "dequantize" in str(w.target):
+            quantized += 1
+        else:
+            plain += 1
+    return plain, quantized
+
+
+@pytest.mark.parametrize("backend", ["executorch", "litert"])
+def test_keep_float_by_module_name_in_pt2e_backends(student_dir, backend):
+    """ExecuTorch (XNNPACK) and LiteRT int8: the named module's convs keep float weights, the rest are int8."""
+    import torch
+
+    from turbovaed.export import executorch_backend, litert_backend
+    from turbovaed.lowering import mobile_graph
+    from turbovaed.student import StudentDecoder
+
+    mobile = mobile_graph(StudentDecoder.from_pretrained(student_dir))
+    z = torch.randn(1, 4, 2, 4, 4)
+    calib = [(torch.randn(1, 4, 2, 4, 4),) for _ in range(2)]
+    if backend == "executorch":
+        gm = executorch_backend._quantize_int8(mobile, (z,), calib, ["conv_out"])
+    else:
+        gm = litert_backend._pt2e(mobile, (z,), calib, dynamic=False, keep=["conv_out"])[0]
+    assert _float_convs_under(gm, "conv_out")[0] > 0 and _float_convs_under(gm, "conv_out")[1] == 0
+    assert _float_convs_under(gm, "stages")[1] > 0  # everything else is quantized
+
+
+def test_keep_float_by_module_name_in_onnx_and_coreml(tmp_path, student_dir):
+    import onnx
+
+    manifest = export(recipe_for("onnx", "int8", keep_float=["conv_out"]), student_dir, tmp_path)
+    model = onnx.load(str(tmp_path / manifest["name"] / manifest["artifact"]))
+    produced_by = {o: n for n in model.graph.node for o in n.output}
+    initializers = {i.name for i in model.graph.initializer}
+    names = set(manifest["ops"]["kept_float_nodes"])  # found by module name in the exporter's scope metadata
+    kept = [n for n in model.graph.node if n.op_type == "Conv" and n.name in names]
+    others = [n for n in model.graph.node if n.op_type == "Conv" and n not in kept]
+    assert kept and all(n.input[1] in initializers for n in kept)  # float weights straight from the file
+    assert all(produced_by[n.input[1]].op_type == "DequantizeLinear" for n in others)
+    coreml = export(recipe_for("coreml", "int8", keep_float=["conv_out"]), student_dir, tmp_path)
+    assert coreml["numerics"]["status"] == "pass" and coreml["ops"]["kept_float_weights"] > 0
+
+
+@pytest.mark.parametrize("backend,precision", [("onnx", "int8"), ("executorch", "int8"), ("litert", "int8"),
+                                               ("coreml", "int8")])
+def test_unknown_keep_float_module_is_one_clear_error(tmp_path, student_dir, backend, precision):
+    with pytest.raises(InputError, match="keep_float names an unknown module 'decoder.up'"):
+        export(recipe_for(backend, precision, keep_float=["decoder.up"]), student_dir, tmp_path)
+    assert not any(tmp_path.iterdir())

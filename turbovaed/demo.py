@@ -10,9 +10,13 @@ from pathlib import Path
 
 from turbovaed.export.core import BUNDLE_FORMAT
 from turbovaed.io import InputError
+from turbovaed.resources import data_dir
 
-WEB_DIR = Path(__file__).resolve().parents[1] / "device_apps" / "web"
-ORT_DIST = WEB_DIR / "node_modules" / "onnxruntime-web" / "dist"
+WEB_DIR = data_dir("web")
+# onnxruntime-web from npm: beside the app in a checkout (npm ci --prefix device_apps/web), else in the
+# working directory (an installed wheel's package folder is not the place to npm install into).
+_ORT = Path("node_modules") / "onnxruntime-web" / "dist"
+ORT_DIST = next((d for d in (WEB_DIR / _ORT, Path.cwd() / _ORT) if d.is_dir()), WEB_DIR / _ORT)
 
 
 def check_bundle(bundle: Path, backend: str | None = None) -> dict:
@@ -61,7 +65,9 @@ def serve(bundle: Path, port: int = 8765, host: str = "127.0.0.1") -> ThreadingH
     """Start the demo server in a background thread; returns it (server.server_address has the port)."""
     check_bundle(bundle, backend="onnx")
     if not ORT_DIST.is_dir():
-        raise InputError(f"onnxruntime-web is not installed: run `npm ci --prefix {WEB_DIR}`")
+        version = json.loads((WEB_DIR / "package.json").read_text())["dependencies"]["onnxruntime-web"]
+        raise InputError(f"onnxruntime-web is not installed: run `npm install onnxruntime-web@{version}` in the "
+                         f"working directory (or `npm ci --prefix {WEB_DIR}` in a source checkout)")
     server = ThreadingHTTPServer((host, port), functools.partial(_Handler, bundle=Path(bundle).resolve()))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server

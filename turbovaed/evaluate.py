@@ -6,11 +6,30 @@ student on the prepared clips, cheaply enough to run every `eval_every` steps of
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
+import tomllib
 import torch
 from torch import nn
 
 from turbovaed import metrics
+
+
+def never_trained_on(checkpoint: str | Path, videos: list[Path]) -> tuple[list[Path], str]:
+    """The videos among `videos` a student never trained on, and why: its recipe's data.held_out
+    (recipe.toml in the checkpoint folder, written by the trainer), else the reference teacher's HELD_OUT."""
+    recipe = Path(checkpoint) / "recipe.toml"
+    if recipe.is_file():
+        section = tomllib.loads(recipe.read_text()).get("data", {})
+        if section.get("synthetic"):
+            return list(videos), "the student trained on synthetic clips only"
+        held = set(section.get("held_out", []))
+        why = f"held out by the student's recipe ({recipe.name})"
+    else:
+        from turbovaed.reference import HELD_OUT
+
+        held, why = set(HELD_OUT), "the reference teacher's held-out clips (the checkpoint carries no recipe)"
+    return [v for v in videos if v.name in held], why
 
 
 @dataclass

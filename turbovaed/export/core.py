@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from turbovaed import data, teachers
+from turbovaed.evaluate import never_trained_on
 from turbovaed.io import InputError, TurboVAEDError, atomic_dir
 from turbovaed.lowering import latent_shape, mobile_graph
 from turbovaed.metrics import psnr
@@ -92,10 +93,12 @@ def backend_module(name: str):
                                 f"(missing: {err.name})") from err
 
 
-def calibration_latents(recipe: ExportRecipe, student: StudentDecoder
-                        ) -> tuple[list[torch.Tensor], list[torch.Tensor], str, teachers.Teacher]:
+def calibration_latents(recipe: ExportRecipe, student: StudentDecoder, checkpoint: str | Path
+                        ) -> tuple[list[torch.Tensor], list[torch.Tensor], str, teachers.Teacher, str]:
     """(calibration, verification) latents: the teacher encoding real clips (synthetic only when asked
-    or when no video exists on this machine). Verification clips are distinct from calibration ones."""
+    or when no video exists on this machine), the source, the teacher, and what verification ran on.
+    Verification clips come from videos the student never trained on (evaluate.never_trained_on) when
+    any is here; calibration clips from the others."""
     teacher = teachers.load(recipe.teacher, recipe.teacher_path, tiny=recipe.teacher_tiny)
     if teacher.latent_channels != student.config.latent_channels:
         raise InputError(f"teacher {recipe.teacher} makes {teacher.latent_channels} latent channels but the "
@@ -107,12 +110,24 @@ def calibration_latents(recipe: ExportRecipe, student: StudentDecoder
     if not c.synthetic:
         videos = data.list_videos(c.videos) if c.videos else (
             data.list_videos(data.shared_videos_dir()) if data.shared_videos_dir() else data.bundled_videos())
-    sampler = data.ClipSampler(videos, frames, (s.height, s.width), seed=c.seed, resize=min(s.height, s.width))
-    clips = [sampler.clip(i)[0] for i in range(c.clips + c.verify_clips)]
-    latents = [teacher.encode(x[None]) for x in clips]
+    held, why = never_trained_on(checkpoint, videos)
+    rest = [v for v in videos if v not in held]
+    if held and rest:
+        def encode(pool: list[Path], n: int, seed: int) -> list[torch.Tensor]:
+            sampler = data.ClipSampler(pool, frames, (s.height, s.width), seed=seed, resize=min(s.height, s.width))
+            return [teacher.encode(sampler.clip(i)[0][None]) for i in range(n)]
+
+        calib, verify = encode(rest, c.clips, c.seed), encode(held, c.verify_clips, c.seed + 1)
+        verified_on = f"{', '.join(sorted(v.name for v in held))}: {why}"
+    else:
+        sampler = data.ClipSampler(videos, frames, (s.height, s.width), seed=c.seed, resize=min(s.height, s.width))
+        latents = [teacher.encode(sampler.clip(i)[0][None]) for i in range(c.clips + c.verify_clips)]
+        random.Random(c.seed).shuffle(latents)
+        calib, verify = latents[:c.clips], latents[c.clips:]
+        verified_on = "synthetic clips" if not videos else \
+            "clips of the calibration videos (none of them is held out from this student's training)"
     source = f"{teacher.spec.name} teacher latents of {'synthetic clips' if not videos else f'{len(videos)} real videos'}"
-    random.Random(c.seed).shuffle(latents)
-    return latents[:c.clips], latents[c.clips:], source, teacher
+    return calib, verify, source, teacher, verified_on
 
 
 def sha256(path: Path) -> str:
@@ -147,6 +162,7 @@ def graph(student: StudentDecoder, recipe: ExportRecipe, backend) -> tuple[torch
     s, cfg = recipe.shape, student.config
     shape = latent_shape(cfg, s.latent_frames, s.height, s.width)
     mobile = mobile_graph(student, linear_pointwise=getattr(backend, "LINEAR_POINTWISE", {}).get(recipe.precision, False))
+    check_keep_float(recipe.keep_float, mobile)
     if not s.stream_chunk:
         return mobile, (torch.zeros(shape),), {"inputs": ["latents"], "outputs": ["frames"]}
     if cfg.temporal_padding != "causal":
@@ -162,6 +178,31 @@ def graph(student: StudentDecoder, recipe: ExportRecipe, backend) -> tuple[torch
                                       "protocol": "call with first=[1.0] and zero states, then first=[0.0] and the "
                                                   "previous call's state outputs; drop first_chunk_drop_frames from "
                                                   "the first output"}}
+
+
+def check_keep_float(keep: list[str], mobile: torch.nn.Module) -> None:
+    """Every keep_float entry must name a module of the graph (a name prefix at a dot boundary): a typo
+    would otherwise quantize what the user meant to keep."""
+    names = [n for n, _ in mobile.named_modules() if n]
+    for k in keep:
+        if not any(n == k or n.startswith(k + ".") for n in names):
+            top = sorted({n.split(".")[0] for n in names})
+            raise InputError(f"keep_float names an unknown module {k!r}; the graph's modules are dotted names under "
+                             f"{', '.join(top)} (e.g. {names[len(names) // 2]!r}; StudentDecoder.named_modules())")
+
+
+def in_modules(scopes: list[str], keep: list[str]) -> bool:
+    """Whether a graph node recorded under these module scopes belongs to a keep_float module."""
+    return any(s == k or s.startswith(k + ".") for s in scopes for k in keep)
+
+
+def outside_modules(keep: list[str]):
+    """PT2E node filter: True for FX nodes outside every keep_float module (by the nn_module_stack the
+    exporter records), i.e. the nodes a quantizer may annotate."""
+    def allowed(node) -> bool:
+        stack = node.meta.get("nn_module_stack") or {}
+        return not in_modules([path for path, _ in stack.values()], keep)
+    return allowed
 
 
 def run_clip(model: torch.nn.Module, run, z: torch.Tensor, chunk: int) -> torch.Tensor:
@@ -201,7 +242,7 @@ def export(recipe: ExportRecipe, checkpoint: str | Path, out_dir: str | Path, bu
     student = StudentDecoder.from_pretrained(checkpoint).float().eval()
     model, example, io = graph(student, recipe, backend)
     chunk = recipe.shape.stream_chunk
-    calib, verify, source, teacher = calibration_latents(recipe, student)
+    calib, verify, source, teacher, verified_on = calibration_latents(recipe, student, checkpoint)
     feed = (lambda z: z) if recipe.input_latents == "raw" else teacher.norm.normalize  # what the graph is given
     if recipe.input_latents == "normalized":
         (model.decoder if chunk else model).fold_denormalization(teacher.norm.mean, teacher.norm.std, teacher.norm.scale)
@@ -220,7 +261,7 @@ def export(recipe: ExportRecipe, checkpoint: str | Path, out_dir: str | Path, bu
             expected = [student(z) for z in verify]
         run = backend.runner(artifact, model=model, recipe=recipe)
         got = None if run is None else [run_clip(model, run, feed(z), chunk) for z in verify]
-        numerics = {"verified_by": info.get("verified_by", "runtime"), "clips": len(verify),
+        numerics = {"verified_by": info.get("verified_by", "runtime"), "clips": len(verify), "verified_on": verified_on,
                     "against": "the fp32 reference student decoding each whole clip" + (
                         f" (artifact streamed {chunk} latent frame(s) per call)" if chunk else "")}
         if got is None:

@@ -67,7 +67,8 @@ def convert(model: torch.nn.Module, example: tuple, recipe, calib: list[tuple], 
     off_ane = sorted(k for k in ops if k not in ANE_FRIENDLY)
     return {
         "artifact": "decoder.mlpackage",
-        "ops": {"op_types": ops, "total": sum(ops.values()), "max_rank": max_rank, "ops_off_neural_engine_path": off_ane},
+        "ops": {"op_types": ops, "total": sum(ops.values()), "max_rank": max_rank, "ops_off_neural_engine_path": off_ane,
+                "kept_float_weights": len(kept)},
         "minimum_deployment_target": str(_target(p)),
         "verified_by": "coremltools-decompressed weights in the PyTorch mobile graph, fp16 activations (CPU)",
         "not_checked_here": ["Core ML prediction (macOS/iOS only): the .mlpackage was converted and inspected, "

@@ -16,9 +16,19 @@ def _pt2e(model: torch.nn.Module, example: tuple, calib: list[tuple], dynamic: b
     from litert_torch.quantize.quant_config import QuantConfig
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_dynamic=dynamic))
-    for prefix in keep:
-        quantizer.set_module_name(prefix, None)
+    from turbovaed.export.core import outside_modules
+
+    class KeepFloat(PT2EQuantizer):
+        """The global config on every node outside the keep_float modules. (PT2EQuantizer's own
+        set_module_name refuses None, and its name filter turns '_' into '.', missing names like conv_out.)"""
+
+        def _annotate_for_static_quantization_config(self, model):
+            return self._annotate_all_static_patterns(model, self.global_config, outside_modules(keep))
+
+        def _annotate_for_dynamic_quantization_config(self, model):
+            return self._annotate_all_dynamic_patterns(model, self.global_config, outside_modules(keep))
+
+    quantizer = KeepFloat().set_global(get_symmetric_quantization_config(is_per_channel=True, is_dynamic=dynamic))
     prepared = prepare_pt2e(torch.export.export(model, example).module(), quantizer)
     with torch.no_grad():
         for inputs in calib:
@@ -65,6 +75,12 @@ def convert(model: torch.nn.Module, example: tuple, recipe, calib: list[tuple], 
         quantized, config = _pt2e(model, example, calib, dynamic=p == "int8-dynamic", keep=recipe.keep_float)
         litert_torch.convert(quantized, example, quant_config=config).export(str(target))
     else:
+        if recipe.keep_float and p != "fp32":
+            from turbovaed.io import InputError
+
+            raise InputError(f"keep_float is not supported for litert {p}: ai-edge-quantizer's weight-only recipes "
+                             "select ops by TFLite tensor name, which does not carry module names; use litert int8 / "
+                             "int8-dynamic (PT2E, by module name) or another backend")
         with tempfile.TemporaryDirectory() as tmp:
             fp32 = Path(tmp) / "fp32.tflite"
             litert_torch.convert(model, example).export(str(fp32))

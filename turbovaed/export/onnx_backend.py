@@ -8,6 +8,9 @@ from pathlib import Path
 
 import torch
 
+from turbovaed.export.core import in_modules
+from turbovaed.io import TurboVAEDError
+
 OPSET = 21
 
 
@@ -33,6 +36,22 @@ def op_counts(path: Path) -> dict:
     return {"op_types": counts, "total": sum(counts.values())}
 
 
+def kept_nodes(model, keep: list[str]) -> set[str]:
+    """Names of the nodes the exporter recorded under a keep_float module (its name_scopes metadata: the
+    module path of each node, e.g. ['', 'conv_out', 'conv_out.conv', ...]), which quantization must skip."""
+    import ast
+
+    if not keep:
+        return set()
+    names = set()
+    for n in model.graph.node:
+        meta = {p.key: p.value for p in n.metadata_props}
+        scopes = ast.literal_eval(meta.get("pkg.torch.onnx.name_scopes", "[]"))
+        if n.op_type not in ("Constant",) and in_modules(scopes, keep):
+            names.add(n.name)
+    return names
+
+
 def convert(model: torch.nn.Module, example: tuple, recipe, calib: list[tuple], out: Path,
             names: tuple[list[str], list[str]]) -> dict:
     import onnx
@@ -44,12 +63,14 @@ def convert(model: torch.nn.Module, example: tuple, recipe, calib: list[tuple], 
         program = torch.onnx.export(model, example, dynamo=True, opset_version=OPSET, input_names=inputs,
                                     output_names=outputs, verbose=False)
         program.save(str(fp32), external_data=False)
+        kept = kept_nodes(onnx.load(str(fp32)), recipe.keep_float)
         if recipe.precision == "fp32":
             fp32.replace(target)
         elif recipe.precision == "fp16":
             from onnxruntime.transformers.float16 import convert_float_to_float16
 
-            onnx.save(convert_float_to_float16(onnx.load(str(fp32)), keep_io_types=True), str(target))
+            onnx.save(convert_float_to_float16(onnx.load(str(fp32)), keep_io_types=True, node_block_list=sorted(kept)),
+                      str(target))
         else:
             from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
             from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -57,13 +78,15 @@ def convert(model: torch.nn.Module, example: tuple, recipe, calib: list[tuple], 
             pre = Path(tmp) / "pre.onnx"
             quant_pre_process(str(fp32), str(pre))
             int4 = recipe.precision == "int4"
-            excluded = [n.name for n in onnx.load(str(pre)).graph.node
-                        if any(n.name.startswith(k.replace(".", "_")) or k in n.name for k in recipe.keep_float)]
+            excluded = [n.name for n in onnx.load(str(pre)).graph.node if n.name in kept]
+            if len(excluded) < len(kept):
+                raise TurboVAEDError(f"keep_float: {len(kept) - len(excluded)} of the kept modules' ONNX nodes were "
+                                     "renamed by onnxruntime's pre-processing; cannot exclude them by name")
             quantize_static(str(pre), str(target), _Reader(inputs, calib), quant_format=QuantFormat.QDQ,
                             per_channel=True, activation_type=QuantType.QInt16 if int4 else QuantType.QInt8,
                             weight_type=QuantType.QInt4 if int4 else QuantType.QInt8, nodes_to_exclude=excluded)
     notes = ["int4 = 4-bit QDQ weights with 16-bit QDQ activations (W4A16)"] if recipe.precision == "int4" else []
-    return {"artifact": "decoder.onnx", "ops": op_counts(target), "notes": notes}
+    return {"artifact": "decoder.onnx", "ops": {**op_counts(target), "kept_float_nodes": sorted(kept)}, "notes": notes}
 
 
 def runner(artifact: Path, model=None, recipe=None):

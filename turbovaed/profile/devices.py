@@ -11,8 +11,9 @@ import tomllib
 import torch
 
 from turbovaed.io import InputError
+from turbovaed.resources import data_dir
 
-CATALOG_DIR = Path(__file__).resolve().parents[2] / "profiles" / "devices"
+CATALOG_DIR = data_dir("devices")
 
 
 @dataclass

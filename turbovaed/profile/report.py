@@ -155,10 +155,11 @@ def plot_quality_size(manifests: list[dict], path: Path) -> None:
     _save(fig, ax, "Quality vs artifact size", path)
 
 
-def side_by_side(manifests: list[dict], path: Path, video: Path | None) -> Path | None:
-    """Ground truth, teacher, student fp32, int8, int4 on one held-out clip: the student decoded through
-    the int8 / int4 artifacts themselves (ONNX Runtime or ExecuTorch), where one runs here."""
-    from turbovaed.reference import HELD_OUT
+def side_by_side(manifests: list[dict], path: Path, video: Path | None) -> tuple[Path, str] | None:
+    """Ground truth, teacher, student fp32, int8, int4 on one clip the student never trained on (or the
+    given video): the student decoded through the int8 / int4 artifacts themselves (ONNX Runtime or
+    ExecuTorch), where one runs here. Returns the image and a line saying which clip and why."""
+    from turbovaed.evaluate import never_trained_on
 
     plain = [m for m in manifests if "stream" not in m]
     if not plain:
@@ -166,10 +167,13 @@ def side_by_side(manifests: list[dict], path: Path, video: Path | None) -> Path 
     base = plain[0]
     if video is None:
         shared = data.shared_videos_dir()
-        candidates = [shared / HELD_OUT[0]] if shared and (shared / HELD_OUT[0]).is_file() else data.bundled_videos()
-        video = candidates[0] if candidates else None
-    if video is None:
-        return None
+        pool = (data.list_videos(shared) if shared else []) + data.bundled_videos()
+        held, why = never_trained_on(base["student"]["checkpoint"], pool)
+        if not held:
+            return None
+        video, about = held[0], f"`{held[0].name}`, {why}"
+    else:
+        about = f"`{Path(video).name}` (given with --video)"
     r = base["recipe"]
     teacher = teachers.load(r["teacher"], r.get("teacher_path"), tiny=r.get("teacher_tiny", False))
     student = StudentDecoder.from_pretrained(base["student"]["checkpoint"]).eval()
@@ -189,7 +193,7 @@ def side_by_side(manifests: list[dict], path: Path, video: Path | None) -> Path 
             if run is not None:
                 rows[f"{precision} ({ {'executorch': 'ET', 'onnx': 'ORT'}[m['backend']]})"] = run(z.contiguous())[0][0]
                 break
-    return data.save_comparison(path, rows)
+    return data.save_comparison(path, rows), about
 
 
 def write_report(exports: Path, out_dir: Path, results: Path | None = None, video: Path | None = None) -> dict:
@@ -224,7 +228,7 @@ def write_report(exports: Path, out_dir: Path, results: Path | None = None, vide
         ]
         if frames:
             sections += ["## Side-by-side frames", "Rows: ground truth, teacher, student fp32 and the student through its "
-                         "int8 / int4 artifacts (held-out clip).", "![frames](frames.png)"]
+                         f"int8 / int4 artifacts. Clip: {frames[1]}.", "![frames](frames.png)"]
         md = "\n\n".join(sections) + "\n"
         (tmp / "report.md").write_text(md)
         (tmp / "report.html").write_text(_html(md))

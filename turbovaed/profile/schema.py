@@ -18,7 +18,8 @@ from turbovaed.io import InputError, atomic_file
 
 SCHEMA_VERSION = 1
 SOURCES = ("measured-host", "measured-device-app", "estimate")
-RESULTS_DIR = Path(os.environ.get("TURBOVAED_PROFILES", Path(__file__).resolve().parents[2] / "profiles")) / "results"
+# Under the working directory (the repository root in a checkout, where the committed records live).
+RESULTS_DIR = Path(os.environ.get("TURBOVAED_PROFILES", "profiles")) / "results"
 
 
 @dataclass

@@ -101,7 +101,7 @@ def test_decode_stream_bad_input(tmp_path):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["info", "nope"], "neither a checkpoint folder nor a preset"),
+    (["info", "nope"], "is not a checkpoint folder, and unknown student preset"),
     (["info", "wan21", "--frames", "16"], "break the frame rule"),
     (["info", "wan21", "--size", "abc"], "HEIGHTxWIDTH"),
     (["decode", "--teacher", "sora", "--latents", "LAT", "--out", "OUT"], "unknown teacher 'sora'"),

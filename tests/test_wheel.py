@@ -62,7 +62,7 @@ def test_installed_wheel_runs_info_export_profile_report_from_an_empty_directory
     w = wheel_env
     assert "wan21-turbo" in run(w, "info").stdout
     subprocess.run([str(w["py"]), "-c", "from turbovaed.teachers import build_tiny; from turbovaed.student import "
-                    "StudentDecoder; StudentDecoder(build_tiny('wan21').student_config(mini=True)).save_pretrained('s')"],
+                    "StudentDecoder; StudentDecoder(build_tiny('reference').student_config(mini=True)).save_pretrained('s')"],
                    cwd=w["work"], env=w["env"], check=True, timeout=300)
     run(w, "export", "host-onnx-fp32", "--checkpoint", "s", "--tiny-teacher", "--synthetic", "--height", "32",
         "--width", "32", "--out", "exports")

@@ -84,6 +84,23 @@ def atomic_file(target: str | Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+def save_pretrained(module: torch.nn.Module, directory: str | Path, config: dict,
+                    extra_files: dict[str, str | bytes] | None = None, weights: str = "model.safetensors") -> Path:
+    """Write config.json + safetensors weights (plus any extra files) into `directory` atomically: the one
+    checkpoint format of students and of the benchmark peers."""
+    import json
+
+    from safetensors.torch import save_file
+
+    with atomic_dir(directory) as tmp:
+        (tmp / "config.json").write_text(json.dumps(config, indent=2))
+        save_file({k: v.detach().contiguous() for k, v in module.state_dict().items()}, str(tmp / weights),
+                  metadata={"format": "pt"})
+        for name, content in (extra_files or {}).items():
+            (tmp / name).write_bytes(content if isinstance(content, bytes) else content.encode())
+    return Path(directory)
+
+
 def _check_safetensors(path: Path) -> None:
     if not path.is_file():
         raise CheckpointError(f"weights file {path} does not exist (expected a .safetensors file)")

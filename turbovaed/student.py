@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from turbovaed.io import CheckpointError, InputError, atomic_dir, load_safetensors
+from turbovaed.io import CheckpointError, InputError, load_safetensors, save_pretrained
 from turbovaed.nn import PADDING_MODES, Conv3d, PixelShuffle3d, ResBlock, RMSNorm, TimeCache
 
 CONFIG_NAME = "config.json"
@@ -189,16 +189,8 @@ class StudentDecoder(nn.Module):
 
     def save_pretrained(self, directory: str | Path, extra_files: dict[str, str | bytes] | None = None) -> Path:
         """Write config.json + model.safetensors (plus any extra files) atomically."""
-        from safetensors.torch import save_file
-
-        with atomic_dir(directory) as tmp:
-            (tmp / CONFIG_NAME).write_text(json.dumps(
-                {"_class_name": "StudentDecoder", **self.config.to_dict()}, indent=2))
-            state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
-            save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
-            for name, content in (extra_files or {}).items():
-                (tmp / name).write_bytes(content if isinstance(content, bytes) else content.encode())
-        return Path(directory)
+        return save_pretrained(self, directory, {"_class_name": "StudentDecoder", **self.config.to_dict()},
+                               extra_files, WEIGHTS_NAME)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, weights: str = WEIGHTS_NAME) -> StudentDecoder:

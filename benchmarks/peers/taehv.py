@@ -15,12 +15,13 @@ model is already 2D-only), `num_parameters()`, `save_pretrained()`."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from turbovaed.io import save_pretrained
 
 WIDTHS = (256, 128, 64, 64)
 
@@ -108,13 +109,4 @@ class TAEHVDecoder(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def save_pretrained(self, directory: str | Path, extra_files: dict[str, str | bytes] | None = None) -> Path:
-        from safetensors.torch import save_file
-
-        from turbovaed.io import atomic_dir
-
-        with atomic_dir(directory) as tmp:
-            (tmp / "config.json").write_text(json.dumps({"_class_name": "TAEHVDecoder", **self.config}, indent=2))
-            save_file({k: v.detach().contiguous() for k, v in self.state_dict().items()}, str(tmp / "model.safetensors"))
-            for name, content in (extra_files or {}).items():
-                (tmp / name).write_bytes(content if isinstance(content, bytes) else content.encode())
-        return Path(directory)
+        return save_pretrained(self, directory, {"_class_name": "TAEHVDecoder", **self.config}, extra_files)

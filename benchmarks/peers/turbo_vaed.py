@@ -14,13 +14,13 @@ no exporter; ExecuTorch's XNNPACK and LiteRT cannot run its Conv3d as written)."
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from turbovaed.io import save_pretrained
 from turbovaed.nn import Conv3d, RMSNorm, make_conv
 
 HUNYUAN = dict(latent_channels=16, block_out_channels=(16, 32, 256, 512), layers_per_block=(5, 4, 4, 4, 5),
@@ -121,16 +121,7 @@ class TurboVAEDDecoder(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def save_pretrained(self, directory: str | Path, extra_files: dict[str, str | bytes] | None = None) -> Path:
-        from safetensors.torch import save_file
-
-        from turbovaed.io import atomic_dir
-
-        with atomic_dir(directory) as tmp:
-            (tmp / "config.json").write_text(json.dumps({"_class_name": "TurboVAEDDecoder", **self.config}, indent=2))
-            save_file({k: v.detach().contiguous() for k, v in self.state_dict().items()}, str(tmp / "model.safetensors"))
-            for name, content in (extra_files or {}).items():
-                (tmp / name).write_bytes(content if isinstance(content, bytes) else content.encode())
-        return Path(directory)
+        return save_pretrained(self, directory, {"_class_name": "TurboVAEDDecoder", **self.config}, extra_files)
 
 
 # ----------------------------------------------------------------------------- the exact 2D-only form

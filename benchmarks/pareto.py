@@ -212,10 +212,12 @@ def main() -> None:
     decoders = {}
     for name in names:
         kind, make = CANDIDATES[name]
+        with torch.device("meta"):  # sizes and MACs need no weights
+            model = make()
         decoders[name] = {
-            "kind": kind, "params": make().num_parameters(),
-            "gmacs_per_frame_256": module_macs(make(), LATENTS) / 1e9 / 17,
-            "gmacs_per_frame_512": module_macs(make(), (1, 16, 5, 64, 64)) / 1e9 / 17,
+            "kind": kind, "params": model.num_parameters(),
+            "gmacs_per_frame_256": module_macs(model, LATENTS) / 1e9 / 17,
+            "gmacs_per_frame_512": module_macs(model, (1, 16, 5, 64, 64)) / 1e9 / 17,
             "latency": timings[name], "quality": scores[name], "distillation": runs[name]}
     results = {
         "what": "quality vs latency on the shipped reference teacher (16-channel, 8x spatial, 4x temporal latents)",

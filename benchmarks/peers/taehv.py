@@ -76,10 +76,6 @@ class TAEHVDecoder(nn.Module):
                                     conv(f[2], f[3], bias=False)])
         self.conv_out = conv(f[3], 3 * patch_size ** 2)
 
-    @property
-    def temporal_ratio(self) -> int:
-        return 2 ** sum(s > 1 for s in self.time_strides)
-
     def forward(self, z: torch.Tensor, return_features: bool = False):
         b, c, t, h, w = z.shape
         x = torch.tanh(z / 3) * 3

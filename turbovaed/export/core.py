@@ -110,18 +110,17 @@ def calibration_latents(recipe: ExportRecipe, student: StudentDecoder, checkpoin
     if not c.synthetic:
         videos = data.list_videos(c.videos) if c.videos else (
             data.list_videos(data.shared_videos_dir()) if data.shared_videos_dir() else data.bundled_videos())
+    def encode(pool: list[Path], n: int, seed: int) -> list[torch.Tensor]:
+        sampler = data.ClipSampler(pool, frames, (s.height, s.width), seed=seed, resize=min(s.height, s.width))
+        return [teacher.encode(sampler.clip(i)[0][None]) for i in range(n)]
+
     held, why = never_trained_on(checkpoint, videos)
     rest = [v for v in videos if v not in held]
     if held and rest:
-        def encode(pool: list[Path], n: int, seed: int) -> list[torch.Tensor]:
-            sampler = data.ClipSampler(pool, frames, (s.height, s.width), seed=seed, resize=min(s.height, s.width))
-            return [teacher.encode(sampler.clip(i)[0][None]) for i in range(n)]
-
         calib, verify = encode(rest, c.clips, c.seed), encode(held, c.verify_clips, c.seed + 1)
         verified_on = f"{', '.join(sorted(v.name for v in held))}: {why}"
     else:
-        sampler = data.ClipSampler(videos, frames, (s.height, s.width), seed=c.seed, resize=min(s.height, s.width))
-        latents = [teacher.encode(sampler.clip(i)[0][None]) for i in range(c.clips + c.verify_clips)]
+        latents = encode(videos, c.clips + c.verify_clips, c.seed)
         random.Random(c.seed).shuffle(latents)
         calib, verify = latents[:c.clips], latents[c.clips:]
         verified_on = "synthetic clips" if not videos else \
@@ -185,7 +184,7 @@ def check_keep_float(keep: list[str], mobile: torch.nn.Module) -> None:
     would otherwise quantize what the user meant to keep."""
     names = [n for n, _ in mobile.named_modules() if n]
     for k in keep:
-        if not any(n == k or n.startswith(k + ".") for n in names):
+        if not in_modules(names, [k]):
             top = sorted({n.split(".")[0] for n in names})
             raise InputError(f"keep_float names an unknown module {k!r}; the graph's modules are dotted names under "
                              f"{', '.join(top)} (e.g. {names[len(names) // 2]!r}; StudentDecoder.named_modules())")

@@ -2,8 +2,8 @@
 
 All in one run on this machine (figures are ratios, since the machine is noisy):
 1. peak RSS of `decode --stream --chunk 1` (latents file -> mp4, written as frames come) for 121 vs 17
-   output frames, each in a fresh process (target: ratio <= 1.2); also the growth above the process's
-   RSS once the model is loaded, which is what streaming keeps flat;
+   output frames, each in a fresh process (target: ratio <= 1.2); and the peak above the process's RSS
+   once the model is loaded (target: <= 1.5 GB at 720p);
 2. chunked (1 latent frame per step) vs whole-clip throughput at 17 frames, interleaved (target >= 0.8x);
 3. latency of one 1-latent-frame step at 720p: eager PyTorch, ExecuTorch (XNNPACK fp32 step graph),
    ONNX Runtime and LiteRT (the exported step graphs, state as explicit inputs/outputs).
@@ -12,6 +12,8 @@ The student is the `reference` preset (16 latent channels, 8x/4x) or --student C
 memory do not depend on the weights.
 
     python benchmarks/streaming_memory.py [--student runs/quickstart/student] [--threads 2]
+
+Writes benchmarks/results/streaming_memory.json (the README's streaming table is generated from it).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from results_io import write_results
 from turbovaed import teachers
 from turbovaed.export.core import backend_module
 from turbovaed.student import StreamingStep, StudentDecoder
@@ -42,14 +45,16 @@ def rss_mb() -> float:
 
 def child(student: str, latents: str, out: str, threads: int) -> None:
     """One streamed decode in this fresh process; prints peak RSS before and after decoding."""
+    from turbovaed.io import LatentFile
     from turbovaed.stream import Streamer, stream_to_video
 
     torch.set_num_threads(threads)
     model = load_student(student)
     with torch.no_grad():  # one tiny step so lazy allocations of the runtime are in the baseline
         model.step(torch.zeros(1, model.config.latent_channels, 1, 2, 2))[1].close()
+    streamer = Streamer(model)
     base = rss_mb()
-    frames = stream_to_video(Streamer(model), Path(latents), Path(out), chunk=1)
+    frames = stream_to_video(streamer, LatentFile(Path(latents)), Path(out), chunk=1)
     print(json.dumps({"frames": frames, "baseline_mb": base, "peak_mb": rss_mb()}))
 
 
@@ -84,6 +89,8 @@ def main() -> None:
     h, w = HEIGHT // cfg.spatial_ratio, WIDTH // cfg.spatial_ratio
     print(f"student: {model.num_parameters():,} params, 720p output = latents {cfg.latent_channels}x{h}x{w} per frame, "
           f"{args.threads} threads")
+    result = {"student": args.student or "reference preset (random weights)", "params": model.num_parameters(),
+              "latents_per_frame": [cfg.latent_channels, h, w], "output": [HEIGHT, WIDTH], "threads": args.threads}
 
     # 1. Peak RSS, fresh process per length.
     with tempfile.TemporaryDirectory() as tmp:
@@ -95,14 +102,17 @@ def main() -> None:
             cmd = [sys.executable, __file__, "--threads", str(args.threads), "--child", str(lat),
                    str(Path(tmp) / f"out{n}.mp4"), "-"] + (["--student", args.student] if args.student else [])
             t0 = time.perf_counter()
-            result = subprocess.run(cmd, capture_output=True, text=True, check=True)
-            rows[frames] = json.loads(result.stdout.strip().splitlines()[-1]) | {"seconds": time.perf_counter() - t0}
+            proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            rows[frames] = json.loads(proc.stdout.strip().splitlines()[-1]) | {"seconds": time.perf_counter() - t0}
             r = rows[frames]
+            r["above_model_mb"] = r["peak_mb"] - r["baseline_mb"]
             print(f"  stream {r['frames']:4d} frames to mp4: peak RSS {r['peak_mb']:.0f} MB "
-                  f"(+{r['peak_mb'] - r['baseline_mb']:.0f} MB over the loaded model), {r['seconds']:.1f} s")
+                  f"(+{r['above_model_mb']:.0f} MB over the loaded model), {r['seconds']:.1f} s")
         a, b = rows[17], rows[121]
-        print(f"peak RSS 121 vs 17 frames: {b['peak_mb'] / a['peak_mb']:.3f}x (target <= 1.2); growth over the "
-              f"loaded model {b['peak_mb'] - b['baseline_mb']:.0f} vs {a['peak_mb'] - a['baseline_mb']:.0f} MB")
+        result["memory"] = {"17": a, "121": b, "peak_ratio_121_vs_17": b["peak_mb"] / a["peak_mb"],
+                            "max_above_model_mb": max(a["above_model_mb"], b["above_model_mb"])}
+        print(f"peak RSS 121 vs 17 frames: {b['peak_mb'] / a['peak_mb']:.3f}x (target <= 1.2); peak above the "
+              f"loaded model {result['memory']['max_above_model_mb']:.0f} MB (target <= 1500)")
 
     # 2. Throughput at 17 frames: whole clip vs 1-latent chunks, interleaved.
     z = torch.randn(1, cfg.latent_channels, cfg.latents_for(17), h, w)
@@ -119,10 +129,12 @@ def main() -> None:
             whole_t += timed(lambda: model(z), 1)
             chunk_t += timed(streamed, 1)
     tw, tc = statistics.median(whole_t), statistics.median(chunk_t)
+    result["throughput_17_frames"] = {"whole_s": tw, "chunked_s": tc, "chunked_vs_whole": tw / tc,
+                                      "repeats": args.repeats}
     print(f"17 frames at 720p: whole clip {tw:.2f} s ({17 / tw:.2f} fps), 1-latent chunks {tc:.2f} s "
           f"({17 / tc:.2f} fps): chunked throughput {tw / tc:.2f}x whole-clip (target >= 0.8)")
 
-    # 3. One 1-latent step at 720p through each runtime (after the first chunk: first = 0).
+    # 3. One 1-latent step at 720p through each runtime (after the first chunk: first = 0), interleaved.
     step = StreamingStep(model.to_mobile().eval()).eval()
     inputs = step.initial_inputs(z[:, :, :1])
     with torch.no_grad():
@@ -131,6 +143,7 @@ def main() -> None:
     runners = {"eager (mobile form)": lambda *xs: step(*xs)}
     names = (["latents", "first", *[f"state_{i}" for i in range(len(states))]],
              ["frames", *[f"state_{i}_out" for i in range(len(states))]])
+    steps = {}
     with tempfile.TemporaryDirectory() as tmp:
         for backend, artifact in (("executorch", "decoder.pte"), ("onnx", "decoder.onnx"), ("litert", "decoder.tflite")):
             recipe = argparse.Namespace(precision="fp32", delegate="xnnpack", keep_float=[], group_size=32)
@@ -142,12 +155,18 @@ def main() -> None:
             print(f"  exported the 720p step graph to {backend} in {time.perf_counter() - t0:.0f} s")
         with torch.no_grad():
             ref = step(*inputs)[0]
-            for name, run in runners.items():
-                err = (run(*inputs)[0] - ref).abs().max().item()
-                times = [timed(lambda run=run: run(*inputs), 1)[0] for _ in range(args.repeats + 1)][1:]
-                t = statistics.median(times)
-                print(f"  {name:20s} one step (1 latent -> {ref.shape[2]} frames 720p): {t * 1000:7.0f} ms "
-                      f"({ref.shape[2] / t:.2f} fps), max |diff| vs eager {err:.1e}")
+            times: dict[str, list[float]] = {k: [] for k in runners}
+            errors = {k: (run(*inputs)[0] - ref).abs().max().item() for k, run in runners.items()}  # also warm-up
+            for _ in range(args.repeats):  # round-robin, so every runtime sees the same machine state
+                for k, run in runners.items():
+                    times[k] += timed(lambda run=run: run(*inputs), 1)
+        for k in runners:
+            t = statistics.median(times[k])
+            steps[k] = {"ms": t * 1000, "fps": ref.shape[2] / t, "max_abs_diff_vs_eager": errors[k]}
+            print(f"  {k:20s} one step (1 latent -> {ref.shape[2]} frames 720p): {t * 1000:7.0f} ms "
+                  f"({ref.shape[2] / t:.2f} fps), max |diff| vs eager {errors[k]:.1e}")
+    result["step_720p"] = {"frames_per_step": ref.shape[2], "repeats": args.repeats, "runtimes": steps}
+    write_results("streaming_memory", result)
 
 
 if __name__ == "__main__":

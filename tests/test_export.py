@@ -231,3 +231,26 @@ def test_unknown_keep_float_module_is_one_clear_error(tmp_path, student_dir, bac
     with pytest.raises(InputError, match="keep_float names an unknown module 'decoder.up'"):
         export(recipe_for(backend, precision, keep_float=["decoder.up"]), student_dir, tmp_path)
     assert not any(tmp_path.iterdir())
+
+
+def test_student_without_the_first_frame_rule_streams_every_frame(tmp_path):
+    """Teachers without the 1 + r_t*k rule (r_t*k frames): the step graph's first chunk keeps all its frames
+    (first_chunk_drop_frames = 0) and the runtime's stream equals the whole-clip decode."""
+    import torch
+    from conftest import randomize
+
+    from turbovaed.student import StudentDecoder, family_preset
+    from turbovaed.stream import ArtifactStreamer
+
+    model = randomize(StudentDecoder(family_preset(4, 8, 4, first_frame=False, mini=True)), std=0.1).eval()
+    model.save_pretrained(tmp_path / "student")
+    manifest = export(recipe_for("onnx", "fp32", shape={"latent_frames": 3, "height": 32, "width": 32,
+                                                         "stream_chunk": 1}), tmp_path / "student", tmp_path)
+    assert manifest["stream"]["first_chunk_drop_frames"] == 0 and manifest["numerics"]["status"] == "pass"
+    z = torch.randn(1, 4, 3, 4, 4, generator=torch.Generator().manual_seed(3))
+    streamer = ArtifactStreamer(tmp_path / manifest["name"])
+    chunks = [streamer(z[:, :, i:i + 1]) for i in range(3)]
+    assert [c.shape[2] for c in chunks] == [4, 4, 4]
+    with torch.no_grad():
+        whole = model(z)
+    assert (torch.cat(chunks, dim=2) - whole).abs().max() <= 1e-5 * whole.abs().max()

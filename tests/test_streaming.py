@@ -10,7 +10,8 @@ from turbovaed.io import InputError
 from turbovaed.student import StreamingStep, StudentDecoder, family_preset
 from turbovaed.teachers import TEACHERS
 
-# Presets covering 4x/8x temporal, 8x/16x/32x spatial, with and without the first-frame rule.
+# Presets covering 4x/6x/8x temporal and 8x/16x/32x spatial (all with the first-frame rule; a student
+# without it is tested below).
 STREAM_PRESETS = ["wan21", "ltx", "cosmos", "mochi", "hunyuan15", "magvit"]
 
 
@@ -95,3 +96,37 @@ def test_a_student_without_temporal_taps_streams_every_frame():
         whole = model(z)
     got = stream(model, z, [1, 2, 1])
     assert got.shape == whole.shape and rel_err(got, whole) <= 1e-5
+
+
+@pytest.mark.parametrize("cuts", [[1, 1, 1], [2, 1], [3]])
+def test_a_student_without_the_first_frame_rule_streams_like_the_whole_clip(cuts):
+    """r_t*k frames (no 1 + r_t*k rule): no chunk drops frames, in the reference and the step-graph form."""
+    config = family_preset(4, 8, 4, first_frame=False, mini=True)
+    model = randomize(StudentDecoder(config), std=0.1, seed=4).eval()
+    z = torch.randn(1, 4, sum(cuts), 4, 4, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        whole = model(z)
+        mobile = StreamingStep(model.to_mobile().eval()).stream(z, 1)
+    assert whole.shape[2] == 4 * sum(cuts)
+    got = stream(model, z, cuts)
+    assert got.shape == whole.shape == mobile.shape
+    assert rel_err(got, whole) <= 1e-5 and rel_err(mobile, whole) <= 1e-5
+
+
+def test_eager_stream_state_holds_only_the_carried_frames(monkeypatch):
+    """States are copies of the last k_t - 1 frames, not views that keep a whole padded activation alive
+    (about 1 GB at 720p), and a failed step leaves a stream that refuses to go on."""
+    model, z = model_and_latents("wan21", 3)
+    _, state = model.step(z[:, :, :2])
+    for t in state.tensors:
+        assert t.untyped_storage().nbytes() == t.numel() * t.element_size()
+        assert t.shape[2] == model.config.kernel_t - 1
+    def fail(*args, **kwargs):  # the last conv fails, after the earlier ones consumed their states
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(model.conv_out, "forward", fail)
+    with pytest.raises(RuntimeError):
+        model.step(z[:, :, 2:3], state)
+    monkeypatch.undo()
+    with pytest.raises(InputError, match="failed part-way"):
+        model.step(z[:, :, 2:3], state)

@@ -45,11 +45,15 @@ class TimeCache:
         if self.states is None:
             padded = pad_time(x, n, 0, dim)
         else:
-            prev = self.states[len(self.out)]
+            # the cache owns its list: dropping each state once used frees it while the step still runs
+            prev, self.states[len(self.out)] = self.states[len(self.out)], None
             if self.first is not None:
                 prev = self.first * torch.cat([x.narrow(dim, 0, 1)] * n, dim=dim) + (1 - self.first) * prev
             padded = torch.cat([prev, x], dim=dim)
-        self.out.append(padded.narrow(dim, padded.shape[dim] - n, n))
+        state = padded.narrow(dim, padded.shape[dim] - n, n)
+        # eager streaming keeps a copy: a view would hold the whole padded activation until the next step
+        # (about 1 GB at 720p); exported graphs (which always pass `first`) return their states as outputs
+        self.out.append(state.clone() if self.first is None else state)
         return padded
 
 

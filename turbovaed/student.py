@@ -170,9 +170,13 @@ class StudentDecoder(nn.Module):
         if not isinstance(state, StreamState):
             raise InputError(f"state must be None or the StreamState of a previous step, got {type(state).__name__}")
         state.check(key)
-        cache = TimeCache(state.tensors if state.latent_frames else None)  # [] is a later chunk when k_t = 1
+        # the step takes the state's tensors (releasing each as it is used: they are ~1 GB at 720p) and puts
+        # the new ones back only when it succeeds; a step that fails part-way leaves a broken stream
+        carried, state.tensors, state.broken = state.tensors, [], True
+        cache = TimeCache(carried if state.latent_frames else None)  # [] is a later chunk when k_t = 1
+        del carried
         frames = self(z.to(next(self.parameters()).dtype), cache=cache)
-        state.tensors, state.latent_frames = cache.out, state.latent_frames + z.shape[2]
+        state.tensors, state.latent_frames, state.broken = cache.out, state.latent_frames + z.shape[2], False
         return frames, state
 
     @torch.no_grad()
@@ -235,10 +239,14 @@ class StreamState:
     tensors: list[torch.Tensor] = field(default_factory=list)
     latent_frames: int = 0
     closed: bool = False
+    broken: bool = False
 
     def check(self, key: str) -> None:
         if self.closed:
             raise InputError("this stream was closed; start a new one with state=None")
+        if self.broken:
+            raise InputError("a step of this stream failed part-way, so its state is lost; start a new one with "
+                             "state=None")
         if key != self.key:
             want, got = json.loads(self.key), json.loads(key)
             diff = sorted(k for k in want if want[k] != got.get(k))

@@ -29,9 +29,9 @@ import time
 from pathlib import Path
 
 import torch
+from results_io import RESULTS, write_results
 from safetensors.torch import save_file
 
-from results_io import write_results
 from turbovaed import teachers
 from turbovaed.export.core import backend_module
 from turbovaed.student import StreamingStep, StudentDecoder
@@ -79,6 +79,8 @@ def main() -> None:
     p.add_argument("--student", default="", help="checkpoint folder (default: the reference preset, random weights)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--parts", default="memory,throughput,runtimes",
+                   help="which measurements (results of the others are kept from the last results file)")
     p.add_argument("--child", nargs=3, metavar=("LATENTS", "OUT", "UNUSED"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
@@ -89,10 +91,24 @@ def main() -> None:
     h, w = HEIGHT // cfg.spatial_ratio, WIDTH // cfg.spatial_ratio
     print(f"student: {model.num_parameters():,} params, 720p output = latents {cfg.latent_channels}x{h}x{w} per frame, "
           f"{args.threads} threads")
-    result = {"student": args.student or "reference preset (random weights)", "params": model.num_parameters(),
+    parts = set(args.parts.split(","))
+    previous = RESULTS / "streaming_memory.json"
+    result = json.loads(previous.read_text()) if previous.is_file() and parts != {"memory", "throughput", "runtimes"} \
+        else {}
+    result |= {"student": args.student or "reference preset (random weights)", "params": model.num_parameters(),
               "latents_per_frame": [cfg.latent_channels, h, w], "output": [HEIGHT, WIDTH], "threads": args.threads}
 
-    # 1. Peak RSS, fresh process per length.
+    if "memory" in parts:
+        result["memory"] = peak_memory(args, cfg, h, w)
+    if "throughput" in parts:
+        result["throughput_17_frames"] = throughput(args, model, h, w)
+    if "runtimes" in parts:
+        result["step_720p"] = runtimes(args, model, h, w)
+    write_results("streaming_memory", result)
+
+
+def peak_memory(args: argparse.Namespace, cfg, h: int, w: int) -> dict:
+    """Peak RSS of a streamed decode to mp4, fresh process per length."""
     with tempfile.TemporaryDirectory() as tmp:
         rows = {}
         for frames in (17, 121):
@@ -109,12 +125,16 @@ def main() -> None:
             print(f"  stream {r['frames']:4d} frames to mp4: peak RSS {r['peak_mb']:.0f} MB "
                   f"(+{r['above_model_mb']:.0f} MB over the loaded model), {r['seconds']:.1f} s")
         a, b = rows[17], rows[121]
-        result["memory"] = {"17": a, "121": b, "peak_ratio_121_vs_17": b["peak_mb"] / a["peak_mb"],
+        memory = {"17": a, "121": b, "peak_ratio_121_vs_17": b["peak_mb"] / a["peak_mb"],
                             "max_above_model_mb": max(a["above_model_mb"], b["above_model_mb"])}
         print(f"peak RSS 121 vs 17 frames: {b['peak_mb'] / a['peak_mb']:.3f}x (target <= 1.2); peak above the "
-              f"loaded model {result['memory']['max_above_model_mb']:.0f} MB (target <= 1500)")
+              f"loaded model {memory['max_above_model_mb']:.0f} MB (target <= 1500)")
+    return memory
 
-    # 2. Throughput at 17 frames: whole clip vs 1-latent chunks, interleaved.
+
+def throughput(args: argparse.Namespace, model: StudentDecoder, h: int, w: int) -> dict:
+    """Whole clip vs 1-latent chunks at 17 frames, interleaved."""
+    cfg = model.config
     z = torch.randn(1, cfg.latent_channels, cfg.latents_for(17), h, w)
 
     def streamed() -> None:
@@ -129,12 +149,14 @@ def main() -> None:
             whole_t += timed(lambda: model(z), 1)
             chunk_t += timed(streamed, 1)
     tw, tc = statistics.median(whole_t), statistics.median(chunk_t)
-    result["throughput_17_frames"] = {"whole_s": tw, "chunked_s": tc, "chunked_vs_whole": tw / tc,
-                                      "repeats": args.repeats}
     print(f"17 frames at 720p: whole clip {tw:.2f} s ({17 / tw:.2f} fps), 1-latent chunks {tc:.2f} s "
           f"({17 / tc:.2f} fps): chunked throughput {tw / tc:.2f}x whole-clip (target >= 0.8)")
+    return {"whole_s": tw, "chunked_s": tc, "chunked_vs_whole": tw / tc, "repeats": args.repeats}
 
-    # 3. One 1-latent step at 720p through each runtime (after the first chunk: first = 0), interleaved.
+
+def runtimes(args: argparse.Namespace, model: StudentDecoder, h: int, w: int) -> dict:
+    """One 1-latent step at 720p through each runtime (after the first chunk: first = 0), interleaved."""
+    z = torch.randn(1, model.config.latent_channels, 2, h, w)
     step = StreamingStep(model.to_mobile().eval()).eval()
     inputs = step.initial_inputs(z[:, :, :1])
     with torch.no_grad():
@@ -165,8 +187,7 @@ def main() -> None:
             steps[k] = {"ms": t * 1000, "fps": ref.shape[2] / t, "max_abs_diff_vs_eager": errors[k]}
             print(f"  {k:20s} one step (1 latent -> {ref.shape[2]} frames 720p): {t * 1000:7.0f} ms "
                   f"({ref.shape[2] / t:.2f} fps), max |diff| vs eager {errors[k]:.1e}")
-    result["step_720p"] = {"frames_per_step": ref.shape[2], "repeats": args.repeats, "runtimes": steps}
-    write_results("streaming_memory", result)
+    return {"frames_per_step": ref.shape[2], "repeats": args.repeats, "runtimes": steps}
 
 
 if __name__ == "__main__":

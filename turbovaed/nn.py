@@ -50,10 +50,14 @@ class TimeCache:
             if self.first is not None:
                 prev = self.first * torch.cat([x.narrow(dim, 0, 1)] * n, dim=dim) + (1 - self.first) * prev
             padded = torch.cat([prev, x], dim=dim)
-        state = padded.narrow(dim, padded.shape[dim] - n, n)
-        # eager streaming keeps a copy: a view would hold the whole padded activation until the next step
-        # (about 1 GB at 720p); exported graphs (which always pass `first`) return their states as outputs
-        self.out.append(state.clone() if self.first is None else state)
+        src = x if x.shape[dim] >= n else padded
+        state = src.narrow(dim, src.shape[dim] - n, n)
+        if self.first is None and state.untyped_storage().nbytes() > state.numel() * state.element_size():
+            # eager streaming: a view would keep a whole activation alive until the next step (about 1 GB
+            # at 720p), so keep a copy unless the state is all of x (then x itself, free). Exported graphs
+            # (which always pass `first`) return their states as graph outputs.
+            state = state.clone()
+        self.out.append(state)
         return padded
 
 

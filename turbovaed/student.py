@@ -175,7 +175,8 @@ class StudentDecoder(nn.Module):
         carried, state.tensors, state.broken = state.tensors, [], True
         cache = TimeCache(carried if state.latent_frames else None)  # [] is a later chunk when k_t = 1
         del carried
-        frames = self(z.to(next(self.parameters()).dtype), cache=cache)
+        # a copy: the first conv may keep its input as state, and the caller may reuse its buffer
+        frames = self(z.to(next(self.parameters()).dtype, copy=True), cache=cache)
         state.tensors, state.latent_frames, state.broken = cache.out, state.latent_frames + z.shape[2], False
         return frames, state
 

@@ -93,6 +93,13 @@ def backend_module(name: str):
                                 f"(missing: {err.name})") from err
 
 
+def precision_meaning(backend: str, precision: str, delegate: str = "xnnpack") -> str:
+    """What a precision means on this backend, in weight/activation bits (W8A8, W4A16 weight-only, ...)."""
+    if backend == "executorch" and delegate == "coreml":
+        return "fp32 weights; the Core ML delegate computes in fp16 on GPU/ANE (W32A16)"
+    return backend_module(backend).PRECISION_MEANING[precision]
+
+
 def calibration_latents(recipe: ExportRecipe, student: StudentDecoder, checkpoint: str | Path
                         ) -> tuple[list[torch.Tensor], list[torch.Tensor], str, teachers.Teacher, str]:
     """(calibration, verification) latents: the teacher encoding real clips (synthetic only when asked
@@ -279,6 +286,7 @@ def export(recipe: ExportRecipe, checkpoint: str | Path, out_dir: str | Path, bu
         outputs = outputs if isinstance(outputs, tuple) else (outputs,)
         manifest = {
             "name": recipe.name, "backend": recipe.backend, "precision": recipe.precision, "target": recipe.target,
+            "precision_meaning": precision_meaning(recipe.backend, recipe.precision, recipe.delegate),
             "artifact": info["artifact"], "bytes": nbytes(artifact), "sha256": sha256(artifact),
             "inputs": [{"name": n, "shape": list(x.shape), "dtype": "float32"} for n, x in zip(io["inputs"], example)],
             "outputs": [{"name": n, "shape": list(y.shape), "dtype": "float32",

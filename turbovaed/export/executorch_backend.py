@@ -8,6 +8,10 @@ from pathlib import Path
 import torch
 
 LINEAR_POINTWISE = {"int4": True}  # torchao's int4 path quantizes nn.Linear only
+# Weights/activations per precision (what the estimates and profile records state).
+PRECISION_MEANING = {"fp32": "W32A32", "int8": "W8A8 static (per-channel weights, calibrated activations)",
+                     "int4": "W4A8 dynamic (4-bit groupwise pointwise weights, int8 activations per call; "
+                             "depthwise convs fp32)"}
 
 
 def _quantize_int8(model: torch.nn.Module, example: tuple, calib: list[tuple], keep: list[str]):
@@ -84,7 +88,11 @@ def runner(artifact: Path, model=None, recipe=None):
     """The .pte's forward through the ExecuTorch pybind runtime (None for the Core ML delegate: Apple only)."""
     if recipe is not None and recipe.delegate == "coreml":
         return None
+    from executorch.extension.pybindings import portable_lib
     from executorch.runtime import Runtime
 
+    threads = torch.get_num_threads()
+    if portable_lib._threadpool_get_thread_count() != threads:  # XNNPACK's pool, sized once per process
+        portable_lib._unsafe_reset_threadpool(threads)
     method = Runtime.get().load_program(str(artifact)).load_method("forward")
     return lambda *xs: [y.clone() for y in method.execute([x.contiguous() for x in xs])]

@@ -1,18 +1,28 @@
 """`turbovaed profile ARTIFACT_DIR`: time every exported artifact that has a runtime on this machine, and
-the eager student, interleaved in one process (round-robin, one call each per round) so that the ratios
-are fair on a noisy machine; and write labelled roofline estimates for every catalog device."""
+the eager student, and write labelled roofline estimates for every catalog device.
+
+Each artifact is loaded in a process of its own (so its load time, first call and peak memory are its
+own), while timing stays interleaved: the parent asks each worker for one call per round, round-robin,
+so every runtime sees the same machine state and the ratios are fair on a noisy machine."""
 
 from __future__ import annotations
 
+import gc
+import importlib
 import json
+import multiprocessing
+import os
+import platform
+import resource
 import statistics
+import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
-from turbovaed.export.core import ExportRecipe, backend_module
+from turbovaed.export.core import ExportRecipe, backend_module, precision_meaning
 from turbovaed.io import InputError, TurboVAEDError
 from turbovaed.profile import devices as catalog_mod
 from turbovaed.profile.estimate import device_estimates, layer_costs
@@ -22,6 +32,14 @@ from turbovaed.student import StreamingStep, StudentConfig, StudentDecoder
 
 RUNTIME = {"executorch": "executorch", "onnx": "onnxruntime", "litert": "litert", "coreml": "coreml"}
 UNIT = {"executorch": "cpu/xnnpack", "onnx": "cpu", "litert": "cpu/xnnpack", "coreml": "ane"}
+MEMORY_METHOD = ("peak RSS (getrusage ru_maxrss) of a process that loads only this artifact, from the load "
+                 "through the first call and warm-up, minus its peak before the load (runtime imported)")
+WORKER_START_S = 600  # a worker that has not loaded its artifact by then is recorded as failed
+# Imported by a worker before it starts the load clock: importing a runtime is not loading an artifact.
+RUNTIME_MODULES = {"executorch": "executorch.runtime", "onnx": "onnxruntime", "litert": "ai_edge_litert.interpreter"}
+# Idle workers wait for their next turn; OpenMP threads that spin meanwhile would steal the cores of the
+# worker being timed (measured: an eager call 11 ms alone, 790 ms beside five spinning workers).
+WORKER_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
 
 
 def find_manifests(path: Path) -> list[dict]:
@@ -44,12 +62,10 @@ def find_manifests(path: Path) -> list[dict]:
     return out
 
 
-def rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
+def peak_rss_mb() -> float:
+    """This process's peak resident set so far (Linux reports KiB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (2 ** 20 if sys.platform == "darwin" else 1024)
 
 
 def example_inputs(manifest: dict, seed: int = 0) -> tuple[torch.Tensor, ...]:
@@ -60,75 +76,181 @@ def example_inputs(manifest: dict, seed: int = 0) -> tuple[torch.Tensor, ...]:
     return tuple(xs)
 
 
+def _load(manifest: dict):
+    """A callable running one artifact (or, for `_eager`, the student in PyTorch) on this machine."""
+    if manifest.get("_eager"):
+        model = StudentDecoder.from_pretrained(manifest["student"]["checkpoint"]).float().eval()
+        net = StreamingStep(model.to_mobile().eval()) if "stream" in manifest else model
+        return lambda *xs: net(*xs)
+    recipe = build(ExportRecipe, manifest["recipe"])
+    return backend_module(manifest["backend"]).runner(manifest["_dir"] / manifest["artifact"], model=None,
+                                                      recipe=recipe)
+
+
+def _worker(conn, manifest: dict, threads: int, warmup: int) -> None:
+    """Body of one measuring process: load, first call, warm-up, a second (warm) load; then one timed
+    call per "run" message until "stop". Errors are sent back as {"error": ...}."""
+    try:
+        torch.set_num_threads(threads)
+        if not manifest.get("_eager"):
+            backend_module(manifest["backend"])
+            importlib.import_module(RUNTIME_MODULES[manifest["backend"]])
+        inputs = example_inputs(manifest)
+        with torch.no_grad():
+            before, t0 = peak_rss_mb(), time.perf_counter()
+            run = _load(manifest)
+            first_load = (time.perf_counter() - t0) * 1000
+            t0 = time.perf_counter()
+            run(*inputs)
+            first_call = (time.perf_counter() - t0) * 1000
+            for _ in range(max(warmup - 1, 0)):
+                run(*inputs)
+            peak = peak_rss_mb() - before
+            del run
+            gc.collect()
+            t0 = time.perf_counter()
+            run = _load(manifest)
+            warm_load = (time.perf_counter() - t0) * 1000
+            run(*inputs)
+            conn.send({"first_load_ms": first_load, "warm_load_ms": warm_load, "first_inference_ms": first_call,
+                       "peak_memory_mb": max(peak, 0.0)})
+            while conn.recv() == "run":
+                t0 = time.perf_counter()
+                run(*inputs)
+                conn.send(time.perf_counter() - t0)
+    except BaseException as err:  # noqa: BLE001 - reported to the parent, which records the failure
+        conn.send({"error": f"{type(err).__name__}: {err}"})
+
+
+class _Worker:
+    def __init__(self, ctx, manifest: dict, threads: int, warmup: int) -> None:
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_worker, args=(child, manifest, threads, warmup), daemon=True)
+        saved = {k: os.environ.get(k) for k in WORKER_ENV}
+        os.environ.update(WORKER_ENV)  # a spawned process takes the environment at start
+        try:
+            self.proc.start()
+        finally:
+            for k, v in saved.items():
+                os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+        child.close()
+
+    def receive(self, timeout: float | None = None):
+        """The worker's next message; a dead or silent worker raises TurboVAEDError."""
+        if not self.conn.poll(timeout):
+            raise TurboVAEDError(f"no answer in {timeout:.0f} s")
+        try:
+            msg = self.conn.recv()
+        except EOFError:
+            self.proc.join(5)
+            raise TurboVAEDError(f"the measuring process died (exit code {self.proc.exitcode})") from None
+        if isinstance(msg, dict) and "error" in msg:
+            raise TurboVAEDError(msg["error"])
+        return msg
+
+    def stop(self) -> None:
+        try:
+            self.conn.send("stop")
+        except (BrokenPipeError, OSError):
+            pass
+        self.proc.join(10)
+        if self.proc.is_alive():
+            self.proc.kill()
+
+
+def host_identity() -> dict:
+    """hw_model / soc / os_version of this machine for its records."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"hw_model": platform.node() or "host", "soc": cpu, "os_version": f"{platform.system()} {platform.release()}"}
+
+
 def profile_artifacts(path: Path, runs: int = 10, warmup: int = 2, threads: int = 2, eager: bool = True,
                       device: str = "host") -> tuple[list[Record], list[str]]:
-    """Measured host records (interleaved timing) and a list of what was skipped and why."""
-    torch.set_num_threads(threads)
+    """Measured host records (isolated loads, interleaved timing; failed runs recorded with status
+    'failed') and a list of what was skipped and why (no runtime on this machine)."""
     catalog_mod.get_device(device)
     manifests = find_manifests(path)
-    runners, skipped = {}, []
+    jobs, skipped = {}, []
     for m in manifests:
         recipe = build(ExportRecipe, m["recipe"])
         if m["backend"] == "coreml" or recipe.delegate == "coreml":
             skipped.append(f"{m['name']}: Core ML runs only on Apple devices (use the iOS app's benchmark mode)")
             continue
-        before, t0 = rss_mb(), time.perf_counter()
-        try:
-            run = backend_module(m["backend"]).runner(m["_dir"] / m["artifact"], model=None, recipe=recipe)
-        except (TurboVAEDError, ImportError) as err:
-            skipped.append(f"{m['name']}: {err}")
-            continue
-        runners[m["name"]] = (m, run, (time.perf_counter() - t0) * 1000, before)
+        jobs[m["name"]] = m
     if eager:  # the PyTorch reference the ratios are taken against, one per distinct input shape
         for m in manifests:
             key = f"eager:{m['student']['checkpoint']}:{m['inputs'][0]['shape']}:{'stream' in m}"
-            if key in runners or not Path(m["student"]["checkpoint"]).is_dir():
-                continue
-            before, t0 = rss_mb(), time.perf_counter()
-            model = StudentDecoder.from_pretrained(m["student"]["checkpoint"]).float().eval()
-            net = StreamingStep(model.to_mobile().eval()) if "stream" in m else model
-            runners[key] = ({**m, "backend": "pytorch", "precision": "fp32", "name": "eager", "_eager": True},
-                            lambda *xs, net=net: net(*xs), (time.perf_counter() - t0) * 1000, before)
-    if not runners:
+            if key not in jobs and Path(m["student"]["checkpoint"]).is_dir():
+                jobs[key] = {**m, "backend": "pytorch", "precision": "fp32", "name": "eager", "_eager": True}
+    if not jobs:
         raise InputError(f"nothing under {path} has a runtime on this machine: " + "; ".join(skipped))
-    inputs = {k: example_inputs(m) for k, (m, *_) in runners.items()}
-    memory = {}
-    with torch.no_grad():
-        for k, (_, run, _, before) in runners.items():
-            for _ in range(warmup):
-                run(*inputs[k])
-            memory[k] = max(rss_mb() - before, 0.0)
-        times: dict[str, list[float]] = {k: [] for k in runners}
-        for _ in range(runs):  # round-robin: every runner sees the same machine state
-            for k, (_, run, _, _) in runners.items():
-                t0 = time.perf_counter()
-                run(*inputs[k])
-                times[k].append(time.perf_counter() - t0)
+    ctx = multiprocessing.get_context("spawn")
+    workers, loaded, failed = {}, {}, {}
+    try:
+        for k, m in jobs.items():  # one at a time, so loads do not compete for the cores
+            workers[k] = _Worker(ctx, m, threads, warmup)
+            try:
+                loaded[k] = workers[k].receive(WORKER_START_S)
+            except TurboVAEDError as err:
+                failed[k] = str(err)
+                workers.pop(k).stop()
+        times: dict[str, list[float]] = {k: [] for k in workers}
+        for _ in range(runs):  # round-robin: every runtime sees the same machine state
+            for k, w in list(workers.items()):
+                try:
+                    w.conn.send("run")
+                    times[k].append(w.receive(WORKER_START_S))
+                except (TurboVAEDError, BrokenPipeError, OSError) as err:
+                    failed[k] = f"failed while timing: {err}"
+                    workers.pop(k).stop()
+    finally:
+        for w in workers.values():
+            w.stop()
+    ident = host_identity()
     records = []
-    for k, (m, _, load_ms, _) in runners.items():
+    for k, m in jobs.items():
+        if k in failed:
+            records.append(_record(m, device, runs, warmup, threads, ident, others=[], status="failed",
+                                   error=failed[k]))
+            continue
         ts = sorted(times[k])
         q = statistics.quantiles(ts, n=10, method="inclusive") if len(ts) > 1 else [ts[0]] * 9
-        frames = m["outputs"][0]["shape"][2]
         med = statistics.median(ts)
-        eager_run = m.get("_eager", False)
-        ops = m.get("ops", {})
-        records.append(Record(
-            model=Path(m["student"]["checkpoint"]).name, model_sha256=m["student"].get("sha256", ""),
-            artifact="eager" if eager_run else m["name"],
-            artifact_sha256="" if eager_run else m["sha256"], device=device,
-            runtime="pytorch" if eager_run else RUNTIME[m["backend"]],
-            runtime_version=torch.__version__ if eager_run else m["tool_versions"].get(
-                {"onnx": "onnxruntime", "litert": "ai-edge-litert"}.get(m["backend"], m["backend"]), ""),
-            precision=m["precision"], compute_unit="cpu" if eager_run else UNIT[m["backend"]],
-            input_shape=m["inputs"][0]["shape"], frames=frames,
-            latency=Latency(med * 1000, min(q[0], med) * 1000, max(q[-1], med) * 1000), fps=frames / med,
-            source="measured-host", runs=runs, warmup=warmup, threads=threads, load_ms=load_ms,
-            peak_memory_mb=memory[k],
-            ops=Ops(delegated=ops.get("delegated"), total=(ops.get("delegated", 0) + ops.get("not_delegated", 0))
-                    if "delegated" in ops else ops.get("total")),
-            notes=("streaming step graph; " if "stream" in m else "") + "interleaved with " + ", ".join(
-                sorted(x for x in runners if x != k)) + "; peak_memory_mb = RSS growth from load + warm-up"))
+        records.append(_record(m, device, runs, warmup, threads, ident, others=sorted(x for x in workers if x != k),
+                               latency=Latency(med * 1000, min(q[0], med) * 1000, max(q[-1], med) * 1000),
+                               **loaded[k]))
     return records, skipped
+
+
+def _record(m: dict, device: str, runs: int, warmup: int, threads: int, ident: dict, others: list[str],
+            latency: Latency | None = None, status: str = "ok", error: str = "", **measured) -> Record:
+    eager_run = m.get("_eager", False)
+    frames = m["outputs"][0]["shape"][2]
+    ops = {} if eager_run else m.get("ops", {})  # the eager student has no exported graph to count
+    return Record(
+        model=Path(m["student"]["checkpoint"]).name, model_sha256=m["student"].get("sha256", ""),
+        artifact="eager" if eager_run else m["name"], artifact_sha256="" if eager_run else m["sha256"],
+        device=device, runtime="pytorch" if eager_run else RUNTIME[m["backend"]],
+        runtime_version=torch.__version__ if eager_run else m["tool_versions"].get(
+            {"onnx": "onnxruntime", "litert": "ai-edge-litert"}.get(m["backend"], m["backend"]), ""),
+        precision=m["precision"], compute_unit="cpu" if eager_run else UNIT[m["backend"]],
+        precision_meaning="W32A32 (PyTorch eager)" if eager_run else
+        precision_meaning(m["backend"], m["precision"], m["recipe"].get("delegate", "xnnpack")),
+        input_shape=m["inputs"][0]["shape"], frames=frames, latency=latency,
+        fps=frames / latency.median_ms * 1000 if latency else None, source="measured-host", status=status,
+        error=error, runs=runs, warmup=warmup, threads=threads, memory_method=MEMORY_METHOD if latency else "",
+        **ident, **measured,
+        ops=Ops(delegated=ops.get("delegated"), total=(ops.get("delegated", 0) + ops.get("not_delegated", 0))
+                if "delegated" in ops else ops.get("total")),
+        notes=("streaming step graph; " if "stream" in m else "") + "own process; timing interleaved with "
+        + (", ".join(others) or "nothing"))
 
 
 def estimate_records(manifests: list[dict], devices: dict) -> list[Record]:
@@ -145,6 +267,8 @@ def estimate_records(manifests: list[dict], devices: dict) -> list[Record]:
                     model=Path(m["student"]["checkpoint"]).name, model_sha256=m["student"].get("sha256", ""),
                     artifact=m["name"], artifact_sha256=m["sha256"], device=dev.id, runtime=RUNTIME[m["backend"]],
                     runtime_version="", precision=m["precision"], compute_unit=unit,
+                    precision_meaning=precision_meaning(m["backend"], m["precision"],
+                                                        m["recipe"].get("delegate", "xnnpack")),
                     input_shape=m["inputs"][0]["shape"], frames=frames, latency=Latency(s * 1000, s * 1000, s * 1000),
                     fps=frames / s, source="estimate", estimate=est,
                     notes="roofline lower bound: sum over layers of max(2*MACs/peak, bytes/bandwidth)"))

@@ -16,8 +16,9 @@ from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
 
 from turbovaed.io import InputError, atomic_file
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SOURCES = ("measured-host", "measured-device-app", "estimate")
+STATUSES = ("ok", "failed")
 # Under the working directory (the repository root in a checkout, where the committed records live).
 RESULTS_DIR = Path(os.environ.get("TURBOVAED_PROFILES", "profiles")) / "results"
 
@@ -48,14 +49,23 @@ class Record:
     compute_unit: str  # cpu | gpu | ane | npu | wasm | webgpu (+ delegate, e.g. cpu/xnnpack)
     input_shape: list[int]  # latents (B, C, T, h, w) per call
     frames: int  # output frames per call
-    latency: Latency
-    fps: float
+    latency: Optional[Latency]  # None only for a failed run
+    fps: Optional[float]
     source: str
+    status: str = "ok"  # ok | failed (failed runs are recorded too, with the error)
+    error: str = ""
+    precision_meaning: str = ""  # weights/activations, e.g. "W8A8 static", "W4A16 weight-only"
     runs: int = 0  # timed runs (0 for estimates)
     warmup: int = 0
     threads: Optional[int] = None
-    load_ms: Optional[float] = None
+    first_load_ms: Optional[float] = None  # load in a fresh process (incl. weight packing / compilation)
+    warm_load_ms: Optional[float] = None  # a second load in the same process (runtime and files warm)
+    first_inference_ms: Optional[float] = None  # the first call after loading (lazy allocations, JIT)
     peak_memory_mb: Optional[float] = None
+    memory_method: str = ""  # how peak_memory_mb was measured on this runtime
+    hw_model: Optional[str] = None  # e.g. getprop ro.product.model, or the host's CPU
+    soc: Optional[str] = None
+    os_version: Optional[str] = None
     ops: Ops = field(default_factory=Ops)
     estimate: dict[str, Any] = field(default_factory=dict)  # roofline inputs, for source = estimate only
     notes: str = ""
@@ -113,17 +123,36 @@ def _build(cls: type, data: dict, prefix: str = ""):
     return cls(**kwargs)
 
 
+def upgrade(data: dict) -> dict:
+    """Schema 1 -> 2: `load_ms` became `first_load_ms`; schema-1 host memory came from a shared process."""
+    if data.get("schema_version") != 1:
+        return data
+    data = {k: v for k, v in data.items() if k != "load_ms"} | {"first_load_ms": data.get("load_ms"),
+                                                                 "schema_version": 2}
+    if data.get("source") == "measured-host" and data.get("peak_memory_mb") is not None:
+        data["memory_method"] = "RSS growth in a profiling process shared with other artifacts (schema 1)"
+    return data
+
+
 def validate(data: dict, devices: set[str] | None = None) -> Record:
     """A Record from JSON data, or one InputError naming the first bad field."""
     if not isinstance(data, dict):
         raise InputError(f"a profile record must be a JSON object, got {type(data).__name__}")
-    record = _build(Record, data)
+    record = _build(Record, upgrade(data))
     if record.source not in SOURCES:
         raise InputError(f"profile record field 'source' must be one of {SOURCES}, got {record.source!r}")
+    if record.status not in STATUSES:
+        raise InputError(f"profile record field 'status' must be one of {STATUSES}, got {record.status!r}")
     if record.schema_version != SCHEMA_VERSION:
         raise InputError(f"profile record field 'schema_version' is {record.schema_version}; this turbovaed reads "
-                         f"{SCHEMA_VERSION}")
+                         f"1 and {SCHEMA_VERSION}")
+    if record.status == "failed":
+        if not record.error:
+            raise InputError("profile record with status 'failed' must say why in field 'error'")
+        return _check_device(record, devices)
     lat = record.latency
+    if lat is None or record.fps is None:
+        raise InputError("profile record fields 'latency' and 'fps' are required unless status is 'failed'")
     if not 0 < lat.p10_ms <= lat.median_ms <= lat.p90_ms:
         raise InputError(f"profile record field 'latency' needs 0 < p10_ms <= median_ms <= p90_ms, got {asdict(lat)}")
     if record.frames < 1 or record.fps <= 0:
@@ -132,6 +161,10 @@ def validate(data: dict, devices: set[str] | None = None) -> Record:
         raise InputError("profile record with source 'estimate' must carry its roofline inputs in field 'estimate'")
     if record.source != "estimate" and record.runs < 1:
         raise InputError("profile record field 'runs' must be >= 1 for a measurement")
+    return _check_device(record, devices)
+
+
+def _check_device(record: Record, devices: set[str] | None) -> Record:
     if devices is not None and record.device not in devices:
         raise InputError(f"profile record field 'device' is {record.device!r}, not in the device catalog "
                          f"(profiles/devices: {', '.join(sorted(devices))})")

@@ -7,20 +7,22 @@ against the fp32 ExecuTorch, ONNX Runtime and LiteRT artifacts on the same input
 prints each runtime's time as a ratio of eager (target for ExecuTorch XNNPACK: <= 0.5x).
 
     python benchmarks/export_quality.py [--checkpoint runs/quickstart/student] [--out exports]
+
+Writes benchmarks/results/export_quality.json (the README's export table is generated from it).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
 
 import torch
+from results_io import write_results
 
 from turbovaed.export import core
-from turbovaed.recipes import load_toml
+from turbovaed.recipes import build, load_toml
 from turbovaed.student import StudentDecoder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,45 +41,42 @@ def build_all(checkpoint: Path, out: Path, only: list[str] | None) -> list[dict]
     return manifests
 
 
-def print_quality(manifests: list[dict]) -> None:
+def quality(manifests: list[dict]) -> list[dict]:
+    """Bytes (and ratio to the backend's base artifact) and PSNR vs the fp32 student, per artifact."""
     base = {m["backend"]: m["bytes"] for m in manifests if m["precision"] == BASE[m["backend"]] and
-            m["recipe"]["delegate"] == "xnnpack"}
+            m["recipe"]["delegate"] == "xnnpack" and "stream" not in m}
     print(f"\n{'artifact':34s}{'precision':>13s}{'bytes':>12s}{'x base':>8s}{'PSNR dB':>9s}{'target':>8s}  status")
+    rows = []
     for m in manifests:
         n = m["numerics"]
-        ratio = m["bytes"] / base[m["backend"]] if m["backend"] in base else float("nan")
+        coreml_delegate = m["recipe"]["delegate"] == "coreml"
+        ratio = None if coreml_delegate or m["backend"] not in base else m["bytes"] / base[m["backend"]]
+        rows.append({"artifact": m["name"], "backend": m["backend"], "precision": m["precision"],
+                     "precision_meaning": m.get("precision_meaning", ""), "delegate": m["recipe"]["delegate"],
+                     "bytes": m["bytes"], "x_backend_base": ratio, "psnr_db": n.get("psnr_db"),
+                     "min_psnr_db": core.MIN_PSNR[m["precision"]], "status": n["status"],
+                     "verified_by": n.get("verified_by", ""), "stream": "stream" in m})
         psnr = f"{n['psnr_db']:.1f}" if "psnr_db" in n else "-"
-        target = f">={core.MIN_PSNR[m['precision']]:.0f}"
-        size_note = " (size target <= 0.2x)" if m["precision"] in ("int4", "palettize4") else ""
-        print(f"{m['name']:34s}{m['precision']:>13s}{m['bytes']:>12,}{ratio:8.2f}{psnr:>9s}{target:>8s}  "
-              f"{n['status']}{size_note}")
+        print(f"{m['name']:34s}{m['precision']:>13s}{m['bytes']:>12,}{ratio or float('nan'):8.2f}{psnr:>9s}"
+              f">={core.MIN_PSNR[m['precision']]:.0f}  {n['status']}")
+    return rows
 
 
-def median_ms(fn, runs: int) -> float:
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1000)
-    return statistics.median(times)
-
-
-def print_speed(checkpoint: Path, manifests: list[dict], runs: int) -> None:
-    from turbovaed.export import executorch_backend, litert_backend, onnx_backend
-
+def speed(checkpoint: Path, manifests: list[dict], runs: int) -> dict:
+    """Eager PyTorch vs the fp32 ExecuTorch, ONNX Runtime and LiteRT artifacts on the same input, interleaved."""
     student = StudentDecoder.from_pretrained(checkpoint).eval()
     by_name = {m["name"]: m for m in manifests}
     shape = manifests[0]["inputs"][0]["shape"]
     z = torch.randn(shape)
-    runners = {"eager PyTorch (reference form)": lambda: student(z)}
     mobile = student.to_mobile().eval()
-    runners["eager PyTorch (mobile form)"] = lambda: mobile(z)
-    for name, module, label in [("host-executorch-fp32", executorch_backend, "ExecuTorch XNNPACK fp32"),
-                                ("host-onnx-fp32", onnx_backend, "ONNX Runtime fp32"),
-                                ("host-litert-fp32", litert_backend, "LiteRT XNNPACK fp32")]:
+    runners = {"eager PyTorch (reference form)": lambda: student(z), "eager PyTorch (mobile form)": lambda: mobile(z)}
+    for name, label in [("host-executorch-fp32", "ExecuTorch XNNPACK fp32"), ("host-onnx-fp32", "ONNX Runtime fp32"),
+                        ("host-litert-fp32", "LiteRT XNNPACK fp32")]:
         if name in by_name:
-            artifact = Path(by_name[name]["dir"]) / by_name[name]["artifact"]
-            runners[label] = _session(module, artifact)
+            m = by_name[name]
+            run = core.backend_module(m["backend"]).runner(Path(m["dir"]) / m["artifact"],
+                                                           recipe=build(core.ExportRecipe, m["recipe"]))
+            runners[label] = lambda run=run: run(z)
     with torch.no_grad():
         for fn in runners.values():
             fn()  # warm-up
@@ -87,41 +86,22 @@ def print_speed(checkpoint: Path, manifests: list[dict], runs: int) -> None:
                 results[k].append(median_ms(fn, 1))
     eager = statistics.median(results["eager PyTorch (reference form)"])
     print(f"\nhost latency, input {tuple(shape)}, {torch.get_num_threads()} threads, median of {runs} interleaved runs")
+    out = {}
     for k, v in results.items():
         med = statistics.median(v)
-        note = "  (target <= 0.5x)" if k.startswith("ExecuTorch") else ""
-        print(f"{k:34s}{med:9.1f} ms{med / eager:8.2f}x eager{note}")
+        out[k] = {"median_ms": med, "vs_eager": med / eager}
+        print(f"{k:34s}{med:9.1f} ms{med / eager:8.2f}x eager{'  (target <= 0.5x)' if k.startswith('ExecuTorch') else ''}")
+    return {"input_shape": shape, "output_shape": manifests[0]["outputs"][0]["shape"], "runs": runs,
+            "threads": torch.get_num_threads(), "runtimes": out}
 
 
-def _session(module, artifact: Path):
-    """A callable that runs the artifact once with its runtime, loaded once."""
-    if module.__name__.endswith("executorch_backend"):
-        from executorch.runtime import Runtime
-
-        method = Runtime.get().load_program(str(artifact)).load_method("forward")
-        z = torch.randn(_shape(artifact))
-        return lambda m=method, z=z: m.execute([z])
-    if module.__name__.endswith("onnx_backend"):
-        import onnxruntime as ort
-
-        s = ort.InferenceSession(str(artifact), providers=["CPUExecutionProvider"])
-        x = torch.randn(_shape(artifact)).numpy()
-        return lambda s=s, x=x: s.run(None, {"latents": x})
-    from ai_edge_litert.interpreter import Interpreter
-
-    it = Interpreter(model_path=str(artifact), num_threads=torch.get_num_threads())
-    it.allocate_tensors()
-    idx = it.get_input_details()[0]["index"]
-    x = torch.randn(_shape(artifact)).numpy()
-
-    def run(it=it, idx=idx, x=x):
-        it.set_tensor(idx, x)
-        it.invoke()
-    return run
-
-
-def _shape(artifact: Path) -> list[int]:
-    return json.loads((artifact.parent / "manifest.json").read_text())["inputs"][0]["shape"]
+def median_ms(fn, runs: int) -> float:
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(times)
 
 
 def main() -> None:
@@ -136,8 +116,12 @@ def main() -> None:
     manifests = build_all(args.checkpoint, args.out, args.only)
     for m in manifests:
         m["dir"] = str(args.out / m["name"])
-    print_quality(manifests)
-    print_speed(args.checkpoint, manifests, args.runs)
+    student = StudentDecoder.from_pretrained(args.checkpoint)
+    write_results("export_quality", {
+        "student": {"checkpoint": str(args.checkpoint), "params": student.num_parameters(),
+                    "sha256": manifests[0]["student"]["sha256"]},
+        "verified_on": manifests[0]["numerics"].get("verified_on", ""),
+        "artifacts": quality(manifests), "host_latency": speed(args.checkpoint, manifests, args.runs)})
 
 
 if __name__ == "__main__":

@@ -83,7 +83,117 @@ def ladder() -> str:
     return "\n".join(rows)
 
 
-BLOCKS: dict[str, Callable[[], str]] = {"pareto": pareto, "teacher-runs": teacher_runs, "ladder": ladder}
+def decode_speed() -> str:
+    r = load("decode_speed.json")
+    t, st = r["teacher"], r["student"]
+    return "\n".join([
+        f"`benchmarks/decode_speed.py`: eager fp32, {r['threads']} threads, median of {r['repeats']} interleaved runs, "
+        f"the full-size {t['class']} decoder (random weights) vs the `{st['preset']}` student preset, latents "
+        f"{'×'.join(map(str, r['latents'][1:]))} → {'×'.join(map(str, r['frames'][2:]))}:", "",
+        "| | params | median s | speed-up |", "|---|---|---|---|",
+        f"| {t['class']} decoder | {t['decoder_params'] / 1e6:.1f} M | {t['median_s']:.2f} | 1× |",
+        f"| student, reference form | {st['params'] / 1e6:.2f} M | {st['reference_median_s']:.3f} | "
+        f"{t['median_s'] / st['reference_median_s']:.1f}× |",
+        f"| student, mobile form | {st['params'] / 1e6:.2f} M | {st['mobile_median_s']:.3f} | "
+        f"{t['median_s'] / st['mobile_median_s']:.1f}× |", "",
+        f"Student params are {100 * st['params'] / t['decoder_params']:.1f}% of the teacher decoder's. "
+        "Source: `benchmarks/results/decode_speed.json`."])
+
+
+def quickstart() -> str:
+    r = load("quickstart.json")
+    m, mean = r["metrics"], r["metrics"]["mean"]
+    arts = ", ".join(f"{a['name']} {a['numerics']['psnr_db']:.1f}" + (" (weights)" if a["backend"] == "coreml" else "")
+                     for a in r["artifacts"] if "psnr_db" in a["numerics"])
+    bicubic = mean.get("bicubic_psnr")
+    return "\n".join([
+        f"`turbovaed quickstart` end to end in **{r['minutes']:.1f} min** ({r['threads']} threads, "
+        f"`benchmarks/quickstart.py`): {r['steps']} distillation steps of a {m['student_params']:,}-parameter student "
+        f"({100 * m['student_params'] / m['teacher_decoder_params']:.1f}% of the teacher decoder); held-out PSNR "
+        f"{mean['student_psnr']:.2f} dB vs the teacher's {mean['teacher_psnr']:.2f}, SSIM {mean['student_ssim']:.3f} vs "
+        f"{mean['teacher_ssim']:.3f}" + (f", per-frame bicubic {bicubic:.2f} dB on the same windows" if bicubic else "")
+        + f"; then {len(r['artifacts'])} artifacts, each verified against the fp32 student on clips it never trained "
+        f"on (PSNR dB): {arts}; then the host profile and the report. "
+        "Source: `benchmarks/results/quickstart.json`."])
+
+
+def export_quality() -> str:
+    r = load("export_quality.json")
+    rows = ["| artifact | precision (weights/activations) | bytes | × backend base | PSNR dB vs fp32 |",
+            "|---|---|---|---|---|"]
+    for a in r["artifacts"]:
+        if a["stream"]:
+            continue
+        psnr = f"{a['psnr_db']:.1f}" + (" (weights)" if a["backend"] == "coreml" else "") if a["psnr_db"] is not None \
+            else a["status"]
+        base = "—" if a["x_backend_base"] is None else f"{a['x_backend_base']:.2f}"
+        rows.append(f"| {a['artifact']} | {a['precision']}: {a['precision_meaning']} | {a['bytes']:,} | {base} | {psnr} |")
+    lat = r["host_latency"]
+    rt = lat["runtimes"]
+    rows += ["", f"Host latency of the same student, latents {'×'.join(map(str, lat['input_shape'][1:]))} → "
+             f"{'×'.join(map(str, lat['output_shape'][2:]))}, {lat['threads']} threads, median of {lat['runs']} "
+             "interleaved runs: " + ", ".join(f"{k} {v['median_ms']:.1f} ms ({v['vs_eager']:.2f}×)" for k, v in rt.items())
+             + f". Student: {r['student']['params']:,} params; verified on {r['verified_on'] or 'held-out latents'}. "
+             "Source: `benchmarks/results/export_quality.json`."]
+    return "\n".join(rows)
+
+
+def streaming() -> str:
+    r = load("streaming_memory.json")
+    mem, thr, steps = r["memory"], r["throughput_17_frames"], r["step_720p"]
+    a, b = mem["17"], mem["121"]
+    rt = steps["runtimes"]
+    return "\n".join([
+        f"`benchmarks/streaming_memory.py`: {r['student']}, {r['params']:,} params, 720p output = latents "
+        f"{'×'.join(map(str, r['latents_per_frame']))} per frame, {r['threads']} threads.", "",
+        "| | figure | target |", "|---|---|---|",
+        f"| peak RSS above the loaded model, `decode --stream --chunk 1` to mp4 (17 / 121 frames) | "
+        f"{a['above_model_mb']:.0f} / **{b['above_model_mb']:.0f} MB** | ≤ 1500 MB |",
+        f"| peak RSS, 121 vs 17 frames (fresh process each) | {b['peak_mb']:.0f} vs {a['peak_mb']:.0f} MB = "
+        f"**{mem['peak_ratio_121_vs_17']:.3f}×** | ≤ 1.2× |",
+        f"| chunked (1 latent/step) vs whole-clip throughput, 17 frames | {thr['chunked_s']:.1f} vs {thr['whole_s']:.1f} s "
+        f"= **{thr['chunked_vs_whole']:.2f}×** | ≥ 0.8× |",
+        f"| one 1-latent step (→ {steps['frames_per_step']} frames of 720p), interleaved: "
+        + " / ".join(rt) + " | " + " / ".join(f"{v['ms'] / 1000:.2f} s" for v in rt.values()) + " | reported |", "",
+        "Max |diff| of the exported step graphs vs eager: "
+        + ", ".join(f"{k} {v['max_abs_diff_vs_eager']:.1e}" for k, v in rt.items() if k in ("executorch", "onnx", "litert"))
+        + ". Source: `benchmarks/results/streaming_memory.json`."])
+
+
+def profiling() -> str:
+    """From the committed profile records (profiles/results) of the last quickstart."""
+    sys.path.insert(0, str(REPO))
+    from turbovaed.profile.report import host_check
+    from turbovaed.profile.schema import load_all
+
+    records = load_all(REPO / "profiles" / "results")
+    host = sorted((r for r in records if r.source == "measured-host" and r.status == "ok"),
+                  key=lambda r: r.latency.median_ms)
+    if not host:
+        raise MissingResults("profiles/results holds no host measurements: run benchmarks/quickstart.py")
+    rows = ["| artifact | runtime | precision | median ms | p10–p90 ms | first load ms | warm load ms | first call ms "
+            "| peak MB |", "|---|---|---|---|---|---|---|---|---|"]
+    fmt = lambda v: "—" if v is None else f"{v:,.0f}"  # noqa: E731
+    for r in host:
+        rows.append(f"| {r.artifact} | {r.runtime} | {r.precision} | {r.latency.median_ms:.1f} | "
+                    f"{r.latency.p10_ms:.1f}–{r.latency.p90_ms:.1f} | {fmt(r.first_load_ms)} | {fmt(r.warm_load_ms)} | "
+                    f"{r.first_inference_ms:.1f} | {fmt(r.peak_memory_mb)} |")
+    _, ratios = host_check(records)
+    r0 = host[0]
+    failed = [r.artifact for r in records if r.status == "failed"]
+    rows += ["", f"`turbovaed profile` on the quickstart artifacts: latents {'×'.join(map(str, r0.input_shape[1:]))} "
+             f"→ {r0.frames} frames per call, {r0.threads} threads, {r0.runs} interleaved runs, each artifact in its own "
+             "process (load, first call and memory its own). "
+             + (f"Host roofline vs measurement: {min(ratios):.2f}×–{max(ratios):.2f}× over {len(ratios)} artifacts. "
+                if ratios else "") + (f"Failed: {', '.join(failed)}. " if failed else "")
+             + "Source: `profiles/results/` (report: `profiles/report/`)."]
+    return "\n".join(rows)
+
+
+BLOCKS: dict[str, Callable[[], str]] = {"pareto": pareto, "teacher-runs": teacher_runs, "ladder": ladder,
+                                        "decode-speed": decode_speed, "quickstart": quickstart,
+                                        "export-quality": export_quality, "streaming": streaming,
+                                        "profiling": profiling}
 PATTERN = re.compile(r"(<!-- results:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(\n<!-- /results:(?P=name) -->)", re.S)
 
 

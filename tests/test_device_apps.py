@@ -79,8 +79,8 @@ def test_app_records_match_the_schema(app, extract):
             continue
         target[leaf] = {"input_shape": [1, 16, 3, 16, 16], "frames": 9, "runs": 20, "warmup": 3, "threads": 4,
                         "device": "pixel-8" if app == "android" else "iphone-16-pro", "source": "measured-device-app",
-                        "median_ms": 20.0, "p10_ms": 18.0, "p90_ms": 25.0, "fps": 450.0, "load_ms": 120.0,
-                        "peak_memory_mb": 80.0, "delegated": None, "total": None}.get(leaf, "x")
+                        "median_ms": 20.0, "p10_ms": 18.0, "p90_ms": 25.0, "fps": 450.0, "first_load_ms": 120.0,
+                        "peak_memory_mb": 80.0, "delegated": None, "total": None, "status": "ok"}.get(leaf, "x")
     validated = schema.validate(record, set(load_catalog()))
     assert validated.source == "measured-device-app"
 
@@ -93,3 +93,5 @@ def test_apps_read_the_bundle_files_the_exporter_writes():
         src = path.read_text()
         assert BUNDLE_FORMAT in src and "bundle.json" in src, path
         assert "reference_frames" in src or path.suffix == ".js", path
+        assert "input_latents" in src, path  # each app states which latents it feeds
+        assert "streaming step-graph bundle" in src, path  # and refuses streaming bundles it cannot run

@@ -273,7 +273,7 @@ def quickstart(video: Annotated[Optional[list[Path]], typer.Option(help="videos 
     t0 = time.perf_counter()
     work = Path(recipe.output + ".work")
     student_dir = run_distill(recipe, resume=(work / "checkpoint").is_dir())
-    report = __import__("json").loads((student_dir / "metrics.json").read_text())
+    report = json.loads((student_dir / "metrics.json").read_text())
     m = report["mean"]
     table = Table(title="quickstart: distilled student on held-out clips")
     for col in ("model", "params", "PSNR dB", "SSIM", "MS-SSIM"):
@@ -282,6 +282,7 @@ def quickstart(video: Annotated[Optional[list[Path]], typer.Option(help="videos 
                   f"{m['teacher_ssim']:.4f}", f"{m['teacher_msssim']:.4f}")
     table.add_row("student (EMA)", f"{report['student_params']:,}", f"{m['student_psnr']:.2f}",
                   f"{m['student_ssim']:.4f}", f"{m['student_msssim']:.4f}")
+    table.add_row("per-frame bicubic (baseline)", "-", f"{m['bicubic_psnr']:.2f}", "-", "-")
     out.print(table)
     rows = []
     if export_recipes:
@@ -310,7 +311,14 @@ def quickstart(video: Annotated[Optional[list[Path]], typer.Option(help="videos 
         console.print("[bold]report[/]")
         paths = report_mod.write_report(out_dir / "exports", out_dir / "report", out_dir / "profiles")
         out.print(paths["table"])
-    out.print(f"done in {(time.perf_counter() - t0) / 60:.1f} min")
+    minutes = (time.perf_counter() - t0) / 60
+    summary = {"minutes": minutes, "threads": torch.get_num_threads(), "student": str(student_dir),
+               "metrics": report, "steps": recipe.train.steps,
+               "artifacts": [{k: mf[k] for k in ("name", "backend", "precision", "precision_meaning", "bytes", "numerics",
+                                                 "ops")} for mf in rows]}
+    with atomic_file(out_dir / "summary.json") as tmp:  # benchmarks/quickstart.py turns it into README figures
+        tmp.write_text(json.dumps(summary, indent=1, default=str))
+    out.print(f"done in {minutes:.1f} min")
     out.print(f"student checkpoint: {student_dir} (model card: {student_dir / 'README.md'})")
     if rows:
         out.print(f"artifacts + manifest.json each: {out_dir / 'exports'}")

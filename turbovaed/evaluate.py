@@ -54,7 +54,8 @@ def prepare(teacher, clips: list[tuple[torch.Tensor, dict]], lpips: nn.Module | 
         z = teacher.encode(x)
         t = teacher.decode(z).cpu()
         row = {**source, "teacher_psnr": metrics.psnr(t, x), "teacher_ssim": metrics.ssim(t, x),
-               "teacher_msssim": metrics.ms_ssim(t, x)}
+               "teacher_msssim": metrics.ms_ssim(t, x),
+               "bicubic_psnr": metrics.psnr(metrics.bicubic(x, teacher.spec.spatial), x)}
         if lpips is not None:
             row["teacher_lpips"] = _lpips(lpips, t, x)
         out.append(EvalClip(x, z.cpu(), t, row))

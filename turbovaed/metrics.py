@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 
 def _frames(x: torch.Tensor) -> torch.Tensor:
@@ -40,3 +41,13 @@ def msssim_window(side: int) -> int | None:
     while (win - 1) * 16 >= side and win > 3:
         win -= 2
     return win if (win - 1) * 16 < side else None
+
+
+def bicubic(x: torch.Tensor, factor: int) -> torch.Tensor:
+    """The baseline every decoder must beat: each frame of x (B, 3, T, H, W) area-downsampled by the
+    teacher's spatial factor and scaled back up bicubically, per frame, clamped to [-1, 1]."""
+    b, c, t, h, w = x.shape
+    frames = x.transpose(1, 2).reshape(b * t, c, h, w)
+    small = F.interpolate(frames, scale_factor=1 / factor, mode="area")
+    up = F.interpolate(small, size=(h, w), mode="bicubic", align_corners=False).clamp(-1, 1)
+    return up.reshape(b, t, c, h, w).transpose(1, 2)

@@ -52,6 +52,11 @@ async function main() {
   if (bundle.format !== "turbovaed-app-bundle" || manifest.backend !== "onnx") {
     throw new Error(`this page runs ONNX app bundles; got ${bundle.format} / ${manifest.backend}`);
   }
+  if (bundle.stream || manifest.stream) {
+    throw new Error("this is a streaming step-graph bundle (inputs: latents chunk, first, states); this page decodes " +
+                    "whole-clip bundles only: export a recipe without shape.stream_chunk");
+  }
+  const inputLatents = manifest.input_latents || "raw";  // "normalized": the graph de-normalises
   const modelBytes = await (await fetch(bundleUrl + manifest.artifact)).arrayBuffer();
   const latents = new Float32Array(await (await fetch(bundleUrl + bundle.latents.file)).arrayBuffer());
   const providers = wanted === "auto" ? (navigator.gpu ? ["webgpu", "wasm"] : ["wasm"]) : [wanted];
@@ -77,6 +82,7 @@ async function main() {
   const ep = providers[0];
   document.getElementById("stats").innerHTML =
     `<tr><td>artifact</td><td>${manifest.name} (${manifest.precision})</td></tr>` +
+    `<tr><td>input</td><td>${inputLatents} latents</td></tr>` +
     `<tr><td>execution provider</td><td>${ep}</td></tr>` +
     `<tr><td>decode</td><td>${median.toFixed(1)} ms for ${nFrames} frames = ${(median / nFrames).toFixed(2)} ms/frame</td></tr>` +
     `<tr><td>model load</td><td>${loadMs.toFixed(0)} ms</td></tr>`;
@@ -86,9 +92,11 @@ async function main() {
     runtime: "onnxruntime-web", runtime_version: ort.env.versions.web || "", precision: manifest.precision,
     compute_unit: ep === "webgpu" ? "webgpu" : "wasm", input_shape: bundle.latents.shape, frames: nFrames,
     latency: { median_ms: median, p10_ms: quantile(sorted, 0.1), p90_ms: quantile(sorted, 0.9) },
-    fps: nFrames / (median / 1000), source: "measured-device-app", runs, warmup: 1, threads: 1,
-    load_ms: loadMs, peak_memory_mb: performance.memory ? performance.memory.usedJSHeapSize / 2 ** 20 : null,
-    ops: { delegated: null, total: null }, notes: `browser: ${navigator.userAgent}`,
+    fps: nFrames / (median / 1000), source: "measured-device-app", status: "ok",
+    precision_meaning: manifest.precision_meaning || "", runs, warmup: 1, threads: 1, first_load_ms: loadMs,
+    peak_memory_mb: null, memory_method: "not measured (no per-page memory API without cross-origin isolation)",
+    os_version: navigator.platform || null, ops: { delegated: null, total: null },
+    notes: `input: ${inputLatents} latents; browser: ${navigator.userAgent}`,
   };
   Object.assign(state, { output: frames.data, shape, times, record, done: true });
   status(`decoded ${nFrames} frames of ${shape[3]}x${shape[4]} in ${median.toFixed(1)} ms (${ep})`);

@@ -29,6 +29,11 @@ struct AppBundle {
         }
         let data = try Data(contentsOf: folder.appendingPathComponent(meta.manifest))
         manifest = try JSONSerialization.jsonObject(with: data) as? [String: Any] ?? [:]
+        guard manifest["stream"] == nil else {
+            throw NSError(domain: "turbovaed", code: 2, userInfo: [NSLocalizedDescriptionKey:
+                "this is a streaming step-graph bundle (inputs: latents chunk, first, states); this app decodes " +
+                "whole-clip bundles only: export a recipe without shape.stream_chunk"])
+        }
         latents = try AppBundle.floats(folder.appendingPathComponent(meta.latents.file))
         reference = try AppBundle.floats(folder.appendingPathComponent(meta.reference_frames.file))
     }
@@ -40,6 +45,8 @@ struct AppBundle {
     }
 
     var modelURL: URL { folder.appendingPathComponent(meta.artifact) }
+    /// "normalized" (a diffusion pipeline's output; the graph de-normalises) or "raw" VAE latents.
+    var inputLatents: String { manifest["input_latents"] as? String ?? "raw" }
     var outputShape: [Int] {
         ((manifest["outputs"] as? [[String: Any]])?.first?["shape"] as? [Int]) ?? meta.reference_frames.shape
     }

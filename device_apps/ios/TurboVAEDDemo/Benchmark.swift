@@ -20,11 +20,16 @@ struct ProfileRecord: Encodable {
     let latency: Latency
     let fps: Double
     let source: String
+    let status: String
+    let precisionMeaning: String
     let runs: Int
     let warmup: Int
     let threads: Int?
-    let loadMs: Double
+    let firstLoadMs: Double
     let peakMemoryMb: Double
+    let memoryMethod: String
+    let hwModel: String
+    let osVersion: String
     let ops: Ops
     let notes: String
 }
@@ -39,6 +44,13 @@ enum Benchmark {
     static func psnr(_ a: [Float], _ b: [Float]) -> Double {
         let se = zip(a, b).reduce(0.0) { $0 + Double(($1.0 - $1.1) / 2) * Double(($1.0 - $1.1) / 2) }
         return 10 * log10(Double(a.count) / se)
+    }
+
+    /// The machine identifier, e.g. "iPhone16,1" (uname), not the marketing name.
+    static func hardwareModel() -> String {
+        var info = utsname()
+        uname(&info)
+        return withUnsafeBytes(of: &info.machine) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
     }
 
     static func peakMemoryMb() -> Double {
@@ -71,9 +83,13 @@ enum Benchmark {
             runtimeVersion: UIDevice.current.systemVersion, precision: bundle.meta.precision,
             computeUnit: decoder.unitName, inputShape: bundle.meta.latents.shape, frames: n,
             latency: .init(medianMs: median, p10Ms: quantile(sorted, 0.1), p90Ms: quantile(sorted, 0.9)),
-            fps: Double(n) / (median / 1000), source: "measured-device-app", runs: runs, warmup: warmup, threads: nil,
-            loadMs: decoder.loadMs, peakMemoryMb: peakMemoryMb(), ops: .init(delegated: nil, total: nil),
-            notes: "\(UIDevice.current.model), iOS \(UIDevice.current.systemVersion); PSNR vs fp32 reference \(String(format: "%.1f", quality)) dB")
+            fps: Double(n) / (median / 1000), source: "measured-device-app", status: "ok",
+            precisionMeaning: bundle.manifest["precision_meaning"] as? String ?? "", runs: runs, warmup: warmup,
+            threads: nil, firstLoadMs: decoder.loadMs, peakMemoryMb: peakMemoryMb(),
+            memoryMethod: "task_vm_info ledger_phys_footprint_peak (peak physical footprint of the app process)",
+            hwModel: hardwareModel(), osVersion: "iOS \(UIDevice.current.systemVersion)",
+            ops: .init(delegated: nil, total: nil),
+            notes: "input: \(bundle.inputLatents) latents; PSNR vs fp32 reference \(String(format: "%.1f", quality)) dB")
         return (record, frames, quality)
     }
 

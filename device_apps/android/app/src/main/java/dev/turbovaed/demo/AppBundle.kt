@@ -27,6 +27,10 @@ class AppBundle(context: Context, dir: String = "bundle") {
         meta = JSONObject(text("bundle.json"))
         require(meta.getString("format") == "turbovaed-app-bundle") { "assets/$dir is not a turbovaed app bundle" }
         manifest = JSONObject(text(meta.getString("manifest")))
+        require(!meta.has("stream")) {
+            "assets/$dir is a streaming step-graph bundle (inputs: latents chunk, first, states); this app decodes " +
+                "whole-clip bundles only: export a recipe without shape.stream_chunk"
+        }
         val latentsMeta = meta.getJSONObject("latents")
         latents = floats(latentsMeta.getString("file"))
         latentShape = LongArray(latentsMeta.getJSONArray("shape").length()) { latentsMeta.getJSONArray("shape").getLong(it) }
@@ -40,4 +44,6 @@ class AppBundle(context: Context, dir: String = "bundle") {
 
     val backend: String get() = meta.getString("backend")
     val precision: String get() = meta.getString("precision")
+    /** "normalized" (a diffusion pipeline's output; the graph de-normalises) or "raw" VAE latents. */
+    val inputLatents: String get() = manifest.optString("input_latents", "raw")
 }

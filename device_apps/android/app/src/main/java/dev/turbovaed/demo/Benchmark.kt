@@ -1,7 +1,7 @@
 package dev.turbovaed.demo
 
 import android.os.Build
-import android.os.Debug
+import java.io.File
 import kotlin.math.log10
 import org.json.JSONArray
 import org.json.JSONObject
@@ -18,7 +18,13 @@ class Benchmark(private val bundle: AppBundle, private val decoder: FrameDecoder
         return 10 * log10(lastFrames.size / se)
     }
 
-    fun run(runs: Int, warmup: Int, loadMs: Double, threads: Int): JSONObject {
+    companion object {
+        /** Peak resident set (VmHWM) of this process so far, MB: what memory_method states. */
+        fun peakRssMbNow(): Double = File("/proc/self/status").readLines().first { it.startsWith("VmHWM:") }
+            .split(Regex("\\s+"))[1].toDouble() / 1024.0
+    }
+
+    fun run(runs: Int, warmup: Int, loadMs: Double, threads: Int, peakBeforeLoadMb: Double): JSONObject {
         repeat(warmup) { lastFrames = decoder.decode(bundle.latents, bundle.latentShape) }
         val times = DoubleArray(runs) {
             val t0 = System.nanoTime()
@@ -47,9 +53,15 @@ class Benchmark(private val bundle: AppBundle, private val decoder: FrameDecoder
             .put("runs", runs)
             .put("warmup", warmup)
             .put("threads", threads)
-            .put("load_ms", loadMs)
-            .put("peak_memory_mb", Debug.getNativeHeapAllocatedSize() / 1048576.0)
+            .put("status", "ok")
+            .put("precision_meaning", bundle.manifest.optString("precision_meaning", ""))
+            .put("first_load_ms", loadMs)
+            .put("peak_memory_mb", peakRssMbNow() - peakBeforeLoadMb)
+            .put("memory_method", "VmHWM (peak RSS, /proc/self/status) after load + runs minus VmHWM before the load")
+            .put("hw_model", "${Build.MANUFACTURER} ${Build.MODEL}")
+            .put("soc", if (Build.VERSION.SDK_INT >= 31) Build.SOC_MODEL else Build.HARDWARE)
+            .put("os_version", "Android ${Build.VERSION.RELEASE} (API ${Build.VERSION.SDK_INT})")
             .put("ops", JSONObject().put("delegated", JSONObject.NULL).put("total", JSONObject.NULL))
-            .put("notes", "${Build.MANUFACTURER} ${Build.MODEL}, Android ${Build.VERSION.RELEASE}; PSNR vs fp32 reference %.1f dB".format(psnr()))
+            .put("notes", "input: ${bundle.inputLatents} latents; PSNR vs fp32 reference %.1f dB".format(psnr()))
     }
 }

@@ -34,6 +34,7 @@ class MainActivity : AppCompatActivity() {
     private fun benchmark(device: String, runs: Int = 20, warmup: Int = 3) {
         val bundle = AppBundle(this)
         val threads = 4
+        val peakBefore = Benchmark.peakRssMbNow()
         val t0 = System.nanoTime()
         val decoder: FrameDecoder = when (bundle.backend) {
             "executorch" -> ExecuTorchDecoder(bundle.modelFile)
@@ -43,7 +44,7 @@ class MainActivity : AppCompatActivity() {
         val loadMs = (System.nanoTime() - t0) / 1e6
         decoder.use {
             val b = Benchmark(bundle, it, device)
-            val record = b.run(runs, warmup, loadMs, threads)
+            val record = b.run(runs, warmup, loadMs, threads, peakBefore)
             val out = File(getExternalFilesDir(null), "${bundle.manifest.getString("name")}-$device.json")
             out.writeText(record.toString(1))
             val shape = bundle.manifest.getJSONArray("outputs").getJSONObject(0).getJSONArray("shape")

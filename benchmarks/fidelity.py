@@ -5,6 +5,8 @@ Prints teacher PSNR, student PSNR, their ratio (target >= 0.97), SSIM, MS-SSIM, 
 (target <= 0.20) and training throughput, all measured in this run.
 
     python benchmarks/fidelity.py [--minutes 45] [--channels 160 64] [--blocks 2 2]
+
+Writes benchmarks/results/fidelity.json (the README's fidelity table is generated from it).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import time
 from pathlib import Path
 
 import torch
+from results_io import write_results
 
 from turbovaed import data, reference
 from turbovaed.distill.recipe import DistillRecipe
@@ -63,6 +66,12 @@ def main() -> None:
     rate = sum(r["clips_per_s"] for r in log) / len(log)
     print(f"training: {report['steps']} steps, {rate:.2f} clips/s (batch 4 of 9x64x64 crops), "
           f"{'stopped by the time budget' if report.get('stopped_by_time_budget') else 'schedule completed'}")
+    print(f"per-frame bicubic 8x on the same windows: {m['bicubic_psnr']:.2f} dB")
+    write_results("fidelity", {"minutes_budget": args.minutes, "threads": args.threads, "clips_per_s": rate,
+                               "steps": report["steps"], "student_params": report["student_params"],
+                               "teacher_decoder_params": report["teacher_decoder_params"], "mean": m,
+                               "held_out": list(reference.HELD_OUT), "windows": len(report["clips"]),
+                               "stopped_by_time_budget": bool(report.get("stopped_by_time_budget"))})
 
 
 if __name__ == "__main__":

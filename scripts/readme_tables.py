@@ -117,6 +117,23 @@ def quickstart() -> str:
         "Source: `benchmarks/results/quickstart.json`."])
 
 
+def fidelity() -> str:
+    r = load("fidelity.json")
+    m = r["mean"]
+    return "\n".join([
+        f"A {r['student_params']:,}-parameter student ({r['student_params'] / r['teacher_decoder_params']:.3f}× the "
+        f"teacher decoder) distilled from the reference teacher for {r['minutes_budget']:g} min on {r['threads']} "
+        f"threads ({r['steps']} steps, {r['clips_per_s']:.1f} clips/s); EMA weights scored on {r['windows']} held-out "
+        f"windows of {', '.join(r['held_out'])}:", "",
+        "| | PSNR dB | SSIM | MS-SSIM |", "|---|---|---|---|",
+        f"| reference teacher | {m['teacher_psnr']:.2f} | {m['teacher_ssim']:.4f} | {m['teacher_msssim']:.4f} |",
+        f"| student (EMA) | {m['student_psnr']:.2f} | {m['student_ssim']:.4f} | {m['student_msssim']:.4f} |",
+        f"| per-frame bicubic (same compression) | {m['bicubic_psnr']:.2f} | — | — |", "",
+        f"Student/teacher PSNR ratio **{m['psnr_ratio']:.3f}** (target ≥ 0.97); student vs teacher "
+        f"{m['student_vs_teacher_psnr']:.1f} dB. Both lose to bicubic: the reference teacher is weak (see Limits), "
+        "so matching it is easier than matching a real LTX/Wan decoder. Source: `benchmarks/results/fidelity.json`."])
+
+
 def export_quality() -> str:
     r = load("export_quality.json")
     rows = ["| artifact | precision (weights/activations) | bytes | × backend base | PSNR dB vs fp32 |",
@@ -191,7 +208,7 @@ def profiling() -> str:
 
 
 BLOCKS: dict[str, Callable[[], str]] = {"pareto": pareto, "teacher-runs": teacher_runs, "ladder": ladder,
-                                        "decode-speed": decode_speed, "quickstart": quickstart,
+                                        "decode-speed": decode_speed, "quickstart": quickstart, "fidelity": fidelity,
                                         "export-quality": export_quality, "streaming": streaming,
                                         "profiling": profiling}
 PATTERN = re.compile(r"(<!-- results:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(\n<!-- /results:(?P=name) -->)", re.S)

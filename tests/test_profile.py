@@ -2,6 +2,7 @@
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -55,7 +56,7 @@ def test_host_profile_measures_every_runtime_interleaved_and_records_validate(ar
     assert eager.ops.delegated is None and eager.ops.total is None  # no op counts borrowed from an artifact
     for r in records:  # each loaded in its own process: its own load, first call and peak memory
         assert r.status == "ok" and r.first_load_ms > 0 and r.warm_load_ms > 0 and r.first_inference_ms > 0
-        assert r.peak_memory_mb is not None and "own process" in r.notes and "ru_maxrss" in r.memory_method
+        assert r.peak_memory_mb is not None and "own process" in r.notes and "VmHWM" in r.memory_method
         assert r.precision_meaning.startswith("W") and r.os_version and r.soc
     assert by_artifact["t-executorch-int8"].precision_meaning.startswith("W8A8")
     assert by_artifact["t-onnx-stream"].input_shape[2] == 1 and "streaming" in by_artifact["t-onnx-stream"].notes
@@ -162,11 +163,9 @@ def test_cli_import_report_and_bad_inputs(artifacts, tmp_path):
 
 def test_records_belong_to_a_student_by_weights_not_folder_name():
     """A new student in a folder of the same name must not inherit the old student's records."""
-    from pathlib import Path as _Path
-
     from turbovaed.profile import report, schema
 
-    old = schema.load_all(_Path(__file__).resolve().parents[1] / "profiles" / "results")
+    old = schema.load_all(Path(__file__).resolve().parents[1] / "profiles" / "results")
     assert old and all(r.model_sha256 for r in old) and {r.model for r in old} == {"student"}
     base = {"checkpoint": "/elsewhere/student", "params": 110_000, "config": {"latent_channels": 16}}
     frame_rule = {"spatial_ratio": 8, "temporal_ratio": 4}
@@ -176,3 +175,92 @@ def test_records_belong_to_a_student_by_weights_not_folder_name():
     other = report.headline([{"student": {**base, "sha256": "0" * 64}, "frame_rule": frame_rule}], old, ["host"])
     assert host_cell(same) != "-"  # the same weights find their host record
     assert host_cell(other) == "-"  # same folder name, other weights: nothing merged in
+
+
+@pytest.fixture
+def fake_adb(tmp_path, monkeypatch):
+    """`adb` on PATH is a stand-in replaying the tools' documented output (no phone is attached here)."""
+    import os
+    import shutil
+    import sys
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    adb = bin_dir / "adb"
+    adb.write_text(f"#!/bin/sh\nexec {sys.executable} {Path(__file__).parent / 'fixtures' / 'fake_adb.py'} \"$@\"\n")
+    adb.chmod(0o755)
+    log = tmp_path / "adb.log"
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_ADB_LOG", str(log))
+    assert shutil.which("adb") == str(adb)
+    return log
+
+
+def litert_stand_in(artifacts, tmp_path):
+    """The ExecuTorch test artifact relabelled as a LiteRT one: the phone runner's plumbing is under test
+    here, not the converter (which test_export covers)."""
+    import shutil
+
+    folder = tmp_path / "t-litert-fp32"
+    shutil.copytree(artifacts / "t-executorch-fp32", folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    (folder / manifest["artifact"]).rename(folder / "decoder.tflite")
+    manifest.update(name="t-litert-fp32", backend="litert", artifact="decoder.tflite")
+    manifest["recipe"].update(backend="litert", name="t-litert-fp32")
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return folder
+
+
+def test_profile_device_runs_the_runtime_benchmark_tools_over_adb(artifacts, tmp_path, fake_adb):
+    from test_cli import run
+
+    from turbovaed.profile.device import profile_device
+
+    lite = litert_stand_in(artifacts, tmp_path)
+    record = profile_device(lite, "galaxy-s24", runs=20, warmup=5, threads=4)
+    assert record.source == "measured-device-app" and record.hw_model == "samsung SM-S921B"
+    assert record.soc == "SM8650" and record.os_version == "Android 15 (API 35)"
+    assert record.latency.median_ms == pytest.approx(3.004) and record.latency.p10_ms == pytest.approx(2.951)
+    assert record.first_load_ms == pytest.approx(21.4) and record.first_inference_ms == pytest.approx(5.123)
+    assert record.peak_memory_mb == pytest.approx(24.9) and record.runs == 20 and record.compute_unit == "cpu/xnnpack"
+    calls = fake_adb.read_text()
+    assert "--num_runs=20" in calls and "--warmup_runs=5" in calls and "--num_threads=4" in calls
+    assert "push" in calls and "--use_xnnpack=true" in calls
+    gpu = profile_device(lite, "galaxy-s24", unit="gpu", runs=20, warmup=5, threads=4)
+    assert gpu.compute_unit == "gpu" and "--use_gpu=true" in fake_adb.read_text()
+
+    et = profile_device(artifacts / "t-executorch-fp32", "pixel-8", runs=10, warmup=3, threads=2)
+    assert et.runs == 10 and et.first_load_ms == pytest.approx(18.25) and et.first_inference_ms == pytest.approx(9.5)
+    assert 4.0 <= et.latency.p10_ms <= et.latency.median_ms <= et.latency.p90_ms <= 4.4  # warm-up iterations dropped
+    assert "--num_executions=13" in fake_adb.read_text() and "--cpu_threads=2" in fake_adb.read_text()
+    schema.validate(json.loads(json.dumps(et.to_dict())), set(load_catalog()))
+
+    results = tmp_path / "results"
+    r = run("profile", "device", str(lite), "--device", "galaxy-s24", "--runs", "20", "--results", str(results))
+    assert r.returncode == 0, r.stderr
+    (saved,) = schema.load_all(results, set(load_catalog()))
+    assert saved.device == "galaxy-s24" and saved.soc == "SM8650"
+
+
+@pytest.mark.parametrize("mode,message", [
+    ("none", "no Android device attached"), ("unauthorized", "unauthorized"),
+    ("no-runner", "benchmark_model is not on the phone"), ("garbage", "could not parse benchmark_model output"),
+])
+def test_profile_device_bad_situations_fail_clearly_and_record_nothing(artifacts, tmp_path, fake_adb, monkeypatch,
+                                                                        mode, message):
+    from test_cli import run
+
+    monkeypatch.setenv("FAKE_ADB_MODE", mode)
+    results = tmp_path / "results"
+    r = run("profile", "device", str(litert_stand_in(artifacts, tmp_path)), "--device", "galaxy-s24",
+            "--results", str(results))
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not results.exists() or not list(results.glob("*.json"))
+
+
+def test_profile_device_without_adb_fails_clearly(artifacts, tmp_path, monkeypatch):
+    from test_cli import run
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # no adb anywhere
+    r = run("profile", "device", str(artifacts / "t-executorch-fp32"), "--device", "pixel-8")
+    assert r.returncode == 2 and "adb is not on PATH" in r.stderr, r.stderr

@@ -25,7 +25,7 @@ from turbovaed.student import StudentConfig, StudentDecoder, check_latents, coun
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Distill video VAE decoders into tiny students and ship them to phones.")
 console = Console(stderr=True)
-out = Console(width=max(130, __import__("shutil").get_terminal_size().columns))
+out = Console(width=max(160, __import__("shutil").get_terminal_size().columns))
 
 
 def resolve_student(target: str) -> tuple[StudentConfig, StudentDecoder | None, str]:
@@ -469,14 +469,22 @@ def host_table(records: list, title: str) -> Table:
 
 
 @app.command("profile")
-def profile_cmd(target: Annotated[str, typer.Argument(help="artifacts folder (from `turbovaed export`), or 'import'")],
-                file: Annotated[Optional[Path], typer.Argument(help="with 'import': a record JSON from a device app")] = None,
+def profile_cmd(target: Annotated[str, typer.Argument(help="artifacts folder (from `turbovaed export`), 'import' or "
+                                                            "'device'")],
+                file: Annotated[Optional[Path], typer.Argument(help="with 'import': a record JSON from a device app; "
+                                                                    "with 'device': one artifact folder")] = None,
                 runs: Annotated[int, typer.Option(help="timed runs per artifact (after warm-up)")] = 10,
                 warmup: Annotated[int, typer.Option(help="untimed warm-up runs")] = 2,
                 threads: Annotated[int, typer.Option(help="CPU threads for every runtime")] = 2,
-                results: Annotated[Optional[Path], typer.Option(help="records folder (default profiles/results)")] = None
+                results: Annotated[Optional[Path], typer.Option(help="records folder (default profiles/results)")] = None,
+                device: Annotated[Optional[str], typer.Option(help="with 'device': the phone's id in profiles/devices")] = None,
+                serial: Annotated[Optional[str], typer.Option(help="with 'device': adb serial (several attached)")] = None,
+                unit: Annotated[str, typer.Option(help="with 'device': cpu (XNNPACK) or gpu (LiteRT GPU delegate)")] = "cpu",
+                runner_dir: Annotated[str, typer.Option(help="with 'device': folder on the phone holding benchmark_model / "
+                                                             "executor_runner")] = "/data/local/tmp",
                 ) -> None:
-    """Time artifacts on this host (interleaved) + roofline estimates per device; or import device-app records."""
+    """Time artifacts on this host (isolated, interleaved) + roofline estimates per device; measure one artifact on
+    an Android phone over adb ('device'); or import device-app records ('import')."""
     from turbovaed.profile import schema
     from turbovaed.profile.devices import load_catalog
 
@@ -490,6 +498,19 @@ def profile_cmd(target: Annotated[str, typer.Argument(help="artifacts folder (fr
                 raise InputError(f"{file}: imported records must have source 'measured-device-app', got {r.source!r}")
         path = schema.save(records, f"import-{file.stem}-{records[0].record_id}", results)
         out.print(f"imported {len(records)} record(s) into {path}")
+        return
+    if target == "device":
+        from turbovaed.profile.device import profile_device
+        from turbovaed.profile.devices import get_device
+
+        if file is None or device is None:
+            raise InputError("usage: turbovaed profile device ARTIFACT_DIR --device ID (an id from profiles/devices)")
+        get_device(device)
+        record = profile_device(file, device, serial, unit, runs, warmup, threads, runner_dir)
+        path = schema.save([record], f"device-{device}-{record.artifact}-{record.record_id}", results)
+        out.print(f"{record.artifact} on {record.hw_model} ({record.soc}, {record.os_version}), {record.compute_unit}: "
+                  f"median {record.latency.median_ms:.2f} ms, first load {record.first_load_ms:.0f} ms, first call "
+                  f"{record.first_inference_ms:.1f} ms -> {path}")
         return
     if file is not None:
         raise InputError(f"unexpected argument {file} (did you mean `turbovaed profile import {file}`?)")

@@ -32,8 +32,9 @@ from turbovaed.student import StreamingStep, StudentConfig, StudentDecoder
 
 RUNTIME = {"executorch": "executorch", "onnx": "onnxruntime", "litert": "litert", "coreml": "coreml"}
 UNIT = {"executorch": "cpu/xnnpack", "onnx": "cpu", "litert": "cpu/xnnpack", "coreml": "ane"}
-MEMORY_METHOD = ("peak RSS (getrusage ru_maxrss) of a process that loads only this artifact, from the load "
-                 "through the first call and warm-up, minus its peak before the load (runtime imported)")
+MEMORY_METHOD = ("peak RSS (VmHWM, reset at the load; ru_maxrss where it cannot be reset) of a process that loads "
+                 "only this artifact, from the load through the first call and warm-up, minus its RSS before the load "
+                 "(runtime imported)")
 WORKER_START_S = 600  # a worker that has not loaded its artifact by then is recorded as failed
 # Imported by a worker before it starts the load clock: importing a runtime is not loading an artifact.
 RUNTIME_MODULES = {"executorch": "executorch.runtime", "onnx": "onnxruntime", "litert": "ai_edge_litert.interpreter"}
@@ -62,10 +63,33 @@ def find_manifests(path: Path) -> list[dict]:
     return out
 
 
+def _status_mb(key: str) -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
 def peak_rss_mb() -> float:
-    """This process's peak resident set so far (Linux reports KiB, macOS bytes)."""
+    """This process's peak resident set so far (Linux: VmHWM, resettable; elsewhere ru_maxrss)."""
+    hwm = _status_mb("VmHWM")
+    if hwm is not None:
+        return hwm
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (2 ** 20 if sys.platform == "darwin" else 1024)
+
+
+def start_memory_window() -> float:
+    """Reset the peak to the current RSS where Linux allows it (/proc/self/clear_refs), so that the import
+    transients of torch and the runtime do not hide a small model's load; returns the baseline MB."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return _status_mb("VmRSS") or peak_rss_mb()
+    except OSError:
+        return peak_rss_mb()
 
 
 def example_inputs(manifest: dict, seed: int = 0) -> tuple[torch.Tensor, ...]:
@@ -97,7 +121,8 @@ def _worker(conn, manifest: dict, threads: int, warmup: int) -> None:
             importlib.import_module(RUNTIME_MODULES[manifest["backend"]])
         inputs = example_inputs(manifest)
         with torch.no_grad():
-            before, t0 = peak_rss_mb(), time.perf_counter()
+            gc.collect()
+            before, t0 = start_memory_window(), time.perf_counter()
             run = _load(manifest)
             first_load = (time.perf_counter() - t0) * 1000
             t0 = time.perf_counter()
@@ -247,8 +272,7 @@ def _record(m: dict, device: str, runs: int, warmup: int, threads: int, ident: d
         fps=frames / latency.median_ms * 1000 if latency else None, source="measured-host", status=status,
         error=error, runs=runs, warmup=warmup, threads=threads, memory_method=MEMORY_METHOD if latency else "",
         **ident, **measured,
-        ops=Ops(delegated=ops.get("delegated"), total=(ops.get("delegated", 0) + ops.get("not_delegated", 0))
-                if "delegated" in ops else ops.get("total")),
+        ops=Ops.from_manifest(ops),
         notes=("streaming step graph; " if "stream" in m else "") + "own process; timing interleaved with "
         + (", ".join(others) or "nothing"))
 

@@ -35,6 +35,13 @@ class Ops:
     delegated: Optional[int] = None  # ops running in the accelerator delegate / compute unit
     total: Optional[int] = None
 
+    @classmethod
+    def from_manifest(cls, ops: dict) -> Ops:
+        """From an export manifest's op counts (delegated + not_delegated, or total)."""
+        if "delegated" in ops:
+            return cls(ops["delegated"], ops["delegated"] + ops.get("not_delegated", 0))
+        return cls(None, ops.get("total"))
+
 
 @dataclass
 class Record:

@@ -32,7 +32,8 @@ def test_artifact_is_built_run_and_verified(tmp_path, student_dir, backend, prec
     assert json.loads((folder / "manifest.json").read_text())["sha256"] == manifest["sha256"]
     assert (folder / manifest["artifact"]).exists() and manifest["bytes"] > 1000
     n = manifest["numerics"]
-    assert n["status"] == "pass", n  # ran (or, for Core ML, weight-checked) and met MIN_PSNR
+    # ran and met MIN_PSNR; Core ML (not runnable here) is weight-checked and says so in its status
+    assert n["status"] == ("pass-weights" if backend == "coreml" else "pass"), n
     assert n["psnr_db"] >= MIN_PSNR[precision]
     assert manifest["inputs"][0]["shape"] == [1, 4, 2, 4, 4] and manifest["outputs"][0]["shape"][2] == 5
     assert manifest["latent_normalisation"]["scale"] == 1.0 and manifest["tool_versions"]["torch"].startswith("2.13")
@@ -108,7 +109,7 @@ def test_streaming_step_artifact_matches_whole_clip_decode(tmp_path, student_dir
     recipe = recipe_for(backend, precision, shape={"latent_frames": 3, "height": 32, "width": 32, "stream_chunk": 1})
     manifest = export(recipe, student_dir, tmp_path)
     n = manifest["numerics"]
-    assert n["status"] == "pass" and n["psnr_db"] >= MIN_PSNR[precision], n
+    assert n["status"] == ("pass-weights" if backend == "coreml" else "pass") and n["psnr_db"] >= MIN_PSNR[precision], n
     names = [i["name"] for i in manifest["inputs"]]
     assert names[:2] == ["latents", "first"] and len(names) == 2 + manifest["stream"]["states"] > 4
     assert manifest["inputs"][0]["shape"] == [1, 4, 1, 4, 4] and manifest["outputs"][0]["shape"][2] == 4
@@ -222,7 +223,7 @@ def test_keep_float_by_module_name_in_onnx_and_coreml(tmp_path, student_dir):
     assert kept and all(n.input[1] in initializers for n in kept)  # float weights straight from the file
     assert all(produced_by[n.input[1]].op_type == "DequantizeLinear" for n in others)
     coreml = export(recipe_for("coreml", "int8", keep_float=["conv_out"]), student_dir, tmp_path)
-    assert coreml["numerics"]["status"] == "pass" and coreml["ops"]["kept_float_weights"] > 0
+    assert coreml["numerics"]["status"] == "pass-weights" and coreml["ops"]["kept_float_weights"] > 0
 
 
 @pytest.mark.parametrize("backend,precision", [("onnx", "int8"), ("executorch", "int8"), ("litert", "int8"),

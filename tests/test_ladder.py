@@ -111,7 +111,7 @@ def test_upper_rungs_export_through_every_backend(tmp_path, size, backend, preci
                                   "shape": {"latent_frames": 2, "height": 16, "width": 16},
                                   "calibration": {"synthetic": True, "clips": 1, "verify_clips": 1}})
     manifest = export(recipe, folder, tmp_path / "out")
-    assert manifest["numerics"]["status"] == "pass", manifest["numerics"]
+    assert manifest["numerics"]["status"] == ("pass-weights" if backend == "coreml" else "pass"), manifest["numerics"]
     ops = manifest["ops"]
     if backend == "executorch":
         assert ops["conv_not_delegated"] == 0 and ops["not_delegated_ops"] == []

@@ -156,6 +156,7 @@ def test_cli_import_report_and_bad_inputs(artifacts, tmp_path):
         assert (tmp_path / "report" / name).stat().st_size > 500, name
     md = (tmp_path / "report" / "report.md").read_text()
     assert "(est.)" in md and "| host | measured-host |" in md
+    assert re.search(r"\(est\.\) \S+ \S+ on (cpu|gpu|ane|npu)", report["table"])  # each cell names its compute unit
     assert "the student trained on synthetic clips only" in md  # the frames say which clip, and why
     assert "| pixel-8 | measured-device-app |" not in md  # the imported record is another model's
     assert "<table>" in (tmp_path / "report" / "report.html").read_text() and report["table"].startswith("| student")

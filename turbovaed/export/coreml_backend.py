@@ -77,6 +77,7 @@ def convert(model: torch.nn.Module, example: tuple, recipe, calib: list[tuple], 
                 "kept_float_weights": len(kept)},
         "minimum_deployment_target": str(_target(p)),
         "verified_by": "coremltools-decompressed weights in the PyTorch mobile graph, fp16 activations (CPU)",
+        "weights_only_check": True,  # the .mlpackage itself is not run here: status says so
         "not_checked_here": ["Core ML prediction (macOS/iOS only): the .mlpackage was converted and inspected, "
                              "not run", "Neural Engine placement (needs an Apple device)"],
     }

@@ -62,7 +62,7 @@ def headline(manifests: list[dict], records: list[Record], devices: list[str]) -
         for d in devices:
             r = best.get(d)
             cells.append("-" if r is None else f"{r.fps:.1f}{'' if r.source != 'estimate' else ' (est.)'} "
-                                               f"{r.runtime} {r.precision}")
+                                               f"{r.runtime} {r.precision} on {r.compute_unit}")
         s, t = m["frame_rule"]["spatial_ratio"], m["frame_rule"]["temporal_ratio"]
         rows.append([Path(ckpt).name, f"{m['student']['params'] / 1e6:.2f}M", f"{s}x{s}x{t}, {cfg['latent_channels']} ch",
                      f"{q['psnr']:.2f}" if "psnr" in q else "-", f"{q['ssim']:.3f}" if "ssim" in q else "-", *cells])
@@ -203,6 +203,8 @@ def write_report(exports: Path, out_dir: Path, results: Path | None = None, vide
     records = load_all(results or RESULTS_DIR, set(catalog))
     students = {m["student"]["sha256"] for m in manifests}
     records = [r for r in records if r.model_sha256 in students]  # a same-named older student never merges in
+    failed = [r for r in records if r.status != "ok"]
+    records = [r for r in records if r.status == "ok"]
     if not records:
         raise InputError(f"no profile records for these artifacts: run `turbovaed profile {exports}` first")
     devices = ["host"] + [d for d in sorted(catalog) if d != "host"]
@@ -226,6 +228,9 @@ def write_report(exports: Path, out_dir: Path, results: Path | None = None, vide
             "No host measurement matches a host estimate yet: run `turbovaed profile` on these artifacts.",
             "## Quality vs size", "![quality vs size](quality_vs_size.png)",
         ]
+        if failed:
+            sections += ["## Failed runs", _md_table(["device", "artifact", "runtime", "error"],
+                                                     [[r.device, r.artifact, r.runtime, r.error] for r in failed])]
         if frames:
             sections += ["## Side-by-side frames", "Rows: ground truth, teacher, student fp32 and the student through its "
                          f"int8 / int4 artifacts. Clip: {frames[1]}.", "![frames](frames.png)"]

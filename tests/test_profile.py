@@ -151,6 +151,9 @@ def test_cli_import_report_and_bad_inputs(artifacts, tmp_path):
     r = run("profile", str(artifacts), "--runs", "3", "--results", str(results))
     assert r.returncode == 0, r.stderr
     assert "t-executorch-int8" in r.stdout and "vs eager" in r.stdout
+    host_estimates = [x for x in schema.load_all(results) if x.source == "estimate" and x.device == "host"]
+    assert host_estimates and all("by `turbovaed profile` on this machine" in x.estimate["unit_source"]
+                                  for x in host_estimates)  # measured where the profile runs, not copied
     report = write_report(artifacts, tmp_path / "report", results)
     for name in ("report.md", "report.html", "latency.png", "quality_vs_size.png", "frames.png"):
         assert (tmp_path / "report" / name).stat().st_size > 500, name
@@ -265,3 +268,34 @@ def test_profile_device_without_adb_fails_clearly(artifacts, tmp_path, monkeypat
     monkeypatch.setenv("PATH", str(tmp_path))  # no adb anywhere
     r = run("profile", "device", str(artifacts / "t-executorch-fp32"), "--device", "pixel-8")
     assert r.returncode == 2 and "adb is not on PATH" in r.stderr, r.stderr
+
+
+def test_estimates_move_activations_at_the_compute_dtype():
+    """W4A16 / W8A16 weight-only artifacts and GPU/ANE units move 2-byte activations; only W8A8 CPU artifacts
+    move 1-byte ones (the old estimate gave every int4/int8 artifact 1-byte activations)."""
+    from turbovaed.profile.estimate import device_estimates, layer_costs
+    from turbovaed.student import family_preset
+
+    costs = layer_costs(family_preset(16, 8, 4, mini=True), (3, 16, 16))
+    catalog = load_catalog()
+    for precision in ("int4", "int8", "palettize4"):
+        for unit, est in device_estimates(catalog["iphone-16-pro"], costs, "coreml", precision).items():
+            assert est["activation_bits"] == 16 and est["compute"] == "fp16", (precision, unit)
+    s24 = device_estimates(catalog["galaxy-s24"], costs, "litert", "int8")
+    assert s24["cpu"]["activation_bits"] == 8 and s24["gpu"]["activation_bits"] == 16
+    assert device_estimates(catalog["galaxy-s24"], costs, "litert", "int4")["cpu"]["activation_bits"] == 32
+
+
+def test_catalog_is_consistent_with_its_own_derivations():
+    """Newer SoCs are not listed slower than older ones, CPU peaks equal the derivation in their source,
+    and the NPU rows are used (W8A8 LiteRT/ONNX artifacts on phones with an NPU)."""
+    from turbovaed.profile.estimate import device_estimates, layer_costs
+    from turbovaed.student import family_preset
+
+    c = load_catalog()
+    assert c["galaxy-s25"].units["gpu"].peak_gflops("fp32") > c["galaxy-s24"].units["gpu"].peak_gflops("fp32")
+    assert c["galaxy-s25"].units["cpu"].peak_gflops("fp32") == pytest.approx((2 * 4.32 + 6 * 3.53) * 32, rel=0.01)
+    assert c["mac-m2"].units["cpu"].peak_gflops("fp32") == pytest.approx(4 * 3.49 * 32 + 4 * 2.42 * 16, rel=0.01)
+    costs = layer_costs(family_preset(16, 8, 4, mini=True), (3, 16, 16))
+    assert "npu" in device_estimates(c["galaxy-s24"], costs, "litert", "int8")
+    assert "npu" not in device_estimates(c["galaxy-s24"], costs, "litert", "int4")  # weight-only: not an NPU graph

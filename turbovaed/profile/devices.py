@@ -85,3 +85,19 @@ def measure_host(threads: int, seconds: float = 2.0) -> tuple[float, float]:
     gflops = rate(lambda: torch.mm(a, b), 2 * 2048**3 / 1e9)
     gbs = rate(lambda: dst.copy_(src), 2 * src.numel() * 4 / 1e9)  # read + write
     return gflops, gbs
+
+
+def measured_host(threads: int, catalog: dict[str, Device]) -> Device:
+    """The catalog's `host` entry with its CPU peak and bandwidth measured now, on the machine that runs the
+    profile (the committed host.toml describes one VM, not the user's machine)."""
+    import platform
+    from dataclasses import replace
+
+    gflops, gbs = measure_host(threads)
+    when = time.strftime("%Y-%m-%d %H:%M", time.gmtime())
+    unit = Unit(bandwidth_gbs=gbs, peak_gflops_fp32=gflops,
+                source=f"measured {when} UTC by `turbovaed profile` on this machine ({platform.node()}, {threads} threads): "
+                       f"2048^2 fp32 matmul {gflops:.0f} GFLOPS, 64 MiB copy {gbs:.1f} GB/s (read+write)")
+    base = catalog["host"]
+    return replace(base, name=f"this machine ({platform.node()})", soc=platform.processor() or platform.machine(),
+                   units={"cpu": unit}, notes="measured when profiling; see the unit source")

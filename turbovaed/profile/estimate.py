@@ -8,18 +8,34 @@ gives the error bar to quote."""
 
 from __future__ import annotations
 
+import re
+
 from torch import nn
 
 from turbovaed.profile.devices import Device, Unit
 from turbovaed.student import StudentConfig, StudentDecoder
 
-# Bytes per activation / per weight element, and the arithmetic the unit runs, per precision.
-ACT_BYTES = {"fp32": 4, "fp16": 2, "int8": 1, "int8-dynamic": 1, "int4": 1, "palettize4": 2}
-WEIGHT_BYTES = {"fp32": 4, "fp16": 2, "int8": 1, "int8-dynamic": 1, "int4": 0.5, "palettize4": 0.5}
-COMPUTE = {"fp32": "fp32", "fp16": "fp16", "int8": "int8", "int8-dynamic": "int8", "int4": "int8", "palettize4": "fp16"}
-# Core ML int8/int4 are weight-only: weights are decompressed and the unit computes in fp16.
-WEIGHT_ONLY = {("coreml", "int8"), ("coreml", "int4"), ("coreml", "palettize4"), ("litert", "int4"), ("litert", "fp16"),
-               ("onnx", "int4")}
+# What each unit computes in: GPU delegates (LiteRT GPU, Core ML GPU) and the Neural Engine run fp16
+# whatever the weights; CPUs (XNNPACK) and NPUs compute at the artifact's activation width.
+FP16_UNITS = ("gpu", "ane")
+COMPUTE_FOR_BITS = {8: "int8", 16: "fp16", 32: "fp32"}
+
+
+def weight_activation_bits(runtime: str, precision: str, unit: str) -> tuple[float, int]:
+    """(weight bits, activation bits the unit moves and computes in) for an artifact on a unit, from the
+    backend's stated precision meaning (W8A8, W4A16 weight-only, ...): activations are the compute dtype."""
+    from turbovaed.export.core import precision_meaning
+
+    m = re.match(r"W(\d+)A(\d+)", precision_meaning(runtime, precision))
+    w_bits, a_bits = int(m.group(1)), int(m.group(2))
+    if unit in FP16_UNITS:
+        a_bits = 16
+    return w_bits, a_bits
+
+
+# Runtimes whose W8A8 artifacts run on a phone NPU through a vendor delegate (Qualcomm QNN: LiteRT's QNN
+# delegate, ONNX Runtime's QNN execution provider).
+NPU_RUNTIMES = ("litert", "onnx")
 # Which compute units each runtime's artifacts can use on a device.
 RUNTIME_UNITS = {"coreml": ("ane", "gpu", "cpu"), "executorch": ("cpu",), "litert": ("cpu", "gpu"), "onnx": ("cpu",),
                  "pytorch": ("cpu",)}
@@ -64,27 +80,31 @@ def layer_costs(config: StudentConfig, latent_shape: tuple[int, int, int]) -> li
     return costs
 
 
-def roofline(costs: list[dict], unit: Unit, precision: str, runtime: str) -> dict:
+def roofline(costs: list[dict], unit: Unit, precision: str, runtime: str, unit_name: str = "cpu") -> dict:
     """Estimated seconds per decode on one compute unit, with the inputs that produced it."""
-    compute = "fp16" if (runtime, precision) in WEIGHT_ONLY and precision != "fp32" else COMPUTE[precision]
-    act = 2 if compute == "fp16" and ACT_BYTES[precision] > 2 else ACT_BYTES[precision]
+    w_bits, a_bits = weight_activation_bits(runtime, precision, unit_name)
+    compute = COMPUTE_FOR_BITS[a_bits]
+    act, wgt = a_bits / 8, w_bits / 8
     peak = unit.peak_gflops(compute) * 1e9
     bw = unit.bandwidth_gbs * 1e9
     seconds, bound_by_memory = 0.0, 0
     for c in costs:
         t_compute = 2 * c["macs"] / peak
-        t_memory = (c["act_elems"] * act + c["weight_elems"] * WEIGHT_BYTES[precision]) / bw
+        t_memory = (c["act_elems"] * act + c["weight_elems"] * wgt) / bw
         seconds += max(t_compute, t_memory)
         bound_by_memory += t_memory > t_compute
     macs = sum(c["macs"] for c in costs)
     return {"seconds": seconds, "macs": macs, "layers": len(costs), "memory_bound_layers": bound_by_memory,
-            "bytes": sum(c["act_elems"] * act + c["weight_elems"] * WEIGHT_BYTES[precision] for c in costs),
-            "compute": compute, "peak_gflops": peak / 1e9, "bandwidth_gbs": unit.bandwidth_gbs, "unit_source": unit.source}
+            "bytes": sum(c["act_elems"] * act + c["weight_elems"] * wgt for c in costs), "weight_bits": w_bits,
+            "activation_bits": a_bits, "compute": compute, "peak_gflops": peak / 1e9, "bandwidth_gbs": unit.bandwidth_gbs,
+            "unit_source": unit.source}
 
 
 def device_estimates(device: Device, costs: list[dict], runtime: str, precision: str) -> dict[str, dict]:
     """Roofline per compute unit of `device` that `runtime` can use (none if the device lacks the runtime)."""
     if runtime not in device.runtimes:
         return {}
-    return {u: roofline(costs, device.units[u], precision, runtime) for u in RUNTIME_UNITS.get(runtime, ("cpu",))
-            if u in device.units}
+    units = list(RUNTIME_UNITS.get(runtime, ("cpu",)))
+    if runtime in NPU_RUNTIMES and weight_activation_bits(runtime, precision, "npu") == (8, 8):
+        units.append("npu")  # W8A8 graphs are what NPU delegates (QNN for LiteRT, the QNN EP for ONNX) run
+    return {u: roofline(costs, device.units[u], precision, runtime, u) for u in units if u in device.units}

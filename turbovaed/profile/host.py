@@ -310,6 +310,7 @@ def profile(path: Path, runs: int = 10, warmup: int = 2, threads: int = 2, resul
     results_dir = results_dir or RESULTS_DIR
     devices = catalog_mod.load_catalog()
     measured, skipped = profile_artifacts(path, runs, warmup, threads)
+    devices["host"] = catalog_mod.measured_host(threads, devices)  # the host estimate is for this machine
     estimates = estimate_records(find_manifests(path), devices)
     s = stamp()
     return {"measured": measured, "estimates": estimates, "skipped": skipped,

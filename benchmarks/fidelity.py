@@ -34,6 +34,7 @@ def main() -> None:
     p.add_argument("--clips", type=int, default=256, help="training clips in the latent cache")
     p.add_argument("--out", type=Path, default=Path("runs/fidelity/student"))
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--report-only", action="store_true", help="score an already published --out student again")
     args = p.parse_args()
     if data.shared_videos_dir() is None:
         raise SystemExit("needs the real clips in ../shared/videos (or TURBOVAED_VIDEOS)")
@@ -49,7 +50,12 @@ def main() -> None:
                   "checkpoint_every": 200, "max_minutes": min(args.minutes, 60.0), "threads": args.threads},
     })
     t0 = time.perf_counter()
-    out = distill(recipe, resume=(args.out.with_name(args.out.name + ".work") / "checkpoint").is_dir())
+    if args.report_only:
+        if not (args.out / "metrics.json").is_file():
+            raise SystemExit(f"--report-only needs a published student in {args.out}")
+        out = args.out
+    else:
+        out = distill(recipe, resume=(args.out.with_name(args.out.name + ".work") / "checkpoint").is_dir())
     report = json.loads((out / "metrics.json").read_text())
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     m = report["mean"]
@@ -63,7 +69,8 @@ def main() -> None:
     ratio = report["student_params"] / report["teacher_decoder_params"]
     print(f"params: student {report['student_params']:,} / teacher decoder {report['teacher_decoder_params']:,} "
           f"= {ratio:.3f} (target <= 0.20)")
-    rate = sum(r["clips_per_s"] for r in log) / len(log)
+    rates = [r["clips_per_s"] for r in log if "clips_per_s" in r]  # evaluation rows carry no rate
+    rate = sum(rates) / len(rates)
     print(f"training: {report['steps']} steps, {rate:.2f} clips/s (batch 4 of 9x64x64 crops), "
           f"{'stopped by the time budget' if report.get('stopped_by_time_budget') else 'schedule completed'}")
     print(f"per-frame bicubic 8x on the same windows: {m['bicubic_psnr']:.2f} dB")

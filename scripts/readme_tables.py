@@ -122,8 +122,10 @@ def fidelity() -> str:
     m = r["mean"]
     return "\n".join([
         f"A {r['student_params']:,}-parameter student ({r['student_params'] / r['teacher_decoder_params']:.3f}× the "
-        f"teacher decoder) distilled from the reference teacher for {r['minutes_budget']:g} min on {r['threads']} "
-        f"threads ({r['steps']} steps, {r['clips_per_s']:.1f} clips/s); EMA weights scored on {r['windows']} held-out "
+        f"teacher decoder) distilled from the reference teacher on {r['threads']} threads within a "
+        f"{r['minutes_budget']:g}-min budget ({r['steps']} steps at {r['clips_per_s']:.1f} clips/s, "
+        f"{'stopped by the budget' if r['stopped_by_time_budget'] else 'schedule completed'}); EMA weights scored on "
+        f"{r['windows']} held-out "
         f"windows of {', '.join(r['held_out'])}:", "",
         "| | PSNR dB | SSIM | MS-SSIM |", "|---|---|---|---|",
         f"| reference teacher | {m['teacher_psnr']:.2f} | {m['teacher_ssim']:.4f} | {m['teacher_msssim']:.4f} |",
@@ -211,7 +213,7 @@ BLOCKS: dict[str, Callable[[], str]] = {"pareto": pareto, "teacher-runs": teache
                                         "decode-speed": decode_speed, "quickstart": quickstart, "fidelity": fidelity,
                                         "export-quality": export_quality, "streaming": streaming,
                                         "profiling": profiling}
-PATTERN = re.compile(r"(<!-- results:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(\n<!-- /results:(?P=name) -->)", re.S)
+PATTERN = re.compile(r"(<!-- results:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(?:\n)?(<!-- /results:(?P=name) -->)", re.S)
 
 
 def render(text: str) -> tuple[str, list[str]]:
@@ -225,7 +227,7 @@ def render(text: str) -> tuple[str, list[str]]:
         body = BLOCKS[name]()
         if body != m["body"]:
             changed.append(name)
-        return m.group(1) + body + m.group(4)
+        return m.group(1) + body + "\n" + m.group(4)
 
     return PATTERN.sub(fill, text), changed
 

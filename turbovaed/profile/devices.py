@@ -87,17 +87,32 @@ def measure_host(threads: int, seconds: float = 2.0) -> tuple[float, float]:
     return gflops, gbs
 
 
+def host_identity() -> dict:
+    """hw_model / soc / os_version of this machine for its records."""
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"hw_model": platform.node() or "host", "soc": cpu, "os_version": f"{platform.system()} {platform.release()}"}
+
+
 def measured_host(threads: int, catalog: dict[str, Device]) -> Device:
     """The catalog's `host` entry with its CPU peak and bandwidth measured now, on the machine that runs the
     profile (the committed host.toml describes one VM, not the user's machine)."""
-    import platform
     from dataclasses import replace
 
     gflops, gbs = measure_host(threads)
+    ident = host_identity()
     when = time.strftime("%Y-%m-%d %H:%M", time.gmtime())
     unit = Unit(bandwidth_gbs=gbs, peak_gflops_fp32=gflops,
-                source=f"measured {when} UTC by `turbovaed profile` on this machine ({platform.node()}, {threads} threads): "
+                source=f"measured {when} UTC by `turbovaed profile` on this machine ({ident['hw_model']}, {threads} threads): "
                        f"2048^2 fp32 matmul {gflops:.0f} GFLOPS, 64 MiB copy {gbs:.1f} GB/s (read+write)")
     base = catalog["host"]
-    return replace(base, name=f"this machine ({platform.node()})", soc=platform.processor() or platform.machine(),
+    return replace(base, name=f"this machine ({ident['hw_model']})", soc=ident["soc"],
                    units={"cpu": unit}, notes="measured when profiling; see the unit source")

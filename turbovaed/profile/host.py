@@ -12,7 +12,6 @@ import importlib
 import json
 import multiprocessing
 import os
-import platform
 import resource
 import statistics
 import sys
@@ -183,19 +182,6 @@ class _Worker:
             self.proc.kill()
 
 
-def host_identity() -> dict:
-    """hw_model / soc / os_version of this machine for its records."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"hw_model": platform.node() or "host", "soc": cpu, "os_version": f"{platform.system()} {platform.release()}"}
-
-
 def profile_artifacts(path: Path, runs: int = 10, warmup: int = 2, threads: int = 2, eager: bool = True,
                       device: str = "host") -> tuple[list[Record], list[str]]:
     """Measured host records (isolated loads, interleaved timing; failed runs recorded with status
@@ -238,7 +224,7 @@ def profile_artifacts(path: Path, runs: int = 10, warmup: int = 2, threads: int 
     finally:
         for w in workers.values():
             w.stop()
-    ident = host_identity()
+    ident = catalog_mod.host_identity()
     records = []
     for k, m in jobs.items():
         if k in failed:

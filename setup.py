@@ -8,8 +8,9 @@ from setuptools import setup
 from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).resolve().parent
-SOURCES = {"distill": "distill", "export": "export", "devices": "profiles/devices", "web": "device_apps/web"}
-PATTERNS = {"distill": ("*.toml",), "export": ("*.toml",), "devices": ("*.toml",),
+SOURCES = {"distill": "distill", "export": "export", "devices": "profiles/devices", "calibration": "profiles/calibration",
+           "web": "device_apps/web"}
+PATTERNS = {"distill": ("*.toml",), "export": ("*.toml",), "devices": ("*.toml",), "calibration": ("*.toml", "*.json"),
             "web": ("*.html", "*.js", "*.json", "README.md")}
 
 

@@ -226,16 +226,50 @@ def profiling() -> str:
     rows += ["", f"`turbovaed profile` on the quickstart artifacts: latents {'×'.join(map(str, r0.input_shape[1:]))} "
              f"→ {r0.frames} frames per call, {r0.threads} threads, {r0.runs} interleaved runs, each artifact in its own "
              "process (load, first call and memory its own). "
-             + (f"Host roofline vs measurement: {min(ratios):.2f}×–{max(ratios):.2f}× over {len(ratios)} artifacts. "
-                if ratios else "") + (f"Failed: {', '.join(failed)}. " if failed else "")
+             + (f"Measured / calibrated host estimate: {min(ratios):.2f}×–{max(ratios):.2f}× over {len(ratios)} "
+                "artifacts (the calibration never saw them). " if ratios else "") + (f"Failed: {', '.join(failed)}. " if failed else "")
              + "Source: `profiles/results/` (report: `profiles/report/`)."]
     return "\n".join(rows)
+
+
+def calibration() -> str:
+    """The estimate calibration: one fit per class and its leave-one-out error (benchmarks/calibrate_host.py)."""
+    r = load("calibrate_host.json")
+    rows = ["| class | points | fitted on | per call ms | per layer µs | roofline × | leave-one-out est. / measured |",
+            "|---|---|---|---|---|---|---|"]
+    for cls, f in r["fits"].items():
+        pts = [p for p in r["leave_one_out"] if p["class"] == cls]
+        ratios = [p["loo_ratio"] for p in pts if p["loo_ratio"]]
+        where = sorted({p["device"] for p in pts})
+        source = "AI Hub perf tables" if all("ai-hub-models" in p["source"] for p in pts) else "this host (ORT)"
+        rows.append(f"| {cls} | {f['points']} | {', '.join(where)}: {source} | {f['per_call_ms']:.3f} | "
+                    f"{f['per_layer_us']:.1f} | {f['roofline_factor']:.2f} | {min(ratios):.2f}–{max(ratios):.2f} |")
+    nets = sorted({p["net"] for p in r["leave_one_out"]})
+    rows += ["", f"Nets: {', '.join(nets)} (architectures checked against their published parameter counts). Each "
+             "point predicted by the fit made without it; target: within 2×. Phone GPUs and the Neural Engine have no "
+             "calibration points yet: their estimates stay roofline bounds, labelled so. Source: "
+             "`benchmarks/results/calibrate_host.json` (points: `profiles/calibration/`)."]
+    return "\n".join(rows)
+
+
+def deployment() -> str:
+    """The report's estimated table at deployment sizes (profiles/report/report.md, made by the quickstart)."""
+    path = REPO / "profiles" / "report" / "report.md"
+    if not path.is_file():
+        raise MissingResults("profiles/report/report.md does not exist: run benchmarks/quickstart.py")
+    text = path.read_text()
+    head = "## Students at deployment sizes (estimated)"
+    if head not in text:
+        raise MissingResults(f"{path.relative_to(REPO)} has no '{head}' section: re-run benchmarks/quickstart.py")
+    body = text.split(head, 1)[1].split("\n## ", 1)[0].strip()
+    return body + "\n\nSource: `profiles/report/report.md` (estimates, not measurements)."
 
 
 BLOCKS: dict[str, Callable[[], str]] = {
     "pareto": pareto, "teacher-runs": teacher_runs, "ladder": ladder, "decode-speed": decode_speed,
     "teacher-cost": teacher_cost, "data-throughput": data_throughput, "quickstart": quickstart, "fidelity": fidelity,
-    "export-quality": export_quality, "streaming": streaming, "profiling": profiling}
+    "export-quality": export_quality, "streaming": streaming, "profiling": profiling, "calibration": calibration,
+    "deployment": deployment}
 PATTERN = re.compile(r"(<!-- results:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(?:\n)?(<!-- /results:(?P=name) -->)", re.S)
 
 

@@ -80,6 +80,7 @@ def test_app_records_match_the_schema(app, extract):
         target[leaf] = {"input_shape": [1, 16, 3, 16, 16], "frames": 9, "runs": 20, "warmup": 3, "threads": 4,
                         "device": "pixel-8" if app == "android" else "iphone-16-pro", "source": "measured-device-app",
                         "median_ms": 20.0, "p10_ms": 18.0, "p90_ms": 25.0, "fps": 450.0, "first_load_ms": 120.0,
+                        "first_inference_ms": 30.0, "warm_load_ms": 40.0,
                         "peak_memory_mb": 80.0, "delegated": None, "total": None, "status": "ok"}.get(leaf, "x")
     validated = schema.validate(record, set(load_catalog()))
     assert validated.source == "measured-device-app"
@@ -95,3 +96,24 @@ def test_apps_read_the_bundle_files_the_exporter_writes():
         assert "reference_frames" in src or path.suffix == ".js", path
         assert "input_latents" in src, path  # each app states which latents it feeds
         assert "streaming step-graph bundle" in src, path  # and refuses streaming bundles it cannot run
+
+
+def test_android_project_is_buildable_as_committed():
+    """What a fresh checkout needs for `./gradlew installDebug`: AndroidX enabled, a wrapper pinned by sha256
+    (jar present), and the benchmark reading its settings from intent extras and loading before the timer
+    stops (checked as text: no Android SDK here)."""
+    import hashlib
+
+    android = APPS / "android"
+    assert "android.useAndroidX=true" in (android / "gradle.properties").read_text()
+    props = (android / "gradle" / "wrapper" / "gradle-wrapper.properties").read_text()
+    assert "gradle-8.13-bin.zip" in props and "distributionSha256Sum=20f1b117" in props
+    jar = (android / "gradle" / "wrapper" / "gradle-wrapper.jar").read_bytes()
+    assert hashlib.sha256(jar).hexdigest().startswith("81a82aae")  # Gradle 8.13's wrapper jar
+    assert (android / "gradlew").stat().st_mode & 0o111
+    src = android / "app" / "src" / "main" / "java" / "dev" / "turbovaed" / "demo"
+    assert 'getString("sha256")' in (src / "AppBundle.kt").read_text()  # cache keyed by content
+    decoders = (src / "Decoders.kt").read_text()
+    assert 'loadMethod("forward")' in decoders and "CompiledModel.create" in decoders
+    main = (src / "MainActivity.kt").read_text()
+    assert all(f'"{extra}"' in main for extra in ("runs", "warmup", "threads", "unit", "benchmark"))

@@ -108,7 +108,7 @@ def test_estimates_are_labelled_and_host_estimate_is_compared_with_measurement(a
     est = next(r for r in estimates if r.device == "host" and r.artifact == "t-executorch-fp32")
     ratio = measured[0].latency.median_ms / est.latency.median_ms
     with capsys.disabled():
-        print(f"\nhost ExecuTorch fp32: measured {measured[0].latency.median_ms:.2f} ms, roofline estimate "
+        print(f"\nhost ExecuTorch fp32: measured {measured[0].latency.median_ms:.2f} ms, calibrated estimate "
               f"{est.latency.median_ms:.2f} ms, measured/estimate = {ratio:.2f}x")
     assert 0.1 < ratio < 30  # sanity only: the figure is reported, the 3x target is checked by benchmarks
 
@@ -279,11 +279,11 @@ def test_estimates_move_activations_at_the_compute_dtype():
     costs = layer_costs(family_preset(16, 8, 4, mini=True), (3, 16, 16))
     catalog = load_catalog()
     for precision in ("int4", "int8", "palettize4"):
-        for unit, est in device_estimates(catalog["iphone-16-pro"], costs, "coreml", precision).items():
+        for unit, est in device_estimates(catalog["iphone-16-pro"], costs, "coreml", precision, {}).items():
             assert est["activation_bits"] == 16 and est["compute"] == "fp16", (precision, unit)
-    s24 = device_estimates(catalog["galaxy-s24"], costs, "litert", "int8")
+    s24 = device_estimates(catalog["galaxy-s24"], costs, "litert", "int8", {})
     assert s24["cpu"]["activation_bits"] == 8 and s24["gpu"]["activation_bits"] == 16
-    assert device_estimates(catalog["galaxy-s24"], costs, "litert", "int4")["cpu"]["activation_bits"] == 32
+    assert device_estimates(catalog["galaxy-s24"], costs, "litert", "int4", {})["cpu"]["activation_bits"] == 32
 
 
 def test_catalog_is_consistent_with_its_own_derivations():
@@ -297,5 +297,157 @@ def test_catalog_is_consistent_with_its_own_derivations():
     assert c["galaxy-s25"].units["cpu"].peak_gflops("fp32") == pytest.approx((2 * 4.32 + 6 * 3.53) * 32, rel=0.01)
     assert c["mac-m2"].units["cpu"].peak_gflops("fp32") == pytest.approx(4 * 3.49 * 32 + 4 * 2.42 * 16, rel=0.01)
     costs = layer_costs(family_preset(16, 8, 4, mini=True), (3, 16, 16))
-    assert "npu" in device_estimates(c["galaxy-s24"], costs, "litert", "int8")
-    assert "npu" not in device_estimates(c["galaxy-s24"], costs, "litert", "int4")  # weight-only: not an NPU graph
+    assert "npu" in device_estimates(c["galaxy-s24"], costs, "litert", "int8", {})
+    assert "npu" not in device_estimates(c["galaxy-s24"], costs, "litert", "int4", {})  # weight-only: not an NPU graph
+
+
+def test_calibration_nets_are_the_published_architectures():
+    """The nets the estimates are calibrated on have AI Hub's stated parameter counts (QuickSRNet-S 33.3K,
+    -L 436K, Real-ESRGAN-General-x4v3 1.21M) and MobileNet-v2's 3.5M params / 300M MACs at 224x224."""
+    from turbovaed.profile import calibration
+
+    params = {name: sum(p.numel() for p in make().parameters()) for name, make in calibration.NETS.items()}
+    assert round(params["quicksrnet-small"], -2) == 33_300
+    assert round(params["quicksrnet-large"], -3) == 436_000
+    assert round(params["real-esrgan-general-x4v3"], -4) == 1_210_000
+    assert round(params["mobilenet-v2"], -5) == 3_500_000
+    macs = sum(c["macs"] for c in calibration.net_costs("mobilenet-v2", (3, 224, 224)))
+    assert macs == pytest.approx(300e6, rel=0.01)
+
+
+def test_relative_nnls_recovers_coefficients_and_stays_non_negative():
+    import numpy as np
+
+    from turbovaed.profile.calibration import fit_points, nnls_relative
+
+    rows = [(n, r, 2e-4 + 5e-6 * n + 1.5 * r) for n, r in [(5, 1e-4), (16, 8e-4), (70, 4e-3), (64, 5e-4), (30, 2e-3)]]
+    fit = fit_points("test", rows)
+    assert (fit.per_call_s, fit.per_layer_s, fit.k) == pytest.approx((2e-4, 5e-6, 1.5), rel=1e-6)
+    x = np.array([[1.0, 1.0], [1.0, 2.0], [1.0, 3.0]])
+    b = nnls_relative(x, np.array([3.0, 2.0, 1.0]))  # the unconstrained slope is negative
+    assert (b >= 0).all() and b[1] == 0
+
+
+def test_calibration_meets_its_target_on_the_committed_points():
+    """Every committed calibration point, predicted by the fit made without it, lands within 2x of its
+    measurement (the issue's target), and the NPU classes rest on published AI Hub points with sources."""
+    from turbovaed.profile import calibration
+
+    table = calibration.leave_one_out()
+    assert {"npu-int8", "npu-fp16", "cpu-fp32-xnnpack", "cpu-int8-xnnpack", "cpu-fp32-onnxruntime",
+            "cpu-int8-onnxruntime"} <= {r["class"] for r in table}
+    bad = [(r["point"], round(r["loo_ratio"], 2)) for r in table if not 0.5 <= r["loo_ratio"] <= 2.0]
+    assert not bad, bad
+    assert all("ai-hub-models" in r["source"] for r in table if r["unit"] == "npu")
+
+
+def test_estimates_are_calibrated_where_a_class_has_points_and_labelled_bounds_elsewhere():
+    from turbovaed.profile import calibration
+    from turbovaed.profile.estimate import device_estimates, layer_costs
+    from turbovaed.student import family_preset
+
+    fits = calibration.fits()
+    costs = layer_costs(family_preset(16, 8, 4, mini=True), (5, 64, 64))
+    s24 = device_estimates(load_catalog()["galaxy-s24"], costs, "litert", "int8", fits)
+    npu, gpu = s24["npu"], s24["gpu"]
+    fit = fits["npu-int8"]
+    assert npu["calibration"]["class"] == "npu-int8" and npu["calibration"]["worst_leave_one_out_ratio"] <= 2
+    assert npu["seconds"] == pytest.approx(fit.predict(npu["layers"], npu["roofline_seconds"]))
+    assert npu["seconds"] >= fit.per_call_s > 0  # a per-call cost: tiny inputs no longer get absurd FPS
+    assert gpu["calibration"] is None and gpu["seconds"] == gpu["roofline_seconds"]  # no GPU points: a bound
+
+
+def test_bad_calibration_point_fails_clearly(tmp_path):
+    from turbovaed.profile import calibration
+
+    (tmp_path / "points.toml").write_text('[[points]]\nnet = "quicksrnet-small"\ninput = [3, 128, 128]\n'
+                                          'device = "galaxy-s24"\nunit = "npu"\ncompute = "int4"\n'
+                                          'runtime = "litert"\nms = 0.2\nsource = "x"\n')
+    with pytest.raises(InputError, match="compute 'int4'"):
+        calibration.load_points(tmp_path)
+    (tmp_path / "points.toml").write_text('[[points]]\nnet = "quicksrnet-small"\n')
+    with pytest.raises(InputError, match="calibration point .* is invalid"):
+        calibration.load_points(tmp_path)
+
+
+@pytest.fixture
+def coreml_stand_in(artifacts, tmp_path, monkeypatch):
+    """A Core ML artifact folder (manifest only) and stand-ins for what only macOS has: coremltools' MLModel
+    prediction, MLComputePlan and sysctl. Returns (folder, calls)."""
+    import platform
+
+    import coremltools as ct
+    from coremltools.models import compute_plan
+    from coremltools.models.compute_device import MLGPUComputeDevice, MLNeuralEngineComputeDevice
+
+    from turbovaed.profile import device
+
+    folder = tmp_path / "t-coreml-fp16"
+    folder.mkdir()
+    manifest = json.loads((artifacts / "t-executorch-fp32" / "manifest.json").read_text())
+    manifest.update(name="t-coreml-fp16", backend="coreml", precision="fp16", artifact="decoder.mlpackage",
+                    recipe={**manifest["recipe"], "delegate": "coreml"})
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    calls = {"loads": [], "predicts": 0}
+
+    class Model:
+        def __init__(self, path, compute_units):
+            calls["loads"].append((path, compute_units))
+
+        def predict(self, feed):
+            calls["predicts"] += 1
+            assert list(feed) == ["latents"] and list(feed["latents"].shape) == manifest["inputs"][0]["shape"]
+
+        def get_compiled_model_path(self):
+            return "/compiled.mlmodelc"
+
+    def op(name, dev):
+        return type("Op", (), {"operator_name": name, "dev": dev})()
+
+    class Plan:
+        ops = [op("const", None), op("conv", MLNeuralEngineComputeDevice), op("conv", MLNeuralEngineComputeDevice),
+               op("silu", MLGPUComputeDevice)]
+        model_structure = type("S", (), {"program": type("P", (), {"functions": {
+            "main": type("F", (), {"block": type("B", (), {"operations": ops})()})()}})()})()
+
+        def get_compute_device_usage_for_mlprogram_operation(self, o):
+            usage = compute_plan.MLComputePlanDeviceUsage.__new__(compute_plan.MLComputePlanDeviceUsage)
+            object.__setattr__(usage, "preferred_compute_device", o.dev.__new__(o.dev))
+            return usage
+
+    monkeypatch.setattr(platform, "system", lambda: "Darwin")
+    monkeypatch.setattr(ct.models, "MLModel", Model)
+    monkeypatch.setattr(compute_plan.MLComputePlan, "load_from_path", staticmethod(lambda path, compute_units: Plan()))
+    monkeypatch.setattr(device, "mac_identity", lambda: {"hw_model": "Mac14,2", "soc": "Apple M2", "os_version": "macOS 15.1"})
+    return folder, calls
+
+
+def test_profile_device_times_core_ml_prediction_on_a_mac(coreml_stand_in):
+    """The macOS path through stand-ins (this machine is Linux, Core ML cannot predict here): two loads (first,
+    warm), the first call + warm-up + timed predictions only, op placement from MLComputePlan (constants
+    not counted), a schema-valid record."""
+    import coremltools as ct
+
+    from turbovaed.profile.device import profile_device
+
+    folder, calls = coreml_stand_in
+    record = profile_device(folder, "mac-m2", unit="ane", runs=7, warmup=3)
+    assert [u for _, u in calls["loads"]] == [ct.ComputeUnit.CPU_AND_NE] * 2
+    assert calls["predicts"] == 3 + 7 and record.runs == 7 and record.warmup == 3
+    assert (record.ops.delegated, record.ops.total) == (2, 3)
+    assert record.first_load_ms is not None and record.warm_load_ms is not None and record.first_inference_ms is not None
+    assert (record.runtime, record.compute_unit, record.soc) == ("coreml", "ane", "Apple M2")
+    again = schema.validate(json.loads(json.dumps(record.to_dict())), set(load_catalog()))
+    assert again.source == "measured-device-app"
+
+
+def test_profile_device_core_ml_off_macos_fails_clearly(coreml_stand_in, monkeypatch):
+    import platform
+
+    from turbovaed.profile.device import profile_device
+
+    folder, calls = coreml_stand_in
+    monkeypatch.setattr(platform, "system", lambda: "Linux")
+    with pytest.raises(InputError, match="Core ML predicts only on macOS"):
+        profile_device(folder, "mac-m2", unit="ane")
+    assert calls["loads"] == []

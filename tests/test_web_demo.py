@@ -66,7 +66,8 @@ def test_chromium_decodes_the_bundle_like_python(bundles, tmp_path, precision, m
             page = browser.new_page()
             page.goto(f"http://127.0.0.1:{server.server_address[1]}/?runs=3&device=host&ep=wasm")
             page.wait_for_function("window.turbovaed && window.turbovaed.done", timeout=120_000)
-            result = page.evaluate("({error: turbovaed.error, shape: turbovaed.shape, "
+            result = page.evaluate("({error: turbovaed.error, shape: turbovaed.shape, isolated: crossOriginIsolated, "
+                                   "cores: navigator.hardwareConcurrency, "
                                    "output: Array.from(turbovaed.output || []), record: turbovaed.record})")
             page.screenshot(path=str(tmp_path / "web-demo.png"))
             browser.close()
@@ -83,5 +84,8 @@ def test_chromium_decodes_the_bundle_like_python(bundles, tmp_path, precision, m
     assert psnr(browser_frames, fp32_student) >= min_psnr
     record = schema.validate(result["record"], set(load_catalog()))
     assert record.runtime == "onnxruntime-web" and record.compute_unit == "wasm" and record.runs == 3
+    # the server's COOP/COEP headers isolate the page, so WASM runs one thread per core, and says so
+    assert result["isolated"] and record.threads == result["cores"], (result["isolated"], record.threads)
+    assert "execution provider wasm" in record.notes and record.first_inference_ms > 0
     assert record.artifact_sha256 == json.loads((folder / "manifest.json").read_text())["sha256"]
     assert (tmp_path / "web-demo.png").stat().st_size > 2000

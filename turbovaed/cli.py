@@ -479,7 +479,8 @@ def profile_cmd(target: Annotated[str, typer.Argument(help="artifacts folder (fr
                 results: Annotated[Optional[Path], typer.Option(help="records folder (default profiles/results)")] = None,
                 device: Annotated[Optional[str], typer.Option(help="with 'device': the phone's id in profiles/devices")] = None,
                 serial: Annotated[Optional[str], typer.Option(help="with 'device': adb serial (several attached)")] = None,
-                unit: Annotated[str, typer.Option(help="with 'device': cpu (XNNPACK) or gpu (LiteRT GPU delegate)")] = "cpu",
+                unit: Annotated[str, typer.Option(help="with 'device': cpu (XNNPACK) or gpu (LiteRT GPU delegate); "
+                                                       "Core ML artifacts on a Mac: ane, gpu or cpu")] = "cpu",
                 runner_dir: Annotated[str, typer.Option(help="with 'device': folder on the phone holding benchmark_model / "
                                                              "executor_runner")] = "/data/local/tmp",
                 ) -> None:
@@ -530,14 +531,19 @@ def profile_cmd(target: Annotated[str, typer.Argument(help="artifacts folder (fr
 @app.command("demo")
 def demo_cmd(app_name: Annotated[str, typer.Argument(help="which demo: web")],
              bundle: Annotated[Path, typer.Option(help="an ONNX app bundle (turbovaed export ... --bundle)")],
-             port: Annotated[int, typer.Option(help="localhost port")] = 8765) -> None:
-    """Serve a device-app demo on localhost (web: onnxruntime-web decoding in the browser)."""
+             port: Annotated[int, typer.Option(help="port")] = 8765,
+             host: Annotated[str, typer.Option(help="address to listen on: 0.0.0.0 to open the page from a phone "
+                                                    "on the same network (WebGPU/threads need localhost or HTTPS)")]
+             = "127.0.0.1") -> None:
+    """Serve a device-app demo (web: onnxruntime-web decoding in the browser), cross-origin isolated so
+    WASM threads run."""
     if app_name != "web":
         raise InputError(f"unknown demo {app_name!r}: only 'web' runs from here (iOS/Android: see device_apps/)")
     from turbovaed.demo import serve
 
-    server = serve(bundle, port)
-    out.print(f"open http://127.0.0.1:{server.server_address[1]}/ (Ctrl-C to stop)")
+    server = serve(bundle, port, host)
+    shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
+    out.print(f"open http://{shown}:{server.server_address[1]}/?device=<a profiles/devices id> (Ctrl-C to stop)")
     try:
         threading.Event().wait()
     except KeyboardInterrupt:

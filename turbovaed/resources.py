@@ -13,7 +13,8 @@ from pathlib import Path
 from turbovaed.io import CheckpointError
 
 REPO = Path(__file__).resolve().parents[1]
-SOURCES = {"distill": "distill", "export": "export", "devices": "profiles/devices", "web": "device_apps/web"}
+SOURCES = {"distill": "distill", "export": "export", "devices": "profiles/devices", "calibration": "profiles/calibration",
+           "web": "device_apps/web"}
 
 
 def data_dir(kind: str) -> Path:

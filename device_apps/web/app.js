@@ -6,7 +6,7 @@ import * as ort from "/ort/ort.all.min.mjs";
 const params = new URLSearchParams(location.search);
 const bundleUrl = params.get("bundle") || "/bundle/";
 const runs = Number(params.get("runs") || 5);
-const device = params.get("device") || "host";  // a device id from profiles/devices/
+const device = params.get("device");  // a device id from profiles/devices/: no record without one
 const wanted = params.get("ep") || "auto";     // auto | webgpu | wasm
 const state = { done: false, error: null };
 window.turbovaed = state;
@@ -59,16 +59,33 @@ async function main() {
   const inputLatents = manifest.input_latents || "raw";  // "normalized": the graph de-normalises
   const modelBytes = await (await fetch(bundleUrl + manifest.artifact)).arrayBuffer();
   const latents = new Float32Array(await (await fetch(bundleUrl + bundle.latents.file)).arrayBuffer());
-  const providers = wanted === "auto" ? (navigator.gpu ? ["webgpu", "wasm"] : ["wasm"]) : [wanted];
+  // One provider per session, so the record names the provider that really ran (a provider list would
+  // fall back silently): WebGPU first when asked or available, else WASM.
+  const candidates = wanted === "auto" ? (navigator.gpu ? ["webgpu", "wasm"] : ["wasm"]) : [wanted];
   ort.env.wasm.wasmPaths = "/ort/";
-  ort.env.wasm.numThreads = 1;  // no cross-origin isolation needed; the record says so
-  const t0 = performance.now();
-  const session = await ort.InferenceSession.create(modelBytes, { executionProviders: providers });
-  const loadMs = performance.now() - t0;
+  // Threads need cross-origin isolation (SharedArrayBuffer): `turbovaed demo web` sends COOP/COEP headers.
+  const threads = self.crossOriginIsolated ? navigator.hardwareConcurrency || 1 : 1;
+  ort.env.wasm.numThreads = threads;
+  let session = null, ep = null, loadMs = 0;
+  const failures = [];
+  for (const candidate of candidates) {
+    const t0 = performance.now();
+    try {
+      session = await ort.InferenceSession.create(modelBytes, { executionProviders: [candidate] });
+      loadMs = performance.now() - t0;
+      ep = candidate;
+      break;
+    } catch (err) {
+      failures.push(`${candidate}: ${err}`);
+    }
+  }
+  if (!session) throw new Error(`no execution provider could load the model (${failures.join("; ")})`);
   const input = new ort.Tensor("float32", latents, bundle.latents.shape);
   const feeds = { [session.inputNames[0]]: input };
   let out = null;
-  await session.run(feeds);  // warm-up
+  const f0 = performance.now();
+  await session.run(feeds);  // the first call (shader compilation on WebGPU), also the warm-up
+  const firstMs = performance.now() - f0;
   const times = [];
   for (let i = 0; i < runs; i++) {
     const s = performance.now();
@@ -79,24 +96,26 @@ async function main() {
   const shape = frames.dims.map(Number);
   const sorted = [...times].sort((a, b) => a - b);
   const median = quantile(sorted, 0.5), nFrames = shape[2];
-  const ep = providers[0];
   document.getElementById("stats").innerHTML =
     `<tr><td>artifact</td><td>${manifest.name} (${manifest.precision})</td></tr>` +
     `<tr><td>input</td><td>${inputLatents} latents</td></tr>` +
-    `<tr><td>execution provider</td><td>${ep}</td></tr>` +
+    `<tr><td>execution provider</td><td>${ep}${failures.length ? ` (${failures.join("; ")})` : ""}</td></tr>` +
+    `<tr><td>WASM threads</td><td>${threads}${self.crossOriginIsolated ? "" : " (page not cross-origin isolated)"}</td></tr>` +
     `<tr><td>decode</td><td>${median.toFixed(1)} ms for ${nFrames} frames = ${(median / nFrames).toFixed(2)} ms/frame</td></tr>` +
     `<tr><td>model load</td><td>${loadMs.toFixed(0)} ms</td></tr>`;
-  const record = {
+  const record = device && {
     model: manifest.student.checkpoint.split("/").pop(), model_sha256: manifest.student.sha256 || "",
     artifact: manifest.name, artifact_sha256: await sha256(modelBytes), device,
     runtime: "onnxruntime-web", runtime_version: ort.env.versions.web || "", precision: manifest.precision,
     compute_unit: ep === "webgpu" ? "webgpu" : "wasm", input_shape: bundle.latents.shape, frames: nFrames,
     latency: { median_ms: median, p10_ms: quantile(sorted, 0.1), p90_ms: quantile(sorted, 0.9) },
     fps: nFrames / (median / 1000), source: "measured-device-app", status: "ok",
-    precision_meaning: manifest.precision_meaning || "", runs, warmup: 1, threads: 1, first_load_ms: loadMs,
+    precision_meaning: manifest.precision_meaning || "", runs, warmup: 1, threads: ep === "wasm" ? threads : null,
+    first_load_ms: loadMs, first_inference_ms: firstMs,
     peak_memory_mb: null, memory_method: "not measured (no per-page memory API without cross-origin isolation)",
     os_version: navigator.platform || null, ops: { delegated: null, total: null },
-    notes: `input: ${inputLatents} latents; browser: ${navigator.userAgent}`,
+    notes: `input: ${inputLatents} latents; execution provider ${ep}` +
+           (failures.length ? ` (failed first: ${failures.join("; ")})` : "") + `; browser: ${navigator.userAgent}`,
   };
   Object.assign(state, { output: frames.data, shape, times, record, done: true });
   status(`decoded ${nFrames} frames of ${shape[3]}x${shape[4]} in ${median.toFixed(1)} ms (${ep})`);
@@ -109,6 +128,11 @@ async function main() {
     setTimeout(() => clearInterval(timer), 1000 * nFrames / (bundle.fps || 8) * 3);
   };
   const button = document.getElementById("record");
+  if (!record) {
+    button.title = "add ?device=<id> (an id from profiles/devices/) to the address to save a record";
+    status(`decoded ${nFrames} frames in ${median.toFixed(1)} ms (${ep}); no record: the page has no ?device=<id>`);
+    return;
+  }
   button.disabled = false;
   button.onclick = () => {
     const a = document.createElement("a");

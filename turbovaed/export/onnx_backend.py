@@ -101,6 +101,9 @@ def runner(artifact: Path, model=None, recipe=None):
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.intra_op_num_threads = torch.get_num_threads()
+    # No spinning after a call: idle sessions (other artifacts timed round-robin, in this process or beside it)
+    # would otherwise keep the cores busy while the one being timed runs.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(str(artifact), options, providers=["CPUExecutionProvider"])
     names = [i.name for i in session.get_inputs()]
     return lambda *xs: [torch.from_numpy(y) for y in session.run(None, {n: x.numpy() for n, x in zip(names, xs)})]

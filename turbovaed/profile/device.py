@@ -11,7 +11,12 @@ threads, and parses its output into `measured-device-app` records (device model,
 
 The runner binaries are the runtimes' own (built for android-arm64 and pushed once to --runner-dir);
 missing adb, no device, an unauthorized device, a missing runner or output that does not parse are each
-one clear error, and nothing is recorded."""
+one clear error, and nothing is recorded.
+
+Core ML (.mlpackage) artifacts are measured on the Mac that runs the command (`profile_coreml_mac`):
+coremltools loads the package for the chosen compute units (first load includes the on-device compilation,
+then a warm load), times `predict` alone, and records op placement from MLComputePlan. Core ML predicts
+only on macOS: anywhere else this is one clear error."""
 
 from __future__ import annotations
 
@@ -135,16 +140,114 @@ def command(runtime: str, unit: str, runner: str, model: str, runs: int, warmup:
             "--print_output=none"]
 
 
-def profile_device(artifact_dir: Path, device_id: str, serial: str | None = None, unit: str = "cpu", runs: int = 20,
-                   warmup: int = 5, threads: int = 4, runner_dir: str = "/data/local/tmp") -> Record:
-    """Measure one exported artifact on the attached phone; returns its record (not yet saved)."""
+def one_manifest(artifact_dir: Path) -> dict:
     from turbovaed.profile.host import find_manifests
 
     manifests = find_manifests(artifact_dir)
     if len(manifests) != 1:
         raise InputError(f"{artifact_dir} holds {len(manifests)} artifacts: give one artifact folder")
-    manifest = manifests[0]
+    return manifests[0]
+
+
+COREML_UNITS = {"ane": "CPU_AND_NE", "gpu": "CPU_AND_GPU", "cpu": "CPU_ONLY"}
+
+
+def op_placement(plan, unit: str) -> Ops:
+    """(ops whose preferred device is `unit`, all non-constant ops) of the program's main function."""
+    from coremltools.models.compute_device import MLCPUComputeDevice, MLGPUComputeDevice, MLNeuralEngineComputeDevice
+
+    wanted = {"ane": MLNeuralEngineComputeDevice, "gpu": MLGPUComputeDevice, "cpu": MLCPUComputeDevice}[unit]
+    ops = [op for op in plan.model_structure.program.functions["main"].block.operations if op.operator_name != "const"]
+    on_unit = 0
+    for op in ops:
+        usage = plan.get_compute_device_usage_for_mlprogram_operation(op)
+        on_unit += usage is not None and isinstance(usage.preferred_compute_device, wanted)
+    return Ops(on_unit, len(ops))
+
+
+def mac_identity() -> dict:
+    import platform
+
+    def sysctl(name: str) -> str:
+        done = subprocess.run(["sysctl", "-n", name], capture_output=True, text=True)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    return {"hw_model": sysctl("hw.model") or platform.node(), "soc": sysctl("machdep.cpu.brand_string"),
+            "os_version": f"macOS {platform.mac_ver()[0]}"}
+
+
+def profile_coreml_mac(artifact_dir: Path, device_id: str, unit: str = "ane", runs: int = 20, warmup: int = 5) -> Record:
+    """Measure one Core ML artifact on this Mac: load / warm load / first prediction / timed predictions and
+    op placement; returns its record (not yet saved)."""
+    import platform
+    import resource
+    import time
+
+    import numpy as np
+
+    manifest = one_manifest(artifact_dir)
+    if manifest["backend"] != "coreml":
+        raise InputError(f"{manifest['name']} is a {manifest['backend']} artifact, not Core ML")
+    if platform.system() != "Darwin":
+        raise InputError(f"Core ML predicts only on macOS; this machine runs {platform.system()}: run "
+                         "`turbovaed profile device` on a Mac (or measure on iPhone with device_apps/ios)")
+    if unit not in COREML_UNITS:
+        raise InputError(f"Core ML units are {', '.join(COREML_UNITS)}, not {unit}")
+    if runs < 2 or warmup < 0:
+        raise InputError("--runs must be >= 2 and --warmup >= 0")
+    import coremltools as ct
+    from coremltools.models.compute_plan import MLComputePlan
+
+    units = getattr(ct.ComputeUnit, COREML_UNITS[unit])
+    path = str(manifest["_dir"] / manifest["artifact"])
+    t0 = time.perf_counter()
+    model = ct.models.MLModel(path, compute_units=units)  # compiles the package on this Mac
+    first_load = (time.perf_counter() - t0) * 1000
+    t0 = time.perf_counter()
+    ct.models.MLModel(path, compute_units=units)
+    warm_load = (time.perf_counter() - t0) * 1000
+    shape = manifest["inputs"][0]["shape"]
+    feed = {manifest["inputs"][0]["name"]: np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
+    t0 = time.perf_counter()
+    model.predict(feed)
+    first_call = (time.perf_counter() - t0) * 1000
+    for _ in range(max(0, warmup - 1)):
+        model.predict(feed)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        model.predict(feed)
+        times.append((time.perf_counter() - t0) * 1000)
+    q = statistics.quantiles(times, n=10, method="inclusive")
+    med = statistics.median(times)
+    try:
+        ops = op_placement(MLComputePlan.load_from_path(path=model.get_compiled_model_path(), compute_units=units), unit)
+        placement = f"ops: {ops.delegated} of {ops.total} non-constant ops prefer {unit} (MLComputePlan)"
+    except Exception as err:  # MLComputePlan needs macOS 14.4+: the timing stands without it
+        ops, placement = Ops.from_manifest(manifest.get("ops", {})), f"no MLComputePlan ({err})"
+    frames = manifest["outputs"][0]["shape"][2]
+    return Record(
+        model=Path(manifest["student"]["checkpoint"]).name, model_sha256=manifest["student"].get("sha256", ""),
+        artifact=manifest["name"], artifact_sha256=manifest["sha256"], device=device_id, runtime="coreml",
+        runtime_version=f"coremltools {ct.__version__}", precision=manifest["precision"],
+        precision_meaning=precision_meaning("coreml", manifest["precision"]), compute_unit=unit, input_shape=shape,
+        frames=frames, latency=Latency(med, min(q[0], med), max(q[-1], med)), fps=frames / med * 1000,
+        source="measured-device-app", runs=runs, warmup=warmup, threads=None, first_load_ms=first_load,
+        warm_load_ms=warm_load, first_inference_ms=first_call,
+        peak_memory_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        memory_method="ru_maxrss of the profiling process (bytes on macOS; includes Python and coremltools)",
+        **mac_identity(), ops=ops,
+        notes=f"coremltools predict on this Mac, compute units {COREML_UNITS[unit]}; only predict is timed; {placement}")
+
+
+def profile_device(artifact_dir: Path, device_id: str, serial: str | None = None, unit: str = "cpu", runs: int = 20,
+                   warmup: int = 5, threads: int = 4, runner_dir: str = "/data/local/tmp") -> Record:
+    """Measure one exported artifact on the attached phone (or, for Core ML, on this Mac); returns its record
+    (not yet saved)."""
+    manifest = one_manifest(artifact_dir)
     backend = manifest["backend"]
+    if backend == "coreml":
+        return profile_coreml_mac(artifact_dir, device_id, unit, runs, warmup)
     if backend not in RUNNERS or manifest["recipe"].get("delegate", "xnnpack") != "xnnpack":
         raise InputError(f"{manifest['name']} is a {backend} artifact; phones are measured here with LiteRT "
                          "(.tflite) and ExecuTorch XNNPACK (.pte) artifacts")

@@ -1,10 +1,11 @@
-"""Roofline latency estimates per device x compute unit x precision, from the student's per-layer MACs and
-bytes moved. Always stored with source = "estimate" and the inputs used, never as a measurement.
+"""Latency estimates per device x compute unit x precision, from the student's per-layer MACs and bytes
+moved. Always stored with source = "estimate" and the inputs used, never as a measurement.
 
 Per layer (every conv / linear of the mobile graph; norms, SiLUs, adds, temporal padding and pixel
-shuffles as memory-only passes): time = max(2 * MACs / peak, bytes / bandwidth), summed. This is a
-lower bound for a perfect kernel library; the host check (estimate vs measurement on this machine)
-gives the error bar to quote."""
+shuffles as memory-only passes): roofline = max(2 * MACs / peak, bytes / bandwidth), summed. That is a
+lower bound for a perfect kernel library; calibration.py turns it into an estimate (per-call cost +
+per-layer dispatch + a roofline factor per unit, fitted on measurements of known conv nets)
+and states its leave-one-out error. Units without calibration points keep the bare roofline, labelled."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from turbovaed.profile.devices import Device, Unit
 from turbovaed.student import StudentConfig, StudentDecoder
 
 # What each unit computes in: GPU delegates (LiteRT GPU, Core ML GPU) and the Neural Engine run fp16
-# whatever the weights; CPUs (XNNPACK) and NPUs compute at the artifact's activation width.
+# whatever the weights, and NPU delegates run float graphs in fp16 (Qualcomm HTP); CPUs (XNNPACK) compute at
+# the artifact's activation width.
 FP16_UNITS = ("gpu", "ane")
 COMPUTE_FOR_BITS = {8: "int8", 16: "fp16", 32: "fp32"}
 
@@ -28,7 +30,7 @@ def weight_activation_bits(runtime: str, precision: str, unit: str) -> tuple[flo
 
     m = re.match(r"W(\d+)A(\d+)", precision_meaning(runtime, precision))
     w_bits, a_bits = int(m.group(1)), int(m.group(2))
-    if unit in FP16_UNITS:
+    if unit in FP16_UNITS or (unit == "npu" and a_bits > 8):
         a_bits = 16
     return w_bits, a_bits
 
@@ -41,23 +43,21 @@ RUNTIME_UNITS = {"coreml": ("ane", "gpu", "cpu"), "executorch": ("cpu",), "liter
                  "pytorch": ("cpu",)}
 
 
-def layer_costs(config: StudentConfig, latent_shape: tuple[int, int, int]) -> list[dict]:
-    """[{name, macs, act_elems, weight_elems}] for one decode of latents (T, h, w), on the meta device."""
-    import torch
-
-    with torch.device("meta"):
-        model = StudentDecoder(config).to_mobile()
+def traced_costs(model: nn.Module, x, passes: dict) -> list[dict]:
+    """[{name, macs, act_elems, weight_elems}] per dispatched layer of one forward on the meta device: every
+    Conv2d / Linear, plus the memory-only modules named in `passes` (type name -> passes over the output, or
+    fn(module) -> that number or fn(x, out) -> elements moved; 0 = none). Activations a runtime fuses into the
+    conv before them (ReLU, Hardtanh) are not layers."""
     costs = []
 
-    def hook(name: str):
+    def conv(name: str):
         def fn(module: nn.Module, inputs, out) -> None:
-            x = inputs[0]
             per_out = module.weight[0].numel() if isinstance(module, nn.Conv2d) else module.in_features
-            costs.append({"name": name, "macs": out.numel() * per_out, "act_elems": x.numel() + out.numel(),
+            costs.append({"name": name, "macs": out.numel() * per_out, "act_elems": inputs[0].numel() + out.numel(),
                           "weight_elems": module.weight.numel()})
         return fn
 
-    def passes(name: str, n: float):  # memory-only work: n full passes (read or write) over the output
+    def memory(name: str, n):
         def fn(module: nn.Module, inputs, out) -> None:
             costs.append({"name": name, "macs": 0, "act_elems": n(inputs[0], out) if callable(n) else n * out.numel(),
                           "weight_elems": 0})
@@ -66,23 +66,40 @@ def layer_costs(config: StudentConfig, latent_shape: tuple[int, int, int]) -> li
     for name, m in model.named_modules():
         kind = type(m).__name__
         if isinstance(m, (nn.Conv2d, nn.Linear)) and not name.endswith(".mean"):
-            m.register_forward_hook(hook(name))
-        elif kind == "MobileRMSNorm":  # x*x, scale, multiply: ~5 passes
-            m.register_forward_hook(passes(name, 5))
-        elif kind == "TapConv2d" and len(m.taps) > 1:  # cat for the padding + one add per extra tap (3 passes)
-            m.register_forward_hook(passes(name, lambda x, y, k=len(m.taps): 2 * x.numel() * (1 + 2 / max(1, x.shape[0]))
-                                           + 3 * (k - 1) * y.numel()))
-        elif kind == "MobileResBlock":  # two SiLUs (2 passes each) and the residual add (3)
-            m.register_forward_hook(passes(name, 7))
-        elif kind == "MobilePixelShuffle3d":  # the depth-to-space copy
-            m.register_forward_hook(passes(name, 2))
-    model(torch.empty(1, config.latent_channels, *latent_shape, device="meta"))
+            m.register_forward_hook(conv(name))
+        elif kind in passes:
+            n = passes[kind](m) if callable(passes[kind]) else passes[kind]
+            if n:
+                m.register_forward_hook(memory(name, n))
+    model(x)
     return costs
 
 
-def roofline(costs: list[dict], unit: Unit, precision: str, runtime: str, unit_name: str = "cpu") -> dict:
-    """Estimated seconds per decode on one compute unit, with the inputs that produced it."""
-    w_bits, a_bits = weight_activation_bits(runtime, precision, unit_name)
+def _tap_passes(m: nn.Module):
+    """TapConv2d: the cat for the temporal padding + one add per extra tap (3 passes); none for one tap."""
+    k = len(m.taps)
+    return (lambda x, y: 2 * x.numel() * (1 + 2 / max(1, x.shape[0])) + 3 * (k - 1) * y.numel()) if k > 1 else 0
+
+
+STUDENT_PASSES = {"MobileRMSNorm": 5,  # x*x, its channel-mean conv, rsqrt, scale, multiply
+                  "TapConv2d": _tap_passes,
+                  "MobileResBlock": 7,  # two SiLUs (2 passes each) and the residual add (3)
+                  "MobilePixelShuffle3d": 2}  # the depth-to-space copy
+
+
+def layer_costs(config: StudentConfig, latent_shape: tuple[int, int, int]) -> list[dict]:
+    """Per-layer costs of one decode of latents (T, h, w) by the mobile (exported) form of the student."""
+    import torch
+
+    with torch.device("meta"):
+        model = StudentDecoder(config).to_mobile()
+    return traced_costs(model, torch.empty(1, config.latent_channels, *latent_shape, device="meta"), STUDENT_PASSES)
+
+
+def roofline(costs: list[dict], unit: Unit, w_bits: float, a_bits: int) -> dict:
+    """Roofline seconds per call on one compute unit (weights at w_bits, activations moved and computed at
+    a_bits), with the inputs that produced it: a lower bound for a perfect kernel library and no per-call or
+    per-layer cost."""
     compute = COMPUTE_FOR_BITS[a_bits]
     act, wgt = a_bits / 8, w_bits / 8
     peak = unit.peak_gflops(compute) * 1e9
@@ -93,18 +110,33 @@ def roofline(costs: list[dict], unit: Unit, precision: str, runtime: str, unit_n
         t_memory = (c["act_elems"] * act + c["weight_elems"] * wgt) / bw
         seconds += max(t_compute, t_memory)
         bound_by_memory += t_memory > t_compute
-    macs = sum(c["macs"] for c in costs)
-    return {"seconds": seconds, "macs": macs, "layers": len(costs), "memory_bound_layers": bound_by_memory,
+    return {"roofline_seconds": seconds, "macs": sum(c["macs"] for c in costs), "layers": len(costs),
+            "memory_bound_layers": bound_by_memory,
             "bytes": sum(c["act_elems"] * act + c["weight_elems"] * wgt for c in costs), "weight_bits": w_bits,
             "activation_bits": a_bits, "compute": compute, "peak_gflops": peak / 1e9, "bandwidth_gbs": unit.bandwidth_gbs,
             "unit_source": unit.source}
 
 
-def device_estimates(device: Device, costs: list[dict], runtime: str, precision: str) -> dict[str, dict]:
-    """Roofline per compute unit of `device` that `runtime` can use (none if the device lacks the runtime)."""
+def estimate(costs: list[dict], unit: Unit, w_bits: float, a_bits: int, unit_name: str, runtime: str,
+             fits: dict) -> dict:
+    """Seconds per call: the roofline through the unit's calibration (per-call + per-layer cost + roofline factor,
+    fitted on published measurements) where one exists, else the bare roofline, labelled uncalibrated."""
+    from turbovaed.profile.calibration import calibration_class
+
+    est = roofline(costs, unit, w_bits, a_bits)
+    fit = fits.get(calibration_class(unit_name, est["compute"], runtime))
+    est["calibration"] = fit.describe() if fit else None
+    est["seconds"] = fit.predict(est["layers"], est["roofline_seconds"]) if fit else est["roofline_seconds"]
+    return est
+
+
+def device_estimates(device: Device, costs: list[dict], runtime: str, precision: str, fits: dict) -> dict[str, dict]:
+    """Estimate per compute unit of `device` that `runtime` can use (none if the device lacks the runtime)."""
     if runtime not in device.runtimes:
         return {}
     units = list(RUNTIME_UNITS.get(runtime, ("cpu",)))
-    if runtime in NPU_RUNTIMES and weight_activation_bits(runtime, precision, "npu") == (8, 8):
-        units.append("npu")  # W8A8 graphs are what NPU delegates (QNN for LiteRT, the QNN EP for ONNX) run
-    return {u: roofline(costs, device.units[u], precision, runtime, u) for u in units if u in device.units}
+    w_bits, a_bits = weight_activation_bits(runtime, precision, "npu")
+    if runtime in NPU_RUNTIMES and ((w_bits, a_bits) == (8, 8) or w_bits >= 16):
+        units.append("npu")  # NPU delegates (QNN for LiteRT, the QNN EP for ONNX) run W8A8 and float graphs
+    return {u: estimate(costs, device.units[u], *weight_activation_bits(runtime, precision, u), u, runtime, fits)
+            for u in units if u in device.units}

@@ -263,15 +263,19 @@ def _record(m: dict, device: str, runs: int, warmup: int, threads: int, ident: d
         + (", ".join(others) or "nothing"))
 
 
-def estimate_records(manifests: list[dict], devices: dict) -> list[Record]:
-    """Roofline estimates for every artifact on every catalog device (and compute unit) its runtime can use."""
+def estimate_records(manifests: list[dict], devices: dict, fits: dict | None = None) -> list[Record]:
+    """Estimates for every artifact on every catalog device (and compute unit) its runtime can use: calibrated
+    where the unit's class has a fit (calibration.py), else the bare roofline, labelled so."""
+    from turbovaed.profile.calibration import fits as calibration_fits
+
+    fits = calibration_fits() if fits is None else fits
     out = []
     for m in manifests:
         cfg = StudentConfig.from_dict(m["student"]["config"])  # the manifest carries it: no weights to load
         costs = layer_costs(cfg, tuple(m["inputs"][0]["shape"][2:]))
         frames = m["outputs"][0]["shape"][2]
         for dev in devices.values():
-            for unit, est in device_estimates(dev, costs, m["backend"], m["precision"]).items():
+            for unit, est in device_estimates(dev, costs, m["backend"], m["precision"], fits).items():
                 s = est.pop("seconds")
                 out.append(Record(
                     model=Path(m["student"]["checkpoint"]).name, model_sha256=m["student"].get("sha256", ""),
@@ -280,9 +284,16 @@ def estimate_records(manifests: list[dict], devices: dict) -> list[Record]:
                     precision_meaning=precision_meaning(m["backend"], m["precision"],
                                                         m["recipe"].get("delegate", "xnnpack")),
                     input_shape=m["inputs"][0]["shape"], frames=frames, latency=Latency(s * 1000, s * 1000, s * 1000),
-                    fps=frames / s, source="estimate", estimate=est,
-                    notes="roofline lower bound: sum over layers of max(2*MACs/peak, bytes/bandwidth)"))
+                    fps=frames / s, source="estimate", estimate=est, notes=estimate_note(est)))
     return out
+
+
+def estimate_note(est: dict) -> str:
+    cal = est["calibration"]
+    if cal is None:
+        return "uncalibrated roofline lower bound: sum over layers of max(2*MACs/peak, bytes/bandwidth)"
+    return (f"calibrated ({cal['class']}, {cal['points']} points, worst leave-one-out "
+            f"{cal['worst_leave_one_out_ratio']:.2f}x): per-call + per-layer + k * roofline")
 
 
 def stamp() -> str:

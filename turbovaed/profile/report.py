@@ -15,11 +15,12 @@ import torch
 from turbovaed import data, teachers
 from turbovaed.export.core import ExportRecipe, backend_module
 from turbovaed.io import InputError, atomic_dir
-from turbovaed.profile.devices import load_catalog
+from turbovaed.profile import calibration
+from turbovaed.profile.devices import Unit, load_catalog
 from turbovaed.profile.host import find_manifests
 from turbovaed.profile.schema import RESULTS_DIR, Record, load_all
 from turbovaed.recipes import build
-from turbovaed.student import StudentDecoder
+from turbovaed.student import StudentConfig, StudentDecoder
 
 PRECISION_ORDER = ["fp32", "fp16", "int8", "int8-dynamic", "int4", "palettize4"]
 
@@ -39,14 +40,25 @@ def _student_quality(manifest: dict) -> dict:
     return {k: mean[f"student_{k}"] for k in ("psnr", "ssim") if isinstance(mean.get(f"student_{k}"), (int, float))}
 
 
+def _rank(r: Record) -> tuple:
+    """A measurement beats an estimate, a calibrated estimate beats a bare roofline; then the fastest."""
+    return r.source != "estimate", bool(r.estimate.get("calibration")) or r.source != "estimate", r.fps
+
+
 def best_records(records: list[Record], key) -> dict:
-    """The best record per key(record): a measurement beats an estimate; among equals the fastest wins."""
+    """The best record per key(record), by _rank."""
     best: dict = {}
     for r in records:
         k = key(r)
-        if k not in best or (r.source != "estimate", r.fps) > (best[k].source != "estimate", best[k].fps):
+        if k not in best or _rank(r) > _rank(best[k]):
             best[k] = r
     return best
+
+
+def _tag(r: Record) -> str:
+    if r.source != "estimate":
+        return ""
+    return " (est.)" if r.estimate.get("calibration") else " (roofline bound)"
 
 
 def headline(manifests: list[dict], records: list[Record], devices: list[str]) -> str:
@@ -61,12 +73,51 @@ def headline(manifests: list[dict], records: list[Record], devices: list[str]) -
         cells = []
         for d in devices:
             r = best.get(d)
-            cells.append("-" if r is None else f"{r.fps:.1f}{'' if r.source != 'estimate' else ' (est.)'} "
-                                               f"{r.runtime} {r.precision} on {r.compute_unit}")
+            cells.append("-" if r is None else f"{r.fps:.1f}{_tag(r)} {r.runtime} {r.precision} on {r.compute_unit}")
         s, t = m["frame_rule"]["spatial_ratio"], m["frame_rule"]["temporal_ratio"]
         rows.append([Path(ckpt).name, f"{m['student']['params'] / 1e6:.2f}M", f"{s}x{s}x{t}, {cfg['latent_channels']} ch",
                      f"{q['psnr']:.2f}" if "psnr" in q else "-", f"{q['ssim']:.3f}" if "ssim" in q else "-", *cells])
     return _md_table(["student", "params", "compression", "PSNR dB", "SSIM", *[f"{d} FPS" for d in devices]], rows)
+
+
+DEPLOYMENT_SIZES = {"512x512": (512, 512), "480p": (480, 848), "720p": (720, 1280)}  # (H, W); 848 = 16:9 in /16
+DEPLOYMENT_LATENT_FRAMES = 5  # 1 + 4 latents: 17 frames for a 4x temporal, first-frame student
+
+
+def deployment_table(manifests: list[dict], catalog: dict, fits: dict) -> str:
+    """Turbo-VAED-style device table: each student's estimated FPS at 512^2, 480p and 720p per device, the
+    fastest calibrated estimate over its exported runtimes/precisions (with its leave-one-out error), and
+    where a uncalibrated unit's roofline bound is faster, that bound beside it."""
+    from turbovaed.profile.estimate import device_estimates, layer_costs
+
+    rows = []
+    for sha in sorted({m["student"]["sha256"] for m in manifests}):
+        ms = [m for m in manifests if m["student"]["sha256"] == sha and "stream" not in m]
+        if not ms:
+            continue
+        cfg, rule = StudentConfig.from_dict(ms[0]["student"]["config"]), ms[0]["frame_rule"]
+        t, r_t, s = DEPLOYMENT_LATENT_FRAMES, rule["temporal_ratio"], rule["spatial_ratio"]
+        frames = 1 + r_t * (t - 1) if rule.get("first_frame", True) else r_t * t
+        for size, (h, w) in DEPLOYMENT_SIZES.items():
+            costs = layer_costs(cfg, (t, h // s, w // s))
+            cells = []
+            for dev in catalog.values():
+                cal, bound = None, None
+                for m in ms:
+                    for unit, est in device_estimates(dev, costs, m["backend"], m["precision"], fits).items():
+                        fps = frames / est["seconds"]
+                        cand = (fps, f"{m['backend']} {m['precision']} on {unit}", est["calibration"])
+                        if est["calibration"] and (cal is None or fps > cal[0]):
+                            cal = cand
+                        elif not est["calibration"] and (bound is None or fps > bound[0]):
+                            bound = cand
+                cell = (f"{cal[0]:.1f} {cal[1]} (est., LOO {cal[2]['worst_leave_one_out_ratio']:.1f}x)" if cal and
+                        cal[2]["worst_leave_one_out_ratio"] else f"{cal[0]:.1f} {cal[1]} (est.)" if cal else "-")
+                if bound and (cal is None or bound[0] > cal[0]):
+                    cell += f"; <= {bound[0]:.0f} {bound[1]} (roofline bound)"
+                cells.append(cell)
+            rows.append([Path(ms[0]["student"]["checkpoint"]).name, f"{size} x {frames} frames", *cells])
+    return _md_table(["student", "decode", *[f"{d} FPS" for d in catalog]], rows)
 
 
 def artifact_table(manifests: list[dict]) -> str:
@@ -86,6 +137,29 @@ def latency_table(records: list[Record]) -> str:
              f"{r.latency.p10_ms:.1f}-{r.latency.p90_ms:.1f}" if r.source != "estimate" else "-", f"{r.fps:.1f}"]
             for r in sorted(records, key=lambda r: (r.device, r.source, r.latency.median_ms))]
     return _md_table(["device", "source", "artifact", "runtime", "precision", "unit", "median ms", "p10-p90 ms", "FPS"], rows)
+
+
+def profiled_host(records: list[Record], catalog: dict) -> dict:
+    """{"host": the catalog's host entry with the CPU peaks the profile run measured} (from its host
+    estimate records), or {} when no profile run estimated the host."""
+    from dataclasses import replace
+
+    est = next((r.estimate for r in records if r.device == "host" and r.source == "estimate"), None)
+    if not est or "host" not in catalog:
+        return {}
+    unit = Unit(bandwidth_gbs=est["bandwidth_gbs"], peak_gflops_fp32=est["peak_gflops"], source=est["unit_source"])
+    return {"host": replace(catalog["host"], units={"cpu": unit})}
+
+
+def calibration_table(rows: list[dict] | None = None) -> str:
+    """Every calibration point: measured, the all-points fit, and the fit without that point (LOO)."""
+    rows = calibration.leave_one_out() if rows is None else rows
+    return _md_table(["class", "net", "input", "device", "runtime", "layers", "roofline ms", "measured ms", "fit ms",
+                      "leave-one-out ms", "LOO / measured", "source"],
+                     [[r["class"], r["net"], r["point"].split()[1], r["device"], r["runtime"], str(r["layers"]),
+                       f"{r['roofline_ms']:.3f}", f"{r['measured_ms']:.3f}", f"{r['fit_ms']:.3f}",
+                       f"{r['loo_ms']:.3f}" if r["loo_ms"] is not None else "-",
+                       f"{r['loo_ratio']:.2f}" if r["loo_ratio"] else "-", r["source"].split(" (")[0]] for r in rows])
 
 
 def host_check(records: list[Record]) -> tuple[str, list[float]]:
@@ -213,18 +287,27 @@ def write_report(exports: Path, out_dir: Path, results: Path | None = None, vide
         plot_quality_size(manifests, tmp / "quality_vs_size.png")
         frames = side_by_side(manifests, tmp / "frames.png", video)
         top = headline(manifests, records, devices)
+        fits = calibration.fits(catalog=catalog)
+        deploy = deployment_table(manifests, {**catalog, **profiled_host(records, catalog)}, fits)
         check_md, ratios = host_check(records)
         sections = [
             "# turbovaed report",
             "Measured = timed on that device (`measured-host`: this machine, interleaved runs; `measured-device-app`: "
-            "imported from a device app). `(est.)` = roofline estimate from the catalog's spec sheet "
-            "(profiles/devices), a lower bound on latency, never a measurement.",
+            "imported from a device app). `(est.)` = estimate: the roofline from the catalog's spec sheet "
+            "(profiles/devices) through the unit's calibration (per-call + per-layer cost + a roofline factor, fitted on "
+            "measured conv nets: profiles/calibration); `(roofline bound)` = a unit with no calibration points yet "
+            "(phone GPUs, the Neural Engine): a lower bound on latency. Neither is a measurement.",
             "## Students", top,
+            "## Students at deployment sizes (estimated)", deploy,
+            "Per device: the fastest calibrated estimate over the exported runtimes and precisions, with the worst "
+            "leave-one-out error of its calibration class; a faster uncalibrated roofline bound is shown beside it. "
+            "`host` is this machine, its peaks measured now. Measured figures are in the Students table and below.",
+            "## Calibration (leave-one-out)", calibration_table(),
             "## Artifacts", artifact_table(manifests),
             "## Latency", "![latency](latency.png)", latency_table(records),
-            "## Estimate error bar (this host)", check_md,
-            f"Measured / estimate on this host: {min(ratios):.2f}x to {max(ratios):.2f}x (target: within 3x). Read "
-            "device estimates as lower bounds with this factor as their error bar." if ratios else
+            "## Estimate vs measurement (this host)", check_md,
+            f"Measured / estimate on this host, for the student's own artifacts (the calibration never saw them): "
+            f"{min(ratios):.2f}x to {max(ratios):.2f}x." if ratios else
             "No host measurement matches a host estimate yet: run `turbovaed profile` on these artifacts.",
             "## Quality vs size", "![quality vs size](quality_vs_size.png)",
         ]

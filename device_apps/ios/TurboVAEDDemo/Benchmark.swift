@@ -26,6 +26,8 @@ struct ProfileRecord: Encodable {
     let warmup: Int
     let threads: Int?
     let firstLoadMs: Double
+    let warmLoadMs: Double
+    let firstInferenceMs: Double
     let peakMemoryMb: Double
     let memoryMethod: String
     let hwModel: String
@@ -62,17 +64,24 @@ enum Benchmark {
         return kr == KERN_SUCCESS ? Double(info.ledger_phys_footprint_peak) / 1_048_576 : 0
     }
 
-    /// Warm-up, `runs` timed decodes; returns the record, the last frames and their PSNR vs the fp32 reference.
-    static func run(bundle: AppBundle, decoder: CoreMLDecoder, device: String, runs: Int, warmup: Int) throws
+    /// The first prediction (timed alone; it counts as the first warm-up call), the rest of the warm-up, then
+    /// `runs` timed predictions: only `prediction` is inside the timer (input built once, output read after).
+    /// Returns the record, the last frames and their PSNR vs the fp32 reference.
+    static func run(bundle: AppBundle, decoder: CoreMLDecoder, device: String, runs: Int, warmup: Int) async throws
         -> (ProfileRecord, [Float], Double) {
-        var frames: [Float] = []
-        for _ in 0..<warmup { frames = try decoder.decode(bundle.latents, shape: bundle.meta.latents.shape) }
+        let input = try decoder.input(bundle.latents, shape: bundle.meta.latents.shape)
+        let f0 = Date()
+        var output = try decoder.predict(input)
+        let firstMs = Date().timeIntervalSince(f0) * 1000
+        for _ in 0..<max(0, warmup - 1) { output = try decoder.predict(input) }
         var times: [Double] = []
         for _ in 0..<runs {
             let t0 = Date()
-            frames = try decoder.decode(bundle.latents, shape: bundle.meta.latents.shape)
+            output = try decoder.predict(input)
             times.append(Date().timeIntervalSince(t0) * 1000)
         }
+        let frames = try decoder.frames(output)
+        let placement = await decoder.opPlacement()
         let sorted = times.sorted(), median = quantile(sorted, 0.5), n = bundle.outputShape[2]
         let student = bundle.manifest["student"] as? [String: Any] ?? [:]
         let quality = psnr(frames, bundle.reference)
@@ -85,11 +94,14 @@ enum Benchmark {
             latency: .init(medianMs: median, p10Ms: quantile(sorted, 0.1), p90Ms: quantile(sorted, 0.9)),
             fps: Double(n) / (median / 1000), source: "measured-device-app", status: "ok",
             precisionMeaning: bundle.manifest["precision_meaning"] as? String ?? "", runs: runs, warmup: warmup,
-            threads: nil, firstLoadMs: decoder.loadMs, peakMemoryMb: peakMemoryMb(),
+            threads: nil, firstLoadMs: decoder.firstLoadMs, warmLoadMs: decoder.warmLoadMs, firstInferenceMs: firstMs,
+            peakMemoryMb: peakMemoryMb(),
             memoryMethod: "task_vm_info ledger_phys_footprint_peak (peak physical footprint of the app process)",
             hwModel: hardwareModel(), osVersion: "iOS \(UIDevice.current.systemVersion)",
-            ops: .init(delegated: nil, total: nil),
-            notes: "input: \(bundle.inputLatents) latents; PSNR vs fp32 reference \(String(format: "%.1f", quality)) dB")
+            ops: .init(delegated: placement.delegated, total: placement.total),
+            notes: "input: \(bundle.inputLatents) latents; PSNR vs fp32 reference \(String(format: "%.1f", quality)) dB; "
+                + (decoder.compileMs.map { String(format: "compiled on device in %.0f ms", $0) } ?? "cached compilation")
+                + "; ops = MLComputePlan preferred-device placement on \(decoder.unitName)")
         return (record, frames, quality)
     }
 

@@ -30,17 +30,29 @@ struct ContentView: View {
         }.padding()
     }
 
+    /// Loading, compiling and predicting run off the main actor (a detached task); only the UI update
+    /// comes back to it. The single "decode" shows frames and writes no record.
     private func go(runs: Int, warmup: Int) async {
-        do {
-            let bundle = try AppBundle()
-            let decoder = try CoreMLDecoder(bundle: bundle, computeUnits: units[unit]!)
-            let (record, frames, quality) = try Benchmark.run(bundle: bundle, decoder: decoder, device: device,
-                                                              runs: runs, warmup: warmup)
-            let url = try Benchmark.write(record)
-            images = ContentView.toImages(frames, shape: bundle.outputShape)
-            status = String(format: "%@ %@: %.1f ms/decode, PSNR %.1f dB vs fp32\nrecord: %@", unit,
-                            bundle.meta.precision, record.latency.medianMs, quality, url.lastPathComponent)
-        } catch {
+        let (computeUnits, device, unit, record) = (units[unit]!, device, unit, runs > 1)
+        status = "working..."
+        let result = await Task.detached(priority: .userInitiated) { () -> Result<(ProfileRecord, [Float], Double, String?, [Int]), Error> in
+            do {
+                let bundle = try AppBundle()
+                let decoder = try CoreMLDecoder(bundle: bundle, computeUnits: computeUnits)
+                let (rec, frames, quality) = try await Benchmark.run(bundle: bundle, decoder: decoder, device: device,
+                                                                    runs: runs, warmup: warmup)
+                let url = record ? try Benchmark.write(rec).lastPathComponent : nil
+                return .success((rec, frames, quality, url, bundle.outputShape))
+            } catch {
+                return .failure(error)
+            }
+        }.value
+        switch result {
+        case let .success((rec, frames, quality, url, shape)):
+            images = ContentView.toImages(frames, shape: shape)
+            status = String(format: "%@ %@: %.1f ms/prediction, PSNR %.1f dB vs fp32\n%@", unit, rec.precision,
+                            rec.latency.medianMs, quality, url.map { "record: \($0)" } ?? "(decode only: no record)")
+        case let .failure(error):
             status = "error: \(error.localizedDescription)"
         }
     }

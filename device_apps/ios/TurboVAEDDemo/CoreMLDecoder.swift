@@ -1,32 +1,78 @@
 import CoreML
 
-/// Compiles the bundled .mlpackage on device and decodes latents -> frames on the chosen compute units.
+/// The bundled .mlpackage, compiled on device once and cached (the cache name carries the manifest's sha256,
+/// so a swapped bundle is recompiled), loaded for the chosen compute units. Times: compile (nil when the
+/// cached compilation was used), first load in this process, a second (warm) load.
 final class CoreMLDecoder {
     let model: MLModel
-    let loadMs: Double
+    let compiledURL: URL
+    let configuration: MLModelConfiguration
+    let compileMs: Double?
+    let firstLoadMs: Double
+    let warmLoadMs: Double
     let computeUnits: MLComputeUnits
 
     init(bundle: AppBundle, computeUnits: MLComputeUnits) throws {
-        let start = Date()
-        let compiled = try MLModel.compileModel(at: bundle.modelURL)
-        let config = MLModelConfiguration()
-        config.computeUnits = computeUnits
-        model = try MLModel(contentsOf: compiled, configuration: config)
-        loadMs = Date().timeIntervalSince(start) * 1000
+        let caches = FileManager.default.urls(for: .cachesDirectory, in: .userDomainMask)[0]
+        let sha = (bundle.manifest["sha256"] as? String ?? "unknown").prefix(16)
+        compiledURL = caches.appendingPathComponent("\(sha)-\(bundle.meta.artifact).mlmodelc")
+        if FileManager.default.fileExists(atPath: compiledURL.path) {
+            compileMs = nil
+        } else {
+            let start = Date()
+            let compiled = try MLModel.compileModel(at: bundle.modelURL)  // a temporary folder
+            _ = try FileManager.default.replaceItemAt(compiledURL, withItemAt: compiled)  // atomic move into the cache
+            compileMs = Date().timeIntervalSince(start) * 1000
+        }
+        configuration = MLModelConfiguration()
+        configuration.computeUnits = computeUnits
+        var start = Date()
+        model = try MLModel(contentsOf: compiledURL, configuration: configuration)
+        firstLoadMs = Date().timeIntervalSince(start) * 1000
+        start = Date()
+        _ = try MLModel(contentsOf: compiledURL, configuration: configuration)
+        warmLoadMs = Date().timeIntervalSince(start) * 1000
         self.computeUnits = computeUnits
     }
 
-    /// latents (B, C, T, h, w) flattened -> frames (B, 3, T', H, W) flattened, in [-1, 1].
-    func decode(_ latents: [Float], shape: [Int]) throws -> [Float] {
-        let input = try MLMultiArray(shape: shape.map { NSNumber(value: $0) }, dataType: .float32)
-        latents.withUnsafeBufferPointer { src in
-            input.dataPointer.assumingMemoryBound(to: Float.self).update(from: src.baseAddress!, count: latents.count)
-        }
-        let out = try model.prediction(from: MLDictionaryFeatureProvider(dictionary: ["latents": input]))
-        guard let frames = out.featureValue(for: "frames")?.multiArrayValue else {
+    /// The model input for latents (B, C, T, h, w), built once outside the timed calls.
+    func input(_ latents: [Float], shape: [Int]) throws -> MLFeatureProvider {
+        let array = MLMultiArray(MLShapedArray<Float>(scalars: latents, shape: shape))
+        return try MLDictionaryFeatureProvider(dictionary: ["latents": array])
+    }
+
+    /// One prediction: all that the benchmark times.
+    func predict(_ input: MLFeatureProvider) throws -> MLFeatureProvider {
+        try model.prediction(from: input)
+    }
+
+    /// frames (B, 3, T', H, W) in [-1, 1], read stride-safely (the output may be fp16 or padded).
+    func frames(_ output: MLFeatureProvider) throws -> [Float] {
+        guard let frames = output.featureValue(for: "frames")?.multiArrayValue else {
             throw NSError(domain: "turbovaed", code: 2, userInfo: [NSLocalizedDescriptionKey: "model has no 'frames' output"])
         }
-        return (0..<frames.count).map { frames[$0].floatValue }  // fp16 or fp32 storage, read as Float
+        return MLShapedArray<Float>(converting: frames).scalars
+    }
+
+    /// Ops the compiled program places on the requested unit vs all of them (MLComputePlan, iOS 17.4+);
+    /// (nil, nil) where the plan is unavailable. Constants are not counted.
+    func opPlacement() async -> (delegated: Int?, total: Int?) {
+        guard #available(iOS 17.4, macOS 14.4, *),
+              let plan = try? await MLComputePlan.load(contentsOf: compiledURL, configuration: configuration),
+              case let .program(program) = plan.modelStructure,
+              let main = program.functions["main"] else { return (nil, nil) }
+        var onUnit = 0, total = 0
+        for op in main.block.operations where op.operatorName != "const" {
+            total += 1
+            guard let device = plan.deviceUsage(for: op)?.preferred else { continue }
+            switch (device, computeUnits) {
+            case (.neuralEngine, .cpuAndNeuralEngine), (.neuralEngine, .all), (.gpu, .cpuAndGPU), (.cpu, .cpuOnly):
+                onUnit += 1
+            default:
+                break
+            }
+        }
+        return (onUnit, total)
     }
 
     var unitName: String {

@@ -35,10 +35,15 @@ class AppBundle(context: Context, dir: String = "bundle") {
         latents = floats(latentsMeta.getString("file"))
         latentShape = LongArray(latentsMeta.getJSONArray("shape").length()) { latentsMeta.getJSONArray("shape").getLong(it) }
         reference = floats(meta.getJSONObject("reference_frames").getString("file"))
-        // Runtimes want a file path: copy the artifact out of the APK once.
-        modelFile = File(context.filesDir, meta.getString("artifact"))
+        // Runtimes want a file path: copy the artifact out of the APK once per artifact content. The cache
+        // name carries the manifest's sha256, so a swapped bundle never times a stale model; the copy is
+        // written to a temp file and renamed, so a killed copy never leaves a truncated model behind.
+        val artifact = meta.getString("artifact")
+        modelFile = File(context.filesDir, "${manifest.getString("sha256").take(16)}-$artifact")
         if (!modelFile.exists()) {
-            assets.open("$dir/${meta.getString("artifact")}").use { src -> modelFile.outputStream().use { src.copyTo(it) } }
+            val tmp = File(context.filesDir, "${modelFile.name}.tmp")
+            assets.open("$dir/$artifact").use { src -> tmp.outputStream().use { src.copyTo(it) } }
+            check(tmp.renameTo(modelFile)) { "could not move the copied model into place: $modelFile" }
         }
     }
 

@@ -12,7 +12,9 @@ import androidx.appcompat.app.AppCompatActivity
 import java.io.File
 import kotlin.concurrent.thread
 
-/** Decode the bundled latents, play the frames, and benchmark (writes a profile record JSON). */
+/** Decode the bundled latents once and play the frames; benchmark (writes a profile record JSON) from the
+ *  button or at launch with `--ez benchmark true`. Intent extras: device (a profiles/devices id), runs,
+ *  warmup, threads (ExecuTorch / XNNPACK), unit (LiteRT: cpu | gpu). */
 class MainActivity : AppCompatActivity() {
     private lateinit var image: ImageView
     private lateinit var status: TextView
@@ -21,35 +23,57 @@ class MainActivity : AppCompatActivity() {
         super.onCreate(savedInstanceState)
         image = ImageView(this)
         status = TextView(this)
-        val bench = Button(this).apply { text = "benchmark (3 warm-up + 20 runs)" }
+        val runs = intent.getIntExtra("runs", 20)
+        val warmup = intent.getIntExtra("warmup", 3)
+        val threads = intent.getIntExtra("threads", 4)
+        val unit = intent.getStringExtra("unit") ?: "cpu"
+        val device = intent.getStringExtra("device") ?: "pixel-8"  // an id from profiles/devices/
+        val bench = Button(this).apply { text = "benchmark ($warmup warm-up + $runs runs, $threads threads)" }
         setContentView(LinearLayout(this).apply {
             orientation = LinearLayout.VERTICAL
             addView(status); addView(image, LinearLayout.LayoutParams(768, 768)); addView(bench)
         })
-        val device = intent.getStringExtra("device") ?: "pixel-8"  // an id from profiles/devices/
-        bench.setOnClickListener { thread { benchmark(device) } }
-        thread { benchmark(device, runs = 1, warmup = 0) }
+        bench.setOnClickListener { thread { benchmark(device, runs, warmup, threads, unit) } }
+        thread {
+            if (intent.getBooleanExtra("benchmark", false)) benchmark(device, runs, warmup, threads, unit)
+            else show(unit, threads)  // the launch decode: shown, never written as a record
+        }
     }
 
-    private fun benchmark(device: String, runs: Int = 20, warmup: Int = 3) {
+    private fun open(bundle: AppBundle, unit: String, threads: Int): FrameDecoder = when (bundle.backend) {
+        "executorch" -> ExecuTorchDecoder(bundle.modelFile, threads)
+        "litert" -> LiteRtDecoder(bundle.modelFile, unit)
+        else -> error("this app runs ExecuTorch and LiteRT bundles, not ${bundle.backend}")
+    }
+
+    private fun show(unit: String, threads: Int) {
         val bundle = AppBundle(this)
-        val threads = 4
+        open(bundle, unit, threads).use { decoder ->
+            val frames = decoder.decode(bundle.latents, bundle.latentShape)
+            val shape = bundle.manifest.getJSONArray("outputs").getJSONObject(0).getJSONArray("shape")
+            runOnUiThread {
+                status.text = "${decoder.runtime} ${bundle.precision}: decoded once (benchmark: press the button)"
+                play(frames, shape.getInt(2), shape.getInt(3), shape.getInt(4))
+            }
+        }
+    }
+
+    private fun benchmark(device: String, runs: Int, warmup: Int, threads: Int, unit: String) {
+        val bundle = AppBundle(this)
         val peakBefore = Benchmark.peakRssMbNow()
         val t0 = System.nanoTime()
-        val decoder: FrameDecoder = when (bundle.backend) {
-            "executorch" -> ExecuTorchDecoder(bundle.modelFile)
-            "litert" -> LiteRtDecoder(bundle.modelFile, threads)
-            else -> error("this app runs ExecuTorch and LiteRT bundles, not ${bundle.backend}")
-        }
+        val decoder = open(bundle, unit, threads)  // includes ExecuTorch's loadMethod / LiteRT's compilation
         val loadMs = (System.nanoTime() - t0) / 1e6
         decoder.use {
             val b = Benchmark(bundle, it, device)
             val record = b.run(runs, warmup, loadMs, threads, peakBefore)
             val out = File(getExternalFilesDir(null), "${bundle.manifest.getString("name")}-$device.json")
-            out.writeText(record.toString(1))
+            val tmp = File(out.path + ".tmp")
+            tmp.writeText(record.toString(1))
+            check(tmp.renameTo(out)) { "could not write $out" }
             val shape = bundle.manifest.getJSONArray("outputs").getJSONObject(0).getJSONArray("shape")
             runOnUiThread {
-                status.text = "${it.runtime} ${bundle.precision}: %.1f ms/decode, PSNR %.1f dB\nrecord: %s"
+                status.text = "${it.runtime} ${bundle.precision} on ${it.computeUnit}: %.1f ms/decode, PSNR %.1f dB\nrecord: %s"
                     .format(record.getJSONObject("latency").getDouble("median_ms"), b.psnr(), out.path)
                 play(b.lastFrames, shape.getInt(2), shape.getInt(3), shape.getInt(4))
             }

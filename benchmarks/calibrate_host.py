@@ -9,6 +9,7 @@ Phone CPUs get these fits too: no published phone-CPU timings of these nets on c
 and the report says so.
 
     python benchmarks/calibrate_host.py [--runs 30] [--threads 2]
+    python benchmarks/calibrate_host.py --report-only   # refit from the committed points, measure nothing
 
 Writes profiles/calibration/host-cpu.json (read by the estimates) and benchmarks/results/calibrate_host.json
 (the leave-one-out table of every class, for the README).
@@ -64,7 +65,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--report-only", action="store_true", help="refit and rewrite the results from the points")
     args = parser.parse_args()
+    if not args.report_only:
+        measure(args)
+    table = calibration.leave_one_out()
+    for row in table:
+        print(f"{row['point']:70s} measured {row['measured_ms']:8.3f} ms  leave-one-out {row['loo_ms']:8.3f} ms  "
+              f"ratio {row['loo_ratio']:.2f}")
+    write_results("calibrate_host", {"leave_one_out": table,
+                                     "fits": {k: f.describe() for k, f in calibration.fits().items()}})
+
+
+def measure(args: argparse.Namespace) -> None:
+    """Time every case and write profiles/calibration/host-cpu.json."""
     torch.set_num_threads(args.threads)  # the runners size XNNPACK's pool and ORT's intra-op threads from it
     cases = [(name, (3, s, s), backend, precision) for name in calibration.NETS
              for s in SIZES.get(name, (128, 64, 32)) for backend in RUNTIMES for precision in ("fp32", "int8")]
@@ -92,12 +106,6 @@ def main() -> None:
     with atomic_file(out) as tmp_file:
         tmp_file.write_text(json.dumps({"points": points}, indent=1) + "\n")
     print(f"wrote {out}")
-    table = calibration.leave_one_out()
-    for row in table:
-        print(f"{row['point']:70s} measured {row['measured_ms']:8.3f} ms  leave-one-out {row['loo_ms']:8.3f} ms  "
-              f"ratio {row['loo_ratio']:.2f}")
-    write_results("calibrate_host", {"leave_one_out": table,
-                                     "fits": {k: f.describe() for k, f in calibration.fits().items()}})
 
 
 if __name__ == "__main__":

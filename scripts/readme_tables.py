@@ -227,7 +227,8 @@ def profiling() -> str:
              f"→ {r0.frames} frames per call, {r0.threads} threads, {r0.runs} interleaved runs, each artifact in its own "
              "process (load, first call and memory its own). "
              + (f"Measured / calibrated host estimate: {min(ratios):.2f}×–{max(ratios):.2f}× over {len(ratios)} "
-                "artifacts (the calibration never saw them). " if ratios else "") + (f"Failed: {', '.join(failed)}. " if failed else "")
+                "artifacts (the calibration never saw them). " if ratios else "")
+             + (f"Failed: {', '.join(failed)}. " if failed else "")
              + "Source: `profiles/results/` (report: `profiles/report/`)."]
     return "\n".join(rows)
 
@@ -235,15 +236,17 @@ def profiling() -> str:
 def calibration() -> str:
     """The estimate calibration: one fit per class and its leave-one-out error (benchmarks/calibrate_host.py)."""
     r = load("calibrate_host.json")
-    rows = ["| class | points | fitted on | per call ms | per layer µs | roofline × | leave-one-out est. / measured |",
+    rows = ["| class | points | fitted on | per call ms | per op µs | roofline × | leave-one-out est. / measured |",
             "|---|---|---|---|---|---|---|"]
     for cls, f in r["fits"].items():
         pts = [p for p in r["leave_one_out"] if p["class"] == cls]
         ratios = [p["loo_ratio"] for p in pts if p["loo_ratio"]]
         where = sorted({p["device"] for p in pts})
-        source = "AI Hub perf tables" if all("ai-hub-models" in p["source"] for p in pts) else "this host (ORT)"
+        runtimes = ", ".join(sorted({p["runtime"] for p in pts}))
+        source = ("AI Hub perf tables" if all("ai-hub-models" in p["source"] for p in pts) else "measured here") + \
+            f" ({runtimes})"
         rows.append(f"| {cls} | {f['points']} | {', '.join(where)}: {source} | {f['per_call_ms']:.3f} | "
-                    f"{f['per_layer_us']:.1f} | {f['roofline_factor']:.2f} | {min(ratios):.2f}–{max(ratios):.2f} |")
+                    f"{f['per_op_us']:.1f} | {f['roofline_factor']:.2f} | {min(ratios):.2f}–{max(ratios):.2f} |")
     nets = sorted({p["net"] for p in r["leave_one_out"]})
     rows += ["", f"Nets: {', '.join(nets)} (architectures checked against their published parameter counts). Each "
              "point predicted by the fit made without it; target: within 2×. Phone GPUs and the Neural Engine have no "

@@ -43,6 +43,15 @@ def test_artifact_is_built_run_and_verified(tmp_path, student_dir, backend, prec
         assert ops["not_delegated_ops"] == []
     if backend == "litert":
         assert ops["conv_3d"] == 0 and ops["flex_or_custom"] == 0
+        # the manifest states the I/O dtypes the artifact really takes (apps quantize int8 inputs from it)
+        from ai_edge_litert.interpreter import Interpreter
+
+        tensor = Interpreter(model_path=str(folder / manifest["artifact"])).get_input_details()[0]
+        stated = manifest["inputs"][0]
+        assert stated["dtype"] == tensor["dtype"].__name__ == ("int8" if precision == "int8" else "float32")
+        if precision == "int8":
+            assert stated["quantization"] == {"scale": pytest.approx(tensor["quantization"][0]),
+                                              "zero_point": tensor["quantization"][1]}
     if backend == "coreml":
         assert ops["max_rank"] <= 5 and ops["ops_off_neural_engine_path"] == []
         assert any("not run" in s for s in manifest["not_checked_here"])

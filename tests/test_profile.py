@@ -161,6 +161,11 @@ def test_cli_import_report_and_bad_inputs(artifacts, tmp_path):
     assert "(est.)" in md and "| host | measured-host |" in md
     assert re.search(r"\(est\.\) \S+ \S+ on (cpu|gpu|ane|npu)", report["table"])  # each cell names its compute unit
     assert "the student trained on synthetic clips only" in md  # the frames say which clip, and why
+    deploy = md.split("## Students at deployment sizes (estimated)", 1)[1].split("\n## ", 1)[0]
+    for size in ("512x512 x", "480p x", "720p x"):  # the selected student at deployment sizes, per device
+        assert size in deploy, deploy
+    assert re.search(r"galaxy-s24 FPS", deploy) and "npu (est., LOO" in deploy  # calibrated, with its error
+    assert "## Calibration (leave-one-out)" in md and "ai-hub-models" in md
     assert "| pixel-8 | measured-device-app |" not in md  # the imported record is another model's
     assert "<table>" in (tmp_path / "report" / "report.html").read_text() and report["table"].startswith("| student")
 
@@ -322,7 +327,7 @@ def test_relative_nnls_recovers_coefficients_and_stays_non_negative():
 
     rows = [(n, r, 2e-4 + 5e-6 * n + 1.5 * r) for n, r in [(5, 1e-4), (16, 8e-4), (70, 4e-3), (64, 5e-4), (30, 2e-3)]]
     fit = fit_points("test", rows)
-    assert (fit.per_call_s, fit.per_layer_s, fit.k) == pytest.approx((2e-4, 5e-6, 1.5), rel=1e-6)
+    assert (fit.per_call_s, fit.per_op_s, fit.k) == pytest.approx((2e-4, 5e-6, 1.5), rel=1e-6)
     x = np.array([[1.0, 1.0], [1.0, 2.0], [1.0, 3.0]])
     b = nnls_relative(x, np.array([3.0, 2.0, 1.0]))  # the unconstrained slope is negative
     assert (b >= 0).all() and b[1] == 0
@@ -352,7 +357,7 @@ def test_estimates_are_calibrated_where_a_class_has_points_and_labelled_bounds_e
     npu, gpu = s24["npu"], s24["gpu"]
     fit = fits["npu-int8"]
     assert npu["calibration"]["class"] == "npu-int8" and npu["calibration"]["worst_leave_one_out_ratio"] <= 2
-    assert npu["seconds"] == pytest.approx(fit.predict(npu["layers"], npu["roofline_seconds"]))
+    assert npu["seconds"] == pytest.approx(fit.predict(npu["ops"], npu["roofline_seconds"]))
     assert npu["seconds"] >= fit.per_call_s > 0  # a per-call cost: tiny inputs no longer get absurd FPS
     assert gpu["calibration"] is None and gpu["seconds"] == gpu["roofline_seconds"]  # no GPU points: a bound
 
@@ -451,3 +456,15 @@ def test_profile_device_core_ml_off_macos_fails_clearly(coreml_stand_in, monkeyp
     with pytest.raises(InputError, match="Core ML predicts only on macOS"):
         profile_device(folder, "mac-m2", unit="ane")
     assert calls["loads"] == []
+
+
+def test_dispatched_op_count_matches_the_exported_graph(artifacts):
+    """The per-op term of the calibration multiplies the operators a runtime dispatches: counted on the
+    meta device, the student's count is within 10% of its exported ONNX graph's node count."""
+    from turbovaed.profile.estimate import layer_costs
+    from turbovaed.student import StudentConfig
+
+    manifest = json.loads((artifacts / "t-onnx-fp32" / "manifest.json").read_text())
+    costs = layer_costs(StudentConfig.from_dict(manifest["student"]["config"]), tuple(manifest["inputs"][0]["shape"][2:]))
+    onnx_nodes = manifest["ops"]["total"]
+    assert abs(costs.ops - onnx_nodes) <= 0.1 * onnx_nodes, (costs.ops, manifest["ops"]["op_types"])

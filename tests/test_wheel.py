@@ -49,6 +49,7 @@ def test_wheel_carries_its_data_and_imports_from_site_packages(wheel_env):
     names = zipfile.ZipFile(wheel_env["wheel"]).namelist()
     for needed in ("turbovaed/_data/distill/quickstart.toml", "turbovaed/_data/export/host-onnx-fp32.toml",
                    "turbovaed/_data/devices/galaxy-s24.toml", "turbovaed/_data/web/index.html",
+                   "turbovaed/_data/calibration/points.toml", "turbovaed/_data/calibration/host-cpu.json",
                    "turbovaed/assets/reference_teacher/config.json"):
         assert needed in names, needed
     where = subprocess.run([str(wheel_env["py"]), "-c", "import turbovaed, turbovaed.resources as r; "

@@ -291,9 +291,12 @@ def export(recipe: ExportRecipe, checkpoint: str | Path, out_dir: str | Path, bu
             "name": recipe.name, "backend": recipe.backend, "precision": recipe.precision, "target": recipe.target,
             "precision_meaning": precision_meaning(recipe.backend, recipe.precision, recipe.delegate),
             "artifact": info["artifact"], "bytes": nbytes(artifact), "sha256": sha256(artifact),
-            "inputs": [{"name": n, "shape": list(x.shape), "dtype": "float32"} for n, x in zip(io["inputs"], example)],
-            "outputs": [{"name": n, "shape": list(y.shape), "dtype": "float32",
-                         **({"range": "[-1, 1]"} if n == "frames" else {})} for n, y in zip(io["outputs"], outputs)],
+            # dtype (and quantization) as the artifact takes them: float32 unless the backend says otherwise
+            "inputs": [{"name": n, "shape": list(x.shape), "dtype": "float32", **t} for n, x, t in
+                       zip(io["inputs"], example, info.get("io", {}).get("inputs", [{}] * len(example)))],
+            "outputs": [{"name": n, "shape": list(y.shape), "dtype": "float32", **t,
+                         **({"range": "[-1, 1]"} if n == "frames" else {})} for n, y, t in
+                        zip(io["outputs"], outputs, info.get("io", {}).get("outputs", [{}] * len(outputs)))],
             **({"stream": io["stream"]} if chunk else {}),
             "frame_rule": {"temporal_ratio": cfg.temporal_ratio, "first_frame": cfg.first_frame,
                            "spatial_ratio": cfg.spatial_ratio},

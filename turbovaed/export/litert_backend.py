@@ -97,7 +97,26 @@ def convert(model: torch.nn.Module, example: tuple, recipe, calib: list[tuple], 
     notes = {"int4": ["int4 = 4-bit channel-wise weights, float compute (ai-edge-quantizer weight-only)"],
              "int8": ["full-integer: int8 input/output tensors; quantize latents with the input scale/zero point"],
              }.get(p, [])
-    return {"artifact": "decoder.tflite", "ops": op_counts(target), "notes": notes}
+    return {"artifact": "decoder.tflite", "ops": op_counts(target), "notes": notes, "io": io_types(target)}
+
+
+def io_types(artifact: Path) -> dict:
+    """Per input / output (in argument order): its dtype and, for integer tensors, the scale and zero point an
+    app must (de)quantize with: full-integer int8 graphs take and return int8."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_path=str(artifact))
+
+    def describe(details: list[dict]) -> list[dict]:
+        out = []
+        for d in sorted(details, key=_position):
+            entry = {"dtype": np.dtype(d["dtype"]).name}
+            if d["dtype"] != np.float32:
+                entry["quantization"] = {"scale": float(d["quantization"][0]), "zero_point": int(d["quantization"][1])}
+            out.append(entry)
+        return out
+
+    return {"inputs": describe(interp.get_input_details()), "outputs": describe(interp.get_output_details())}
 
 
 def _position(detail: dict) -> int:

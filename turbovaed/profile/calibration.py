@@ -4,7 +4,7 @@ A roofline is a lower bound: it knows nothing of the per-call cost of a runtime 
 hand-off, cache flushes) nor of the per-layer dispatch that dominates small depthwise/pointwise graphs. Per
 calibration class (a compute unit kind and the dtype it computes in) we fit
 
-    seconds = per_call + per_layer * layers + k * roofline        (all three >= 0)
+    seconds = per_call + per_op * ops + k * roofline        (all three >= 0; ops = operators dispatched)
 
 (k < 1 where the spec-sheet peak or bandwidth understates the unit: on-chip reuse of activations, int8 dot
 products counted at the fp32 peak.)
@@ -129,13 +129,13 @@ NET_PASSES = {"Add": 3, "PixelShuffle": 2, "PReLU": 2, "Nearest": lambda m: lamb
 
 
 @cache
-def net_costs(name: str, input_chw: tuple[int, int, int]) -> tuple[dict, ...]:
+def net_costs(name: str, input_chw: tuple[int, int, int]):
     """Per-layer costs of one call of a calibration net on a (C, H, W) input, counted like the student's."""
     if name not in NETS:
         raise InputError(f"calibration point names an unknown net {name!r} (known: {', '.join(NETS)})")
     with torch.device("meta"):
         model = NETS[name]()
-        return tuple(traced_costs(model, torch.empty(1, *input_chw), NET_PASSES))
+        return traced_costs(model, torch.empty(1, *input_chw), NET_PASSES)
 
 
 # ---- points and fits ----------------------------------------------------------------------------------------
@@ -190,30 +190,30 @@ def load_points(directory: Path = POINTS_DIR) -> list[Point]:
 
 
 def features(point: Point, catalog: dict[str, Device]) -> tuple[int, float]:
-    """(layers, roofline seconds) of a point, on its unit."""
+    """(dispatched ops, roofline seconds) of a point, on its unit."""
     unit = point.unit_spec
     if unit is None:
         if point.device not in catalog or point.unit not in catalog[point.device].units:
             raise InputError(f"calibration point {point.label}: no unit {point.unit!r} for {point.device!r} in the catalog")
         unit = catalog[point.device].units[point.unit]
-    est = roofline(list(net_costs(point.net, point.input)), unit, *BITS[point.compute])
-    return est["layers"], est["roofline_seconds"]
+    est = roofline(net_costs(point.net, point.input), unit, *BITS[point.compute])
+    return est["ops"], est["roofline_seconds"]
 
 
 @dataclass(frozen=True)
 class Fit:
     cls: str
     per_call_s: float
-    per_layer_s: float
+    per_op_s: float
     k: float  # roofline multiplier
     points: int
     worst_loo_ratio: float | None = None  # max over points of max(est/published, published/est), left out
 
-    def predict(self, layers: int, roofline_seconds: float) -> float:
-        return self.per_call_s + self.per_layer_s * layers + self.k * roofline_seconds
+    def predict(self, ops: int, roofline_seconds: float) -> float:
+        return self.per_call_s + self.per_op_s * ops + self.k * roofline_seconds
 
     def describe(self) -> dict:
-        return {"class": self.cls, "per_call_ms": self.per_call_s * 1e3, "per_layer_us": self.per_layer_s * 1e6,
+        return {"class": self.cls, "per_call_ms": self.per_call_s * 1e3, "per_op_us": self.per_op_s * 1e6,
                 "roofline_factor": self.k, "points": self.points,
                 "worst_leave_one_out_ratio": self.worst_loo_ratio}
 
@@ -239,8 +239,8 @@ def nnls_relative(x: np.ndarray, t: np.ndarray) -> np.ndarray:
 
 
 def fit_points(cls: str, rows: list[tuple[int, float, float]]) -> Fit:
-    """Fit one class from (layers, roofline seconds, measured seconds) rows."""
-    x = np.array([[1.0, layers, roof] for layers, roof, _ in rows])
+    """Fit one class from (dispatched ops, roofline seconds, measured seconds) rows."""
+    x = np.array([[1.0, ops, roof] for ops, roof, _ in rows])
     t = np.array([measured for *_, measured in rows])
     b = nnls_relative(x, t)
     return Fit(cls, float(b[0]), float(b[1]), float(b[2]), len(rows))
@@ -249,8 +249,8 @@ def fit_points(cls: str, rows: list[tuple[int, float, float]]) -> Fit:
 def _rows(points: list[Point], catalog: dict[str, Device]) -> dict[str, list[tuple[Point, int, float]]]:
     by_cls: dict[str, list] = {}
     for p in points:
-        layers, roof = features(p, catalog)
-        by_cls.setdefault(calibration_class(p.unit, p.compute, p.runtime), []).append((p, layers, roof))
+        ops, roof = features(p, catalog)
+        by_cls.setdefault(calibration_class(p.unit, p.compute, p.runtime), []).append((p, ops, roof))
     return by_cls
 
 
@@ -265,7 +265,7 @@ def leave_one_out(points: list[Point] | None = None, catalog: dict[str, Device] 
             others = [(n2, r2, p2.ms / 1e3) for j, (p2, n2, r2) in enumerate(rows) if j != i]
             loo = fit_points(cls, others) if len(others) >= 3 else None
             table.append({"class": cls, "point": p.label, "net": p.net, "device": p.device, "unit": p.unit,
-                          "compute": p.compute, "runtime": p.runtime, "layers": n, "roofline_ms": r * 1e3,
+                          "compute": p.compute, "runtime": p.runtime, "ops": n, "roofline_ms": r * 1e3,
                           "measured_ms": p.ms, "fit_ms": full.predict(n, r) * 1e3,
                           "loo_ms": loo.predict(n, r) * 1e3 if loo else None, "source": p.source})
     for row in table:

@@ -9,6 +9,7 @@ and states its leave-one-out error. Units without calibration points keep the ba
 
 from __future__ import annotations
 
+import math
 import re
 
 from torch import nn
@@ -43,16 +44,43 @@ RUNTIME_UNITS = {"coreml": ("ane", "gpu", "cpu"), "executorch": ("cpu",), "liter
                  "pytorch": ("cpu",)}
 
 
-def traced_costs(model: nn.Module, x, passes: dict) -> list[dict]:
+class Costs(list):
+    """Per-layer cost entries of one call, plus `ops`: how many operators the runtime dispatches."""
+
+    ops: int = 0
+
+
+# Operators no runtime dispatches on their own: metadata, and clamp-type activations that XNNPACK, ONNX
+# Runtime, TFLite and Core ML fuse into the conv before them.
+NOT_DISPATCHED = {"detach", "alias", "empty", "t", "hardtanh", "hardtanh_", "relu", "relu_", "clamp", "clamp_"}
+
+
+def counting_ops():
+    """A dispatch mode counting the operators a forward executes (aten level, on the meta device): what a
+    runtime dispatches one by one, and what the calibration's per-op cost multiplies. The student's count
+    matches its exported graphs (157 vs 158 ONNX nodes for the quickstart student)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.n += func.__name__.split(".")[0] not in NOT_DISPATCHED
+            return func(*args, **(kwargs or {}))
+
+    return Count()
+
+
+def traced_costs(model: nn.Module, x, passes: dict) -> Costs:
     """[{name, macs, act_elems, weight_elems}] per dispatched layer of one forward on the meta device: every
     Conv2d / Linear, plus the memory-only modules named in `passes` (type name -> passes over the output, or
     fn(module) -> that number or fn(x, out) -> elements moved; 0 = none). Activations a runtime fuses into the
     conv before them (ReLU, Hardtanh) are not layers."""
-    costs = []
+    costs = Costs()
 
     def conv(name: str):
         def fn(module: nn.Module, inputs, out) -> None:
-            per_out = module.weight[0].numel() if isinstance(module, nn.Conv2d) else module.in_features
+            per_out = math.prod(module.weight.shape[1:]) if isinstance(module, nn.Conv2d) else module.in_features
             costs.append({"name": name, "macs": out.numel() * per_out, "act_elems": inputs[0].numel() + out.numel(),
                           "weight_elems": module.weight.numel()})
         return fn
@@ -71,7 +99,9 @@ def traced_costs(model: nn.Module, x, passes: dict) -> list[dict]:
             n = passes[kind](m) if callable(passes[kind]) else passes[kind]
             if n:
                 m.register_forward_hook(memory(name, n))
-    model(x)
+    with counting_ops() as counter:
+        model(x)
+    costs.ops = counter.n
     return costs
 
 
@@ -87,7 +117,7 @@ STUDENT_PASSES = {"MobileRMSNorm": 5,  # x*x, its channel-mean conv, rsqrt, scal
                   "MobilePixelShuffle3d": 2}  # the depth-to-space copy
 
 
-def layer_costs(config: StudentConfig, latent_shape: tuple[int, int, int]) -> list[dict]:
+def layer_costs(config: StudentConfig, latent_shape: tuple[int, int, int]) -> Costs:
     """Per-layer costs of one decode of latents (T, h, w) by the mobile (exported) form of the student."""
     import torch
 
@@ -111,6 +141,7 @@ def roofline(costs: list[dict], unit: Unit, w_bits: float, a_bits: int) -> dict:
         seconds += max(t_compute, t_memory)
         bound_by_memory += t_memory > t_compute
     return {"roofline_seconds": seconds, "macs": sum(c["macs"] for c in costs), "layers": len(costs),
+            "ops": getattr(costs, "ops", len(costs)),
             "memory_bound_layers": bound_by_memory,
             "bytes": sum(c["act_elems"] * act + c["weight_elems"] * wgt for c in costs), "weight_bits": w_bits,
             "activation_bits": a_bits, "compute": compute, "peak_gflops": peak / 1e9, "bandwidth_gbs": unit.bandwidth_gbs,
@@ -118,15 +149,16 @@ def roofline(costs: list[dict], unit: Unit, w_bits: float, a_bits: int) -> dict:
 
 
 def estimate(costs: list[dict], unit: Unit, w_bits: float, a_bits: int, unit_name: str, runtime: str,
-             fits: dict) -> dict:
-    """Seconds per call: the roofline through the unit's calibration (per-call + per-layer cost + roofline factor,
-    fitted on published measurements) where one exists, else the bare roofline, labelled uncalibrated."""
+             fits: dict, dynamic: bool = False) -> dict:
+    """Seconds per call: the roofline through the unit's calibration (per-call + per-op cost + roofline factor,
+    fitted on measured conv nets) where one exists, else the bare roofline, labelled uncalibrated. Dynamic-
+    activation kernels (quantizing per call) are unlike the static W8A8 ones the int8 classes were fitted on."""
     from turbovaed.profile.calibration import calibration_class
 
     est = roofline(costs, unit, w_bits, a_bits)
-    fit = fits.get(calibration_class(unit_name, est["compute"], runtime))
+    fit = None if dynamic else fits.get(calibration_class(unit_name, est["compute"], runtime))
     est["calibration"] = fit.describe() if fit else None
-    est["seconds"] = fit.predict(est["layers"], est["roofline_seconds"]) if fit else est["roofline_seconds"]
+    est["seconds"] = fit.predict(est["ops"], est["roofline_seconds"]) if fit else est["roofline_seconds"]
     return est
 
 
@@ -138,5 +170,8 @@ def device_estimates(device: Device, costs: list[dict], runtime: str, precision:
     w_bits, a_bits = weight_activation_bits(runtime, precision, "npu")
     if runtime in NPU_RUNTIMES and ((w_bits, a_bits) == (8, 8) or w_bits >= 16):
         units.append("npu")  # NPU delegates (QNN for LiteRT, the QNN EP for ONNX) run W8A8 and float graphs
-    return {u: estimate(costs, device.units[u], *weight_activation_bits(runtime, precision, u), u, runtime, fits)
+    from turbovaed.export.core import precision_meaning
+
+    dynamic = "dynamic" in precision_meaning(runtime, precision)
+    return {u: estimate(costs, device.units[u], *weight_activation_bits(runtime, precision, u), u, runtime, fits, dynamic)
             for u in units if u in device.units}

@@ -154,25 +154,30 @@ def profiled_host(records: list[Record], catalog: dict) -> dict:
 def calibration_table(rows: list[dict] | None = None) -> str:
     """Every calibration point: measured, the all-points fit, and the fit without that point (LOO)."""
     rows = calibration.leave_one_out() if rows is None else rows
-    return _md_table(["class", "net", "input", "device", "runtime", "layers", "roofline ms", "measured ms", "fit ms",
+    return _md_table(["class", "net", "input", "device", "runtime", "ops", "roofline ms", "measured ms", "fit ms",
                       "leave-one-out ms", "LOO / measured", "source"],
-                     [[r["class"], r["net"], r["point"].split()[1], r["device"], r["runtime"], str(r["layers"]),
+                     [[r["class"], r["net"], r["point"].split()[1], r["device"], r["runtime"], str(r["ops"]),
                        f"{r['roofline_ms']:.3f}", f"{r['measured_ms']:.3f}", f"{r['fit_ms']:.3f}",
                        f"{r['loo_ms']:.3f}" if r["loo_ms"] is not None else "-",
                        f"{r['loo_ratio']:.2f}" if r["loo_ratio"] else "-", r["source"].split(" (")[0]] for r in rows])
 
 
 def host_check(records: list[Record]) -> tuple[str, list[float]]:
-    """Host measurement vs the host roofline estimate per artifact: the error bar of every estimate."""
+    """Host measurement vs the host estimate per artifact: how the calibration transfers to the student's own
+    graphs (it never saw them). Returns the table and the ratios of the calibrated estimates."""
     est = {(r.artifact, tuple(r.input_shape)): r for r in records if r.source == "estimate" and r.device == "host"}
     rows, ratios = [], []
     for r in records:
         e = est.get((r.artifact, tuple(r.input_shape)))
         if r.source == "measured-host" and e is not None:
             ratio = r.latency.median_ms / e.latency.median_ms
-            ratios.append(ratio)
-            rows.append([r.artifact, r.precision, f"{r.latency.median_ms:.2f}", f"{e.latency.median_ms:.2f}", f"{ratio:.2f}x"])
-    return _md_table(["artifact", "precision", "measured ms", "estimate ms", "measured / estimate"], rows), ratios
+            cal = e.estimate.get("calibration")
+            if cal:
+                ratios.append(ratio)
+            rows.append([r.artifact, r.precision, f"{r.latency.median_ms:.2f}", f"{e.latency.median_ms:.2f}",
+                         cal["class"] if cal else "none: roofline bound", f"{ratio:.2f}x"])
+    return _md_table(["artifact", "precision", "measured ms", "estimate ms", "calibration", "measured / estimate"],
+                     rows), ratios
 
 
 def _axes(figsize: tuple[float, float]):
@@ -306,8 +311,9 @@ def write_report(exports: Path, out_dir: Path, results: Path | None = None, vide
             "## Artifacts", artifact_table(manifests),
             "## Latency", "![latency](latency.png)", latency_table(records),
             "## Estimate vs measurement (this host)", check_md,
-            f"Measured / estimate on this host, for the student's own artifacts (the calibration never saw them): "
-            f"{min(ratios):.2f}x to {max(ratios):.2f}x." if ratios else
+            f"Measured / calibrated estimate on this host, for the student's own artifacts (the calibration never saw "
+            f"them): {min(ratios):.2f}x to {max(ratios):.2f}x: the error a device estimate carries beyond the "
+            "calibration table's." if ratios else
             "No host measurement matches a host estimate yet: run `turbovaed profile` on these artifacts.",
             "## Quality vs size", "![quality vs size](quality_vs_size.png)",
         ]

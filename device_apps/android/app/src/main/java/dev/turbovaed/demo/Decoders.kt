@@ -5,6 +5,7 @@ import com.google.ai.edge.litert.CompiledModel
 import java.io.File
 import org.pytorch.executorch.EValue
 import org.pytorch.executorch.Module
+import org.json.JSONObject
 import org.pytorch.executorch.Tensor
 
 /** One decode call: latents (B, C, T, h, w) -> frames (B, 3, T', H, W) in [-1, 1], flattened.
@@ -28,9 +29,12 @@ class ExecuTorchDecoder(model: File, threads: Int) : FrameDecoder {
     override fun close() = module.destroy()
 }
 
-/** LiteRT 2.x CompiledModel (the API the ai-edge-litert 2.x the exporter verifies with) on the CPU
- *  (XNNPACK) or GPU accelerator. The artifacts take and return float32 (int8 graphs quantize inside). */
-class LiteRtDecoder(model: File, unit: String) : FrameDecoder {
+/** LiteRT 2.x CompiledModel (the API of the ai-edge-litert 2.x the exporter verifies with) on the CPU
+ *  (XNNPACK) or GPU accelerator. Full-integer int8 graphs take and return int8: the manifest's inputs /
+ *  outputs give each tensor's dtype and scale / zero point. */
+class LiteRtDecoder(model: File, unit: String, manifest: JSONObject) : FrameDecoder {
+    private val input = manifest.getJSONArray("inputs").getJSONObject(0)
+    private val output = manifest.getJSONArray("outputs").getJSONObject(0)
     private val accelerator = when (unit) {
         "cpu" -> Accelerator.CPU
         "gpu" -> Accelerator.GPU
@@ -43,9 +47,19 @@ class LiteRtDecoder(model: File, unit: String) : FrameDecoder {
     override val runtimeVersion = BuildConfig.LITERT_VERSION
     override val computeUnit = if (unit == "gpu") "gpu" else "cpu/xnnpack"
     override fun decode(latents: FloatArray, shape: LongArray): FloatArray {
-        inputs[0].writeFloat(latents)
+        if (input.getString("dtype") == "int8") {
+            val q = input.getJSONObject("quantization")
+            val scale = q.getDouble("scale").toFloat(); val zero = q.getInt("zero_point")
+            inputs[0].writeInt8(ByteArray(latents.size) { Math.round(latents[it] / scale + zero).coerceIn(-128, 127).toByte() })
+        } else {
+            inputs[0].writeFloat(latents)
+        }
         compiled.run(inputs, outputs)
-        return outputs[0].readFloat()
+        if (output.getString("dtype") != "int8") return outputs[0].readFloat()
+        val q = output.getJSONObject("quantization")
+        val scale = q.getDouble("scale").toFloat(); val zero = q.getInt("zero_point")
+        val raw = outputs[0].readInt8()
+        return FloatArray(raw.size) { (raw[it] - zero) * scale }
     }
     override fun close() {
         inputs.forEach { it.close() }

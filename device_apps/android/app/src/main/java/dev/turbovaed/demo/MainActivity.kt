@@ -42,7 +42,7 @@ class MainActivity : AppCompatActivity() {
 
     private fun open(bundle: AppBundle, unit: String, threads: Int): FrameDecoder = when (bundle.backend) {
         "executorch" -> ExecuTorchDecoder(bundle.modelFile, threads)
-        "litert" -> LiteRtDecoder(bundle.modelFile, unit)
+        "litert" -> LiteRtDecoder(bundle.modelFile, unit, bundle.manifest)
         else -> error("this app runs ExecuTorch and LiteRT bundles, not ${bundle.backend}")
     }
 

@@ -164,7 +164,8 @@ def test_cli_import_report_and_bad_inputs(artifacts, tmp_path):
     deploy = md.split("## Students at deployment sizes (estimated)", 1)[1].split("\n## ", 1)[0]
     for size in ("512x512 x", "480p x", "720p x"):  # the selected student at deployment sizes, per device
         assert size in deploy, deploy
-    assert re.search(r"galaxy-s24 FPS", deploy) and "npu (est., LOO" in deploy  # calibrated, with its error
+    assert "galaxy-s24 FPS" in deploy  # calibrated estimates, each with its unit and leave-one-out error
+    assert re.search(r"\d \S+ \S+ on (cpu|gpu|ane|npu) \(est\., LOO \d\.\dx\)", deploy), deploy
     assert "## Calibration (leave-one-out)" in md and "ai-hub-models" in md
     assert "| pixel-8 | measured-device-app |" not in md  # the imported record is another model's
     assert "<table>" in (tmp_path / "report" / "report.html").read_text() and report["table"].startswith("| student")

@@ -33,15 +33,15 @@ struct ContentView: View {
     /// Loading, compiling and predicting run off the main actor (a detached task); only the UI update
     /// comes back to it. The single "decode" shows frames and writes no record.
     private func go(runs: Int, warmup: Int) async {
-        let (computeUnits, device, unit, record) = (units[unit]!, device, unit, runs > 1)
+        let computeUnits = units[unit]!, deviceId = device, writeRecord = runs > 1
         status = "working..."
         let result = await Task.detached(priority: .userInitiated) { () -> Result<(ProfileRecord, [Float], Double, String?, [Int]), Error> in
             do {
                 let bundle = try AppBundle()
                 let decoder = try CoreMLDecoder(bundle: bundle, computeUnits: computeUnits)
-                let (rec, frames, quality) = try await Benchmark.run(bundle: bundle, decoder: decoder, device: device,
+                let (rec, frames, quality) = try await Benchmark.run(bundle: bundle, decoder: decoder, device: deviceId,
                                                                     runs: runs, warmup: warmup)
-                let url = record ? try Benchmark.write(rec).lastPathComponent : nil
+                let url = try writeRecord ? Benchmark.write(rec).lastPathComponent : nil
                 return .success((rec, frames, quality, url, bundle.outputShape))
             } catch {
                 return .failure(error)

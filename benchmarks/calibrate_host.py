@@ -23,42 +23,16 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 from results_io import write_results
 from rich.progress import track
-from torch import nn
 
 from turbovaed.export.core import backend_module
 from turbovaed.io import atomic_file
 from turbovaed.profile import calibration, devices
 
-SIZES = {"mobilenet-v2": (224, 112)}  # others: AI Hub's 128, half and a quarter of it
 RUNTIMES = {"executorch": "executorch", "onnx": "onnxruntime"}
-
-
-def net(name: str) -> nn.Module:
-    """The calibration net with variance-preserving weights: default init shrinks activations layer after
-    layer into denormal floats, which real weights do not produce and which are ~100x slower on x86."""
-    torch.manual_seed(0)
-    model = calibration.NETS[name]().eval()
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
-            nn.init.zeros_(m.bias)
-    return model
-
-
-def build(name: str, chw: tuple[int, int, int], backend: str, precision: str, tmp: Path):
-    """Export with our backend's convert(); returns its runner."""
-    module = backend_module(backend)
-    out = tmp / f"{name}-{chw[1]}-{backend}-{precision}"
-    out.mkdir()
-    recipe = SimpleNamespace(precision=precision, keep_float=[], delegate="xnnpack", group_size=32)
-    calib = [(torch.rand(1, *chw),) for _ in range(4)]
-    info = module.convert(net(name), calib[0], recipe, calib, out, (["x"], ["y"]))
-    return module.runner(out / info["artifact"])
 
 
 def main() -> None:
@@ -80,10 +54,14 @@ def main() -> None:
 def measure(args: argparse.Namespace) -> None:
     """Time every case and write profiles/calibration/host-cpu.json."""
     torch.set_num_threads(args.threads)  # the runners size XNNPACK's pool and ORT's intra-op threads from it
-    cases = [(name, (3, s, s), backend, precision) for name in calibration.NETS
-             for s in SIZES.get(name, (128, 64, 32)) for backend in RUNTIMES for precision in ("fp32", "int8")]
+    cases = [(name, (3, s, s), backend, precision) for name in calibration.NETS for s in calibration.sizes(name)
+             for backend in RUNTIMES for precision in ("fp32", "int8")]
     with tempfile.TemporaryDirectory() as tmp:
-        runners = {case: (build(*case, Path(tmp)), torch.rand(1, *case[1])) for case in track(cases, description="export")}
+        runners = {}
+        for case in track(cases, description="export"):
+            name, chw, backend, precision = case
+            artifact = calibration.export_net(*case, Path(tmp) / f"{name}-{chw[1]}-{backend}-{precision}")
+            runners[case] = (backend_module(backend).runner(artifact), torch.rand(1, *chw))
         times: dict = {case: [] for case in cases}
         for run, x in runners.values():  # warm-up
             run(x)

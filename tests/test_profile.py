@@ -469,3 +469,21 @@ def test_dispatched_op_count_matches_the_exported_graph(artifacts):
     costs = layer_costs(StudentConfig.from_dict(manifest["student"]["config"]), tuple(manifest["inputs"][0]["shape"][2:]))
     onnx_nodes = manifest["ops"]["total"]
     assert abs(costs.ops - onnx_nodes) <= 0.1 * onnx_nodes, (costs.ops, manifest["ops"]["op_types"])
+
+
+def test_profile_calibrate_times_the_calibration_nets_on_a_phone(tmp_path, fake_adb):
+    """`turbovaed profile calibrate` through the stand-in adb (no phone here): the nets are exported by our LiteRT
+    exporter, pushed, timed by benchmark_model on the chosen unit, and written as points the fits then use."""
+    from turbovaed.profile import calibration
+    from turbovaed.profile.device import calibrate_phone
+
+    path = calibrate_phone("galaxy-s24", unit="gpu", runs=20, warmup=5, nets=["quicksrnet-small"], out_dir=tmp_path)
+    points = json.loads(path.read_text())["points"]
+    assert path.name == "galaxy-s24-gpu-litert.json" and [p["input"] for p in points] == [[3, 128, 128], [3, 64, 64]]
+    assert all(p["unit"] == "gpu" and p["compute"] == "fp16" and p["ms"] == pytest.approx(3.004) for p in points)
+    assert "samsung SM-S921B" in points[0]["source"] and "--use_gpu=true" in fake_adb.read_text()
+    assert fake_adb.read_text().count("push ") == 2
+    loaded = calibration.load_points(calibration.POINTS_DIR, tmp_path)
+    assert "gpu-fp16" in calibration.fits(loaded)  # the phone's GPU now has a calibration class
+    with pytest.raises(InputError, match="unknown calibration nets"):
+        calibrate_phone("galaxy-s24", nets=["resnet-9000"], out_dir=tmp_path)

@@ -469,8 +469,8 @@ def host_table(records: list, title: str) -> Table:
 
 
 @app.command("profile")
-def profile_cmd(target: Annotated[str, typer.Argument(help="artifacts folder (from `turbovaed export`), 'import' or "
-                                                            "'device'")],
+def profile_cmd(target: Annotated[str, typer.Argument(help="artifacts folder (from `turbovaed export`), 'import', "
+                                                            "'device' or 'calibrate'")],
                 file: Annotated[Optional[Path], typer.Argument(help="with 'import': a record JSON from a device app; "
                                                                     "with 'device': one artifact folder")] = None,
                 runs: Annotated[int, typer.Option(help="timed runs per artifact (after warm-up)")] = 10,
@@ -483,6 +483,8 @@ def profile_cmd(target: Annotated[str, typer.Argument(help="artifacts folder (fr
                                                        "Core ML artifacts on a Mac: ane, gpu or cpu")] = "cpu",
                 runner_dir: Annotated[str, typer.Option(help="with 'device': folder on the phone holding benchmark_model / "
                                                              "executor_runner")] = "/data/local/tmp",
+                nets: Annotated[Optional[str], typer.Option(help="with 'calibrate': comma-separated calibration nets "
+                                                                 "(default: all)")] = None,
                 ) -> None:
     """Time artifacts on this host (isolated, interleaved) + roofline estimates per device; measure one artifact on
     an Android phone over adb ('device'); or import device-app records ('import')."""
@@ -499,6 +501,22 @@ def profile_cmd(target: Annotated[str, typer.Argument(help="artifacts folder (fr
                 raise InputError(f"{file}: imported records must have source 'measured-device-app', got {r.source!r}")
         path = schema.save(records, f"import-{file.stem}-{records[0].record_id}", results)
         out.print(f"imported {len(records)} record(s) into {path}")
+        return
+    if target == "calibrate":
+        from turbovaed.profile import calibration
+        from turbovaed.profile.device import calibrate_phone
+        from turbovaed.profile.devices import get_device
+
+        if device is None:
+            raise InputError("usage: turbovaed profile calibrate --device ID [--unit cpu|gpu] (an id from profiles/devices)")
+        get_device(device)
+        path = calibrate_phone(device, unit, serial, runs, warmup, threads, runner_dir,
+                               nets.split(",") if nets else None)
+        out.print(f"wrote calibration points for {device} {unit}: {path}")
+        for row in calibration.leave_one_out():
+            if row["device"] == device:
+                loo = f"{row['loo_ms']:.3f} ms ({row['loo_ratio']:.2f}x)" if row["loo_ms"] else "-"
+                out.print(f"  {row['point']}: measured {row['measured_ms']:.3f} ms, leave-one-out {loo} [{row['class']}]")
         return
     if target == "device":
         from turbovaed.profile.device import profile_device

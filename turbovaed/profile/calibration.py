@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
@@ -37,6 +38,8 @@ from turbovaed.profile.estimate import roofline, traced_costs
 from turbovaed.resources import data_dir
 
 POINTS_DIR = data_dir("calibration")
+# Points measured by `turbovaed profile calibrate` on the user's own devices, under the working directory.
+LOCAL_DIR = Path(os.environ.get("TURBOVAED_PROFILES", "profiles")) / "calibration"
 BITS = {"int8": (8, 8), "fp16": (16, 16), "fp32": (32, 32)}
 
 
@@ -128,6 +131,38 @@ NET_PASSES = {"Add": 3, "PixelShuffle": 2, "PReLU": 2, "Nearest": lambda m: lamb
               "AdaptiveAvgPool2d": lambda m: lambda x, y: x.numel()}
 
 
+SIZES = {"mobilenet-v2": (224, 112)}  # others: AI Hub's 128x128 and smaller
+
+
+def sizes(name: str, smallest: int = 32) -> list[int]:
+    return [s for s in SIZES.get(name, (128, 64, 32)) if s >= smallest]
+
+
+def seeded_net(name: str) -> nn.Module:
+    """A calibration net with variance-preserving weights: default init shrinks activations layer after layer
+    into denormal floats, which real weights do not produce and which are ~10x slower on x86."""
+    torch.manual_seed(0)
+    model = NETS[name]().eval()
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+            nn.init.zeros_(m.bias)
+    return model
+
+
+def export_net(name: str, chw: tuple[int, int, int], backend: str, precision: str, out: Path) -> Path:
+    """The net exported by our own backend (the convert() our artifacts go through); returns the artifact."""
+    from types import SimpleNamespace
+
+    from turbovaed.export.core import backend_module
+
+    out.mkdir(parents=True)
+    recipe = SimpleNamespace(precision=precision, keep_float=[], delegate="xnnpack", group_size=32)
+    calib = [(torch.rand(1, *chw),) for _ in range(4)]
+    info = backend_module(backend).convert(seeded_net(name), calib[0], recipe, calib, out, (["x"], ["y"]))
+    return out / info["artifact"]
+
+
 @cache
 def net_costs(name: str, input_chw: tuple[int, int, int]):
     """Per-layer costs of one call of a calibration net on a (C, H, W) input, counted like the student's."""
@@ -169,14 +204,20 @@ def calibration_class(unit: str, compute: str, runtime: str) -> str | None:
     return f"cpu-{compute}-{CPU_LIBRARIES[runtime]}" if runtime in CPU_LIBRARIES else None
 
 
-def load_points(directory: Path = POINTS_DIR) -> list[Point]:
-    """Every calibration point: points.toml (published, each with its source) and *.json (measured by
-    benchmarks/calibrate_host.py, with the host's measured peaks)."""
+def load_points(*directories: Path) -> list[Point]:
+    """Every calibration point: points.toml (published, each with its source), host-cpu.json (measured by
+    benchmarks/calibrate_host.py, with the host's measured peaks) and the points `turbovaed profile calibrate`
+    measured on the user's devices (LOCAL_DIR). Default: the packaged folder and LOCAL_DIR."""
+    folders = {Path(d).resolve(): Path(d) for d in (directories or (POINTS_DIR, LOCAL_DIR)) if Path(d).is_dir()}
     raw = []
-    for path in sorted(Path(directory).glob("*.toml")):
-        raw += [(path, p) for p in tomllib.loads(path.read_text()).get("points", [])]
-    for path in sorted(Path(directory).glob("*.json")):
-        raw += [(path, p) for p in json.loads(path.read_text()).get("points", [])]
+    for directory in folders.values():
+        for path in sorted(directory.glob("*.toml")):
+            raw += [(path, p) for p in tomllib.loads(path.read_text()).get("points", [])]
+        for path in sorted(directory.glob("*.json")):
+            try:
+                raw += [(path, p) for p in json.loads(path.read_text()).get("points", [])]
+            except json.JSONDecodeError as err:
+                raise InputError(f"calibration points file {path} is not valid JSON: {err}") from err
     points = []
     for path, p in raw:
         try:
@@ -246,12 +287,19 @@ def fit_points(cls: str, rows: list[tuple[int, float, float]]) -> Fit:
     return Fit(cls, float(b[0]), float(b[1]), float(b[2]), len(rows))
 
 
+MIN_DEVICE_POINTS = 6  # a device gets a fit of its own (class@device) from this many points of a class (3 terms)
+
+
 def _rows(points: list[Point], catalog: dict[str, Device]) -> dict[str, list[tuple[Point, int, float]]]:
+    """Points per class, plus per class@device where a phone or Mac has enough points of its own."""
     by_cls: dict[str, list] = {}
     for p in points:
         ops, roof = features(p, catalog)
-        by_cls.setdefault(calibration_class(p.unit, p.compute, p.runtime), []).append((p, ops, roof))
-    return by_cls
+        cls = calibration_class(p.unit, p.compute, p.runtime)
+        by_cls.setdefault(cls, []).append((p, ops, roof))
+        if p.device != "host":
+            by_cls.setdefault(f"{cls}@{p.device}", []).append((p, ops, roof))
+    return {cls: rows for cls, rows in by_cls.items() if "@" not in cls or len(rows) >= MIN_DEVICE_POINTS}
 
 
 def leave_one_out(points: list[Point] | None = None, catalog: dict[str, Device] | None = None) -> list[dict]:

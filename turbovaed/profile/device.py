@@ -240,6 +240,69 @@ def profile_coreml_mac(artifact_dir: Path, device_id: str, unit: str = "ane", ru
         notes=f"coremltools predict on this Mac, compute units {COREML_UNITS[unit]}; only predict is timed; {placement}")
 
 
+def require_runner(phone: Phone, backend: str, runner_dir: str) -> str:
+    """The runner's path on the phone; one clear error if it is not there."""
+    runner = f"{runner_dir.rstrip('/')}/{RUNNERS[backend]}"
+    if adb(["shell", f"ls {runner} >/dev/null 2>&1 && echo found || echo missing"], phone.serial).strip() != "found":
+        source = "LiteRT (tensorflow/lite/tools/benchmark)" if backend == "litert" else \
+            "ExecuTorch (examples/portable/executor_runner, XNNPACK on)"
+        raise InputError(f"{RUNNERS[backend]} is not on the phone at {runner}: build it for android-arm64 from "
+                         f"{source} and `adb push` it there (or pass --runner-dir)")
+    return runner
+
+
+def run_on_phone(phone: Phone, backend: str, unit: str, runner: str, local: Path, remote: str, runs: int, warmup: int,
+                 threads: int) -> tuple[list[str], dict]:
+    """Push one artifact and time it with the runtime's own tool; (the command, its parsed output)."""
+    adb(["push", str(local), remote], phone.serial)
+    cmd = command(backend, unit, runner, remote, runs, warmup, threads)
+    out = adb(["shell", " ".join(cmd)], phone.serial)
+    return cmd, parse_benchmark_model(out) if backend == "litert" else parse_executor_runner(out, warmup)
+
+
+def calibrate_phone(device_id: str, unit: str = "cpu", serial: str | None = None, runs: int = 20, warmup: int = 5,
+                    threads: int = 4, runner_dir: str = "/data/local/tmp", nets: list[str] | None = None,
+                    out_dir: Path | None = None) -> Path:
+    """Calibration points for one phone and unit: the calibration nets (calibration.NETS, at AI Hub's input
+    sizes and smaller), exported to LiteRT by our exporter and timed by benchmark_model on the phone (XNNPACK
+    CPU in fp32, or the GPU delegate, which computes in fp16). Written atomically to
+    OUT_DIR/DEVICE-UNIT-litert.json; the estimates use them from then on (a device with enough points gets a
+    fit of its own). Returns the file."""
+    import json
+    import tempfile
+    import time
+
+    from turbovaed.io import atomic_file
+    from turbovaed.profile import calibration
+
+    if unit not in UNITS["litert"]:
+        raise InputError(f"phones are calibrated here on LiteRT's cpu or gpu, not {unit}")
+    unknown = sorted(set(nets or []) - set(calibration.NETS))
+    if unknown:
+        raise InputError(f"unknown calibration nets {unknown}; known: {', '.join(calibration.NETS)}")
+    phone = connect(serial)
+    runner = require_runner(phone, "litert", runner_dir)
+    points = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in nets or list(calibration.NETS):
+            for size in calibration.sizes(name, smallest=64):
+                chw = (3, size, size)
+                local = calibration.export_net(name, chw, "litert", "fp32", Path(tmp) / f"{name}-{size}")
+                remote = f"{runner_dir.rstrip('/')}/turbovaed-calibration-{name}-{size}.tflite"
+                cmd, parsed = run_on_phone(phone, "litert", unit, runner, local, remote, runs, warmup, threads)
+                points.append({"net": name, "input": list(chw), "device": device_id, "unit": unit,
+                               "compute": "fp16" if unit == "gpu" else "fp32", "runtime": "litert",
+                               "ms": parsed["latency"].median_ms,
+                               "source": f"measured {time.strftime('%Y-%m-%d', time.gmtime())} by `turbovaed profile "
+                                         f"calibrate` on {phone.model} ({phone.soc}, {phone.os_version}), adb serial "
+                                         f"{phone.serial}: {' '.join(cmd)}"})
+    out = Path(out_dir or calibration.LOCAL_DIR) / f"{device_id}-{unit}-litert.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_file(out) as tmp_file:
+        tmp_file.write_text(json.dumps({"points": points}, indent=1) + "\n")
+    return out
+
+
 def profile_device(artifact_dir: Path, device_id: str, serial: str | None = None, unit: str = "cpu", runs: int = 20,
                    warmup: int = 5, threads: int = 4, runner_dir: str = "/data/local/tmp") -> Record:
     """Measure one exported artifact on the attached phone (or, for Core ML, on this Mac); returns its record
@@ -256,17 +319,10 @@ def profile_device(artifact_dir: Path, device_id: str, serial: str | None = None
     if runs < 2 or warmup < 0 or threads < 1:
         raise InputError("--runs must be >= 2, --warmup >= 0 and --threads >= 1")
     phone = connect(serial)
-    runner = f"{runner_dir.rstrip('/')}/{RUNNERS[backend]}"
-    if adb(["shell", f"ls {runner} >/dev/null 2>&1 && echo found || echo missing"], phone.serial).strip() != "found":
-        source = "LiteRT (tensorflow/lite/tools/benchmark)" if backend == "litert" else \
-            "ExecuTorch (examples/portable/executor_runner, XNNPACK on)"
-        raise InputError(f"{RUNNERS[backend]} is not on the phone at {runner}: build it for android-arm64 from "
-                         f"{source} and `adb push` it there (or pass --runner-dir)")
+    runner = require_runner(phone, backend, runner_dir)
     remote = f"{runner_dir.rstrip('/')}/turbovaed-{manifest['sha256'][:12]}{Path(manifest['artifact']).suffix}"
-    adb(["push", str(manifest["_dir"] / manifest["artifact"]), remote], phone.serial)
-    cmd = command(backend, unit, runner, remote, runs, warmup, threads)
-    out = adb(["shell", " ".join(cmd)], phone.serial)
-    parsed = parse_benchmark_model(out) if backend == "litert" else parse_executor_runner(out, warmup)
+    cmd, parsed = run_on_phone(phone, backend, unit, runner, manifest["_dir"] / manifest["artifact"], remote, runs,
+                               warmup, threads)
     frames = manifest["outputs"][0]["shape"][2]
     lat = parsed["latency"]
     return Record(

@@ -149,14 +149,15 @@ def roofline(costs: list[dict], unit: Unit, w_bits: float, a_bits: int) -> dict:
 
 
 def estimate(costs: list[dict], unit: Unit, w_bits: float, a_bits: int, unit_name: str, runtime: str,
-             fits: dict, dynamic: bool = False) -> dict:
+             fits: dict, dynamic: bool = False, device_id: str = "") -> dict:
     """Seconds per call: the roofline through the unit's calibration (per-call + per-op cost + roofline factor,
     fitted on measured conv nets) where one exists, else the bare roofline, labelled uncalibrated. Dynamic-
     activation kernels (quantizing per call) are unlike the static W8A8 ones the int8 classes were fitted on."""
     from turbovaed.profile.calibration import calibration_class
 
     est = roofline(costs, unit, w_bits, a_bits)
-    fit = None if dynamic else fits.get(calibration_class(unit_name, est["compute"], runtime))
+    cls = calibration_class(unit_name, est["compute"], runtime)
+    fit = None if dynamic or cls is None else fits.get(f"{cls}@{device_id}") or fits.get(cls)  # the device's own first
     est["calibration"] = fit.describe() if fit else None
     est["seconds"] = fit.predict(est["ops"], est["roofline_seconds"]) if fit else est["roofline_seconds"]
     return est
@@ -173,5 +174,5 @@ def device_estimates(device: Device, costs: list[dict], runtime: str, precision:
     from turbovaed.export.core import precision_meaning
 
     dynamic = "dynamic" in precision_meaning(runtime, precision)
-    return {u: estimate(costs, device.units[u], *weight_activation_bits(runtime, precision, u), u, runtime, fits, dynamic)
-            for u in units if u in device.units}
+    return {u: estimate(costs, device.units[u], *weight_activation_bits(runtime, precision, u), u, runtime, fits, dynamic,
+                        device.id) for u in units if u in device.units}

@@ -374,6 +374,9 @@ def test_bad_calibration_point_fails_clearly(tmp_path):
     (tmp_path / "points.toml").write_text('[[points]]\nnet = "quicksrnet-small"\n')
     with pytest.raises(InputError, match="calibration point .* is invalid"):
         calibration.load_points(tmp_path)
+    (tmp_path / "points.toml").write_text('[[points]\n')
+    with pytest.raises(InputError, match="does not parse"):
+        calibration.load_points(tmp_path)
 
 
 @pytest.fixture

@@ -211,13 +211,12 @@ def load_points(*directories: Path) -> list[Point]:
     folders = {Path(d).resolve(): Path(d) for d in (directories or (POINTS_DIR, LOCAL_DIR)) if Path(d).is_dir()}
     raw = []
     for directory in folders.values():
-        for path in sorted(directory.glob("*.toml")):
-            raw += [(path, p) for p in tomllib.loads(path.read_text()).get("points", [])]
-        for path in sorted(directory.glob("*.json")):
+        for path in sorted([*directory.glob("*.toml"), *directory.glob("*.json")]):
             try:
-                raw += [(path, p) for p in json.loads(path.read_text()).get("points", [])]
-            except json.JSONDecodeError as err:
-                raise InputError(f"calibration points file {path} is not valid JSON: {err}") from err
+                data = tomllib.loads(path.read_text()) if path.suffix == ".toml" else json.loads(path.read_text())
+            except (tomllib.TOMLDecodeError, json.JSONDecodeError) as err:
+                raise InputError(f"calibration points file {path} does not parse: {err}") from err
+            raw += [(path, p) for p in data.get("points", [])]
     points = []
     for path, p in raw:
         try:

@@ -398,14 +398,20 @@ def coreml_stand_in(artifacts, tmp_path, monkeypatch):
                     recipe={**manifest["recipe"], "delegate": "coreml"})
     (folder / "manifest.json").write_text(json.dumps(manifest))
     calls = {"loads": [], "predicts": 0}
+    real = ct.models.MLModel
 
     class Model:
-        def __init__(self, path, compute_units):
+        def __new__(cls, path, compute_units=None, **kwargs):
+            if kwargs:  # the converter building its result (Linux can convert, not predict): the real class
+                return real(path, compute_units=compute_units, **kwargs)
+            return super().__new__(cls)
+
+        def __init__(self, path, compute_units=None, **kwargs):
             calls["loads"].append((path, compute_units))
 
         def predict(self, feed):
             calls["predicts"] += 1
-            assert list(feed) == ["latents"] and list(feed["latents"].shape) == manifest["inputs"][0]["shape"]
+            calls.setdefault("feeds", []).append({k: list(v.shape) for k, v in feed.items()})
 
         def get_compiled_model_path(self):
             return "/compiled.mlmodelc"
@@ -443,6 +449,7 @@ def test_profile_device_times_core_ml_prediction_on_a_mac(coreml_stand_in):
     record = profile_device(folder, "mac-m2", unit="ane", runs=7, warmup=3)
     assert [u for _, u in calls["loads"]] == [ct.ComputeUnit.CPU_AND_NE] * 2
     assert calls["predicts"] == 3 + 7 and record.runs == 7 and record.warmup == 3
+    assert calls["feeds"][0] == {"latents": json.loads((folder / "manifest.json").read_text())["inputs"][0]["shape"]}
     assert (record.ops.delegated, record.ops.total) == (2, 3)
     assert record.first_load_ms is not None and record.warm_load_ms is not None and record.first_inference_ms is not None
     assert (record.runtime, record.compute_unit, record.soc) == ("coreml", "ane", "Apple M2")
@@ -478,15 +485,32 @@ def test_profile_calibrate_times_the_calibration_nets_on_a_phone(tmp_path, fake_
     """`turbovaed profile calibrate` through the stand-in adb (no phone here): the nets are exported by our LiteRT
     exporter, pushed, timed by benchmark_model on the chosen unit, and written as points the fits then use."""
     from turbovaed.profile import calibration
-    from turbovaed.profile.device import calibrate_phone
+    from turbovaed.profile.device import calibrate_device
 
-    path = calibrate_phone("galaxy-s24", unit="gpu", runs=20, warmup=5, nets=["quicksrnet-small"], out_dir=tmp_path)
+    path = calibrate_device("galaxy-s24", unit="gpu", runs=20, warmup=5, nets=["quicksrnet-small"], out_dir=tmp_path)
     points = json.loads(path.read_text())["points"]
     assert path.name == "galaxy-s24-gpu-litert.json" and [p["input"] for p in points] == [[3, 128, 128], [3, 64, 64]]
     assert all(p["unit"] == "gpu" and p["compute"] == "fp16" and p["ms"] == pytest.approx(3.004) for p in points)
     assert "samsung SM-S921B" in points[0]["source"] and "--use_gpu=true" in fake_adb.read_text()
     assert fake_adb.read_text().count("push ") == 2
     loaded = calibration.load_points(calibration.POINTS_DIR, tmp_path)
-    assert "gpu-fp16" in calibration.fits(loaded)  # the phone's GPU now has a calibration class
+    assert "gpu-fp16-litert" in calibration.fits(loaded)  # the phone's GPU now has a calibration class
     with pytest.raises(InputError, match="unknown calibration nets"):
-        calibrate_phone("galaxy-s24", nets=["resnet-9000"], out_dir=tmp_path)
+        calibrate_device("galaxy-s24", nets=["resnet-9000"], out_dir=tmp_path)
+
+
+def test_profile_calibrate_times_core_ml_packages_on_a_mac(coreml_stand_in, tmp_path):
+    """The Mac path through stand-ins of coremltools (Core ML cannot predict here): the nets are converted by our
+    Core ML exporter and only `predict` is timed, on the Neural Engine here; the points give the ANE a class."""
+    from turbovaed.profile import calibration
+    from turbovaed.profile.device import calibrate_device
+
+    _, calls = coreml_stand_in
+    path = calibrate_device("mac-m2", unit="ane", runs=4, warmup=2, nets=["quicksrnet-small"], out_dir=tmp_path,
+                            coreml=True)
+    points = json.loads(path.read_text())["points"]
+    assert path.name == "mac-m2-ane-coreml.json" and len(points) == 2 and calls["predicts"] == 2 * (2 + 4)
+    assert all(p["unit"] == "ane" and p["compute"] == "fp16" and p["runtime"] == "coreml" and p["ms"] >= 0
+               for p in points)
+    assert all(path_.endswith(".mlpackage") for path_, _ in calls["loads"])
+    assert "ane-fp16" in calibration.fits(calibration.load_points(calibration.POINTS_DIR, tmp_path))

@@ -485,6 +485,8 @@ def profile_cmd(target: Annotated[str, typer.Argument(help="artifacts folder (fr
                                                              "executor_runner")] = "/data/local/tmp",
                 nets: Annotated[Optional[str], typer.Option(help="with 'calibrate': comma-separated calibration nets "
                                                                  "(default: all)")] = None,
+                coreml: Annotated[bool, typer.Option(help="with 'calibrate': time Core ML packages on this Mac "
+                                                          "(--unit ane, gpu or cpu) instead of LiteRT on a phone")] = False,
                 ) -> None:
     """Time artifacts on this host (isolated, interleaved) + roofline estimates per device; measure one artifact on
     an Android phone over adb ('device'); or import device-app records ('import')."""
@@ -504,14 +506,15 @@ def profile_cmd(target: Annotated[str, typer.Argument(help="artifacts folder (fr
         return
     if target == "calibrate":
         from turbovaed.profile import calibration
-        from turbovaed.profile.device import calibrate_phone
+        from turbovaed.profile.device import calibrate_device
         from turbovaed.profile.devices import get_device
 
         if device is None:
-            raise InputError("usage: turbovaed profile calibrate --device ID [--unit cpu|gpu] (an id from profiles/devices)")
+            raise InputError("usage: turbovaed profile calibrate --device ID [--unit cpu|gpu] [--coreml] (an id from "
+                             "profiles/devices)")
         get_device(device)
-        path = calibrate_phone(device, unit, serial, runs, warmup, threads, runner_dir,
-                               nets.split(",") if nets else None)
+        path = calibrate_device(device, unit, serial, runs, warmup, threads, runner_dir,
+                                nets.split(",") if nets else None, coreml=coreml)
         out.print(f"wrote calibration points for {device} {unit}: {path}")
         for row in calibration.leave_one_out():
             if row["device"] == device:

@@ -192,16 +192,17 @@ class Point:
         return f"{self.net} {'x'.join(map(str, self.input[1:]))} {self.device} {self.unit} {self.compute} {self.runtime}"
 
 
-# CPU speed depends on the kernel library as much as on the chip: XNNPACK (ExecuTorch, LiteRT) and ONNX
-# Runtime's MLAS get a fit each. Other units have one delegate per runtime here (QNN on Snapdragon NPUs).
+# CPU speed depends on the kernel library as much as on the chip: XNNPACK (ExecuTorch, LiteRT), ONNX Runtime's
+# MLAS and Core ML get a fit each; GPUs one per runtime (LiteRT's delegate, Core ML). NPUs (QNN) and the Neural
+# Engine (Core ML) are reached by one stack each here.
 CPU_LIBRARIES = {"executorch": "xnnpack", "litert": "xnnpack", "onnx": "onnxruntime", "onnxruntime": "onnxruntime"}
 
 
-def calibration_class(unit: str, compute: str, runtime: str) -> str | None:
-    """The fit an estimate uses; None where no library is calibrated for the CPU path (Core ML's CPU)."""
-    if unit != "cpu":
-        return f"{unit}-{compute}"
-    return f"cpu-{compute}-{CPU_LIBRARIES[runtime]}" if runtime in CPU_LIBRARIES else None
+def calibration_class(unit: str, compute: str, runtime: str) -> str:
+    """The fit an estimate uses (it may have no points yet: then the estimate is a labelled bound)."""
+    if unit == "cpu":
+        return f"cpu-{compute}-{CPU_LIBRARIES.get(runtime, runtime)}"
+    return f"gpu-{compute}-{runtime}" if unit == "gpu" else f"{unit}-{compute}"
 
 
 def load_points(*directories: Path) -> list[Point]:

@@ -176,18 +176,9 @@ def mac_identity() -> dict:
             "os_version": f"macOS {platform.mac_ver()[0]}"}
 
 
-def profile_coreml_mac(artifact_dir: Path, device_id: str, unit: str = "ane", runs: int = 20, warmup: int = 5) -> Record:
-    """Measure one Core ML artifact on this Mac: load / warm load / first prediction / timed predictions and
-    op placement; returns its record (not yet saved)."""
+def _require_mac(unit: str, runs: int, warmup: int) -> None:
     import platform
-    import resource
-    import time
 
-    import numpy as np
-
-    manifest = one_manifest(artifact_dir)
-    if manifest["backend"] != "coreml":
-        raise InputError(f"{manifest['name']} is a {manifest['backend']} artifact, not Core ML")
     if platform.system() != "Darwin":
         raise InputError(f"Core ML predicts only on macOS; this machine runs {platform.system()}: run "
                          "`turbovaed profile device` on a Mac (or measure on iPhone with device_apps/ios)")
@@ -195,19 +186,22 @@ def profile_coreml_mac(artifact_dir: Path, device_id: str, unit: str = "ane", ru
         raise InputError(f"Core ML units are {', '.join(COREML_UNITS)}, not {unit}")
     if runs < 2 or warmup < 0:
         raise InputError("--runs must be >= 2 and --warmup >= 0")
+
+
+def time_coreml(path: Path, unit: str, feed: dict, runs: int, warmup: int) -> dict:
+    """Load a Core ML package for `unit` (first load, compiling; then a warm load) and time `predict` alone:
+    the first call, warm-up, then `runs` calls. Returns the model and the times (ms)."""
+    import time
+
     import coremltools as ct
-    from coremltools.models.compute_plan import MLComputePlan
 
     units = getattr(ct.ComputeUnit, COREML_UNITS[unit])
-    path = str(manifest["_dir"] / manifest["artifact"])
     t0 = time.perf_counter()
-    model = ct.models.MLModel(path, compute_units=units)  # compiles the package on this Mac
+    model = ct.models.MLModel(str(path), compute_units=units)  # compiles the package on this Mac
     first_load = (time.perf_counter() - t0) * 1000
     t0 = time.perf_counter()
-    ct.models.MLModel(path, compute_units=units)
+    ct.models.MLModel(str(path), compute_units=units)
     warm_load = (time.perf_counter() - t0) * 1000
-    shape = manifest["inputs"][0]["shape"]
-    feed = {manifest["inputs"][0]["name"]: np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
     t0 = time.perf_counter()
     model.predict(feed)
     first_call = (time.perf_counter() - t0) * 1000
@@ -218,10 +212,33 @@ def profile_coreml_mac(artifact_dir: Path, device_id: str, unit: str = "ane", ru
         t0 = time.perf_counter()
         model.predict(feed)
         times.append((time.perf_counter() - t0) * 1000)
-    q = statistics.quantiles(times, n=10, method="inclusive")
-    med = statistics.median(times)
+    return {"model": model, "units": units, "first_load_ms": first_load, "warm_load_ms": warm_load,
+            "first_inference_ms": first_call, "times": times}
+
+
+def profile_coreml_mac(artifact_dir: Path, device_id: str, unit: str = "ane", runs: int = 20, warmup: int = 5) -> Record:
+    """Measure one Core ML artifact on this Mac: load / warm load / first prediction / timed predictions and
+    op placement; returns its record (not yet saved)."""
+    import resource
+
+    import numpy as np
+
+    manifest = one_manifest(artifact_dir)
+    if manifest["backend"] != "coreml":
+        raise InputError(f"{manifest['name']} is a {manifest['backend']} artifact, not Core ML")
+    _require_mac(unit, runs, warmup)
+    import coremltools as ct
+    from coremltools.models.compute_plan import MLComputePlan
+
+    path = manifest["_dir"] / manifest["artifact"]
+    shape = manifest["inputs"][0]["shape"]
+    feed = {manifest["inputs"][0]["name"]: np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
+    timed = time_coreml(path, unit, feed, runs, warmup)
+    q = statistics.quantiles(timed["times"], n=10, method="inclusive")
+    med = statistics.median(timed["times"])
     try:
-        ops = op_placement(MLComputePlan.load_from_path(path=model.get_compiled_model_path(), compute_units=units), unit)
+        plan = MLComputePlan.load_from_path(path=timed["model"].get_compiled_model_path(), compute_units=timed["units"])
+        ops = op_placement(plan, unit)
         placement = f"ops: {ops.delegated} of {ops.total} non-constant ops prefer {unit} (MLComputePlan)"
     except Exception as err:  # MLComputePlan needs macOS 14.4+: the timing stands without it
         ops, placement = Ops.from_manifest(manifest.get("ops", {})), f"no MLComputePlan ({err})"
@@ -232,8 +249,8 @@ def profile_coreml_mac(artifact_dir: Path, device_id: str, unit: str = "ane", ru
         runtime_version=f"coremltools {ct.__version__}", precision=manifest["precision"],
         precision_meaning=precision_meaning("coreml", manifest["precision"]), compute_unit=unit, input_shape=shape,
         frames=frames, latency=Latency(med, min(q[0], med), max(q[-1], med)), fps=frames / med * 1000,
-        source="measured-device-app", runs=runs, warmup=warmup, threads=None, first_load_ms=first_load,
-        warm_load_ms=warm_load, first_inference_ms=first_call,
+        source="measured-device-app", runs=runs, warmup=warmup, threads=None, first_load_ms=timed["first_load_ms"],
+        warm_load_ms=timed["warm_load_ms"], first_inference_ms=timed["first_inference_ms"],
         peak_memory_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
         memory_method="ru_maxrss of the profiling process (bytes on macOS; includes Python and coremltools)",
         **mac_identity(), ops=ops,
@@ -260,43 +277,58 @@ def run_on_phone(phone: Phone, backend: str, unit: str, runner: str, local: Path
     return cmd, parse_benchmark_model(out) if backend == "litert" else parse_executor_runner(out, warmup)
 
 
-def calibrate_phone(device_id: str, unit: str = "cpu", serial: str | None = None, runs: int = 20, warmup: int = 5,
-                    threads: int = 4, runner_dir: str = "/data/local/tmp", nets: list[str] | None = None,
-                    out_dir: Path | None = None) -> Path:
-    """Calibration points for one phone and unit: the calibration nets (calibration.NETS, at AI Hub's input
-    sizes and smaller), exported to LiteRT by our exporter and timed by benchmark_model on the phone (XNNPACK
-    CPU in fp32, or the GPU delegate, which computes in fp16). Written atomically to
-    OUT_DIR/DEVICE-UNIT-litert.json; the estimates use them from then on (a device with enough points gets a
+def calibrate_device(device_id: str, unit: str = "cpu", serial: str | None = None, runs: int = 20, warmup: int = 5,
+                     threads: int = 4, runner_dir: str = "/data/local/tmp", nets: list[str] | None = None,
+                     out_dir: Path | None = None, coreml: bool = False) -> Path:
+    """Calibration points for one device and unit: the calibration nets (calibration.NETS, at AI Hub's input
+    sizes and smaller) exported by our own exporter and timed on the device — on an Android phone over adb by
+    LiteRT's benchmark_model (XNNPACK CPU in fp32, or the GPU delegate, which computes in fp16); with `coreml`,
+    on this Mac by coremltools (Core ML fp16 packages on ane / gpu / cpu). Written atomically to
+    OUT_DIR/DEVICE-UNIT-RUNTIME.json; the estimates use them from then on (a device with enough points gets a
     fit of its own). Returns the file."""
     import json
     import tempfile
     import time
 
+    import numpy as np
+
     from turbovaed.io import atomic_file
     from turbovaed.profile import calibration
 
-    if unit not in UNITS["litert"]:
+    backend = "coreml" if coreml else "litert"
+    if coreml:
+        _require_mac(unit, runs, warmup)
+    elif unit not in UNITS["litert"]:
         raise InputError(f"phones are calibrated here on LiteRT's cpu or gpu, not {unit}")
     unknown = sorted(set(nets or []) - set(calibration.NETS))
     if unknown:
         raise InputError(f"unknown calibration nets {unknown}; known: {', '.join(calibration.NETS)}")
-    phone = connect(serial)
-    runner = require_runner(phone, "litert", runner_dir)
+    if coreml:
+        where = " ".join(mac_identity().values())
+    else:
+        phone = connect(serial)
+        runner = require_runner(phone, "litert", runner_dir)
+        where = f"{phone.model} ({phone.soc}, {phone.os_version}), adb serial {phone.serial}"
+    when = time.strftime("%Y-%m-%d", time.gmtime())
     points = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in nets or list(calibration.NETS):
             for size in calibration.sizes(name, smallest=64):
                 chw = (3, size, size)
-                local = calibration.export_net(name, chw, "litert", "fp32", Path(tmp) / f"{name}-{size}")
-                remote = f"{runner_dir.rstrip('/')}/turbovaed-calibration-{name}-{size}.tflite"
-                cmd, parsed = run_on_phone(phone, "litert", unit, runner, local, remote, runs, warmup, threads)
+                local = calibration.export_net(name, chw, backend, "fp16" if coreml else "fp32",
+                                               Path(tmp) / f"{name}-{size}")
+                if coreml:
+                    feed = {"x": np.random.default_rng(0).random((1, *chw), dtype=np.float32)}
+                    ms = statistics.median(time_coreml(local, unit, feed, runs, warmup)["times"])
+                    how = f"coremltools predict, compute units {COREML_UNITS[unit]}"
+                else:
+                    remote = f"{runner_dir.rstrip('/')}/turbovaed-calibration-{name}-{size}.tflite"
+                    cmd, parsed = run_on_phone(phone, "litert", unit, runner, local, remote, runs, warmup, threads)
+                    ms, how = parsed["latency"].median_ms, " ".join(cmd)
                 points.append({"net": name, "input": list(chw), "device": device_id, "unit": unit,
-                               "compute": "fp16" if unit == "gpu" else "fp32", "runtime": "litert",
-                               "ms": parsed["latency"].median_ms,
-                               "source": f"measured {time.strftime('%Y-%m-%d', time.gmtime())} by `turbovaed profile "
-                                         f"calibrate` on {phone.model} ({phone.soc}, {phone.os_version}), adb serial "
-                                         f"{phone.serial}: {' '.join(cmd)}"})
-    out = Path(out_dir or calibration.LOCAL_DIR) / f"{device_id}-{unit}-litert.json"
+                               "compute": "fp32" if unit == "cpu" and not coreml else "fp16", "runtime": backend,
+                               "ms": ms, "source": f"measured {when} by `turbovaed profile calibrate` on {where}: {how}"})
+    out = Path(out_dir or calibration.LOCAL_DIR) / f"{device_id}-{unit}-{backend}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(out) as tmp_file:
         tmp_file.write_text(json.dumps({"points": points}, indent=1) + "\n")

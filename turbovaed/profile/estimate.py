@@ -157,7 +157,7 @@ def estimate(costs: list[dict], unit: Unit, w_bits: float, a_bits: int, unit_nam
 
     est = roofline(costs, unit, w_bits, a_bits)
     cls = calibration_class(unit_name, est["compute"], runtime)
-    fit = None if dynamic or cls is None else fits.get(f"{cls}@{device_id}") or fits.get(cls)  # the device's own first
+    fit = None if dynamic else fits.get(f"{cls}@{device_id}") or fits.get(cls)  # the device's own fit first
     est["calibration"] = fit.describe() if fit else None
     est["seconds"] = fit.predict(est["ops"], est["roofline_seconds"]) if fit else est["roofline_seconds"]
     return est

@@ -212,7 +212,7 @@ def load_points(*directories: Path) -> list[Point]:
     folders = {Path(d).resolve(): Path(d) for d in (directories or (POINTS_DIR, LOCAL_DIR)) if Path(d).is_dir()}
     raw = []
     for directory in folders.values():
-        for path in sorted([*directory.glob("*.toml"), *directory.glob("*.json")]):
+        for path in sorted([*directory.glob("*.toml"), *directory.glob("*.json")], key=lambda f: (f.suffix != ".toml", f.name)):
             try:
                 data = tomllib.loads(path.read_text()) if path.suffix == ".toml" else json.loads(path.read_text())
             except (tomllib.TOMLDecodeError, json.JSONDecodeError) as err:

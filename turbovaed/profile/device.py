@@ -16,7 +16,10 @@ one clear error, and nothing is recorded.
 Core ML (.mlpackage) artifacts are measured on the Mac that runs the command (`profile_coreml_mac`):
 coremltools loads the package for the chosen compute units (first load includes the on-device compilation,
 then a warm load), times `predict` alone, and records op placement from MLComputePlan. Core ML predicts
-only on macOS: anywhere else this is one clear error."""
+only on macOS: anywhere else this is one clear error.
+
+`calibrate_device` (`turbovaed profile calibrate`) times the calibration nets the same ways — LiteRT on a phone,
+or Core ML on a Mac — and writes them as calibration points for that device and unit."""
 
 from __future__ import annotations
 

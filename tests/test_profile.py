@@ -494,7 +494,15 @@ def test_profile_calibrate_times_the_calibration_nets_on_a_phone(tmp_path, fake_
     assert "samsung SM-S921B" in points[0]["source"] and "--use_gpu=true" in fake_adb.read_text()
     assert fake_adb.read_text().count("push ") == 2
     loaded = calibration.load_points(calibration.POINTS_DIR, tmp_path)
-    assert "gpu-fp16-litert" in calibration.fits(loaded)  # the phone's GPU now has a calibration class
+    fits = calibration.fits(loaded)
+    assert "gpu-fp16-litert" in fits  # the phone's GPU now has a calibration class
+    from turbovaed.profile.estimate import device_estimates, layer_costs
+    from turbovaed.profile.host import estimate_note
+    from turbovaed.student import family_preset
+
+    costs = layer_costs(family_preset(16, 8, 4, mini=True), (3, 16, 16))
+    gpu = device_estimates(load_catalog()["galaxy-s24"], costs, "litert", "fp32", fits)["gpu"]
+    assert "2 points, worst leave-one-out not computable" in estimate_note(gpu)  # too few to leave one out
     with pytest.raises(InputError, match="unknown calibration nets"):
         calibrate_device("galaxy-s24", nets=["resnet-9000"], out_dir=tmp_path)
 

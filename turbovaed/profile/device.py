@@ -125,10 +125,8 @@ def parse_executor_runner(text: str, warmup: int) -> dict:
     if len(timed) < 2:
         raise InputError(f"could not parse {tool} output: {len(iters)} iteration lines for {warmup} warm-up + "
                          "timed runs (an executor_runner older than per-iteration timing?)")
-    q = statistics.quantiles(timed, n=10, method="inclusive")
-    med = statistics.median(timed)
     return {"first_load_ms": load, "first_inference_ms": iters[0], "runs": len(timed),
-            "latency": Latency(med, min(q[0], med), max(q[-1], med)), "peak_memory_mb": None,
+            "latency": Latency.from_times_ms(timed), "peak_memory_mb": None,
             "quantiles": "p10/median/p90 of the per-iteration times"}
 
 
@@ -237,8 +235,7 @@ def profile_coreml_mac(artifact_dir: Path, device_id: str, unit: str = "ane", ru
     shape = manifest["inputs"][0]["shape"]
     feed = {manifest["inputs"][0]["name"]: np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
     timed = time_coreml(path, unit, feed, runs, warmup)
-    q = statistics.quantiles(timed["times"], n=10, method="inclusive")
-    med = statistics.median(timed["times"])
+    latency = Latency.from_times_ms(timed["times"])
     try:
         plan = MLComputePlan.load_from_path(path=timed["model"].get_compiled_model_path(), compute_units=timed["units"])
         ops = op_placement(plan, unit)
@@ -251,7 +248,7 @@ def profile_coreml_mac(artifact_dir: Path, device_id: str, unit: str = "ane", ru
         artifact=manifest["name"], artifact_sha256=manifest["sha256"], device=device_id, runtime="coreml",
         runtime_version=f"coremltools {ct.__version__}", precision=manifest["precision"],
         precision_meaning=precision_meaning("coreml", manifest["precision"]), compute_unit=unit, input_shape=shape,
-        frames=frames, latency=Latency(med, min(q[0], med), max(q[-1], med)), fps=frames / med * 1000,
+        frames=frames, latency=latency, fps=frames / latency.median_ms * 1000,
         source="measured-device-app", runs=runs, warmup=warmup, threads=None, first_load_ms=timed["first_load_ms"],
         warm_load_ms=timed["warm_load_ms"], first_inference_ms=timed["first_inference_ms"],
         peak_memory_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,

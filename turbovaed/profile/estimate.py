@@ -4,7 +4,7 @@ moved. Always stored with source = "estimate" and the inputs used, never as a me
 Per layer (every conv / linear of the mobile graph; norms, SiLUs, adds, temporal padding and pixel
 shuffles as memory-only passes): roofline = max(2 * MACs / peak, bytes / bandwidth), summed. That is a
 lower bound for a perfect kernel library; calibration.py turns it into an estimate (per-call cost +
-per-layer dispatch + a roofline factor per unit, fitted on measurements of known conv nets)
+per-operator dispatch + a roofline factor per unit, fitted on measurements of known conv nets)
 and states its leave-one-out error. Units without calibration points keep the bare roofline, labelled."""
 
 from __future__ import annotations
@@ -129,7 +129,7 @@ def layer_costs(config: StudentConfig, latent_shape: tuple[int, int, int]) -> Co
 def roofline(costs: list[dict], unit: Unit, w_bits: float, a_bits: int) -> dict:
     """Roofline seconds per call on one compute unit (weights at w_bits, activations moved and computed at
     a_bits), with the inputs that produced it: a lower bound for a perfect kernel library and no per-call or
-    per-layer cost."""
+    per-operator cost."""
     compute = COMPUTE_FOR_BITS[a_bits]
     act, wgt = a_bits / 8, w_bits / 8
     peak = unit.peak_gflops(compute) * 1e9

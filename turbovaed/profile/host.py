@@ -13,7 +13,6 @@ import json
 import multiprocessing
 import os
 import resource
-import statistics
 import sys
 import time
 from datetime import datetime, timezone
@@ -231,12 +230,8 @@ def profile_artifacts(path: Path, runs: int = 10, warmup: int = 2, threads: int 
             records.append(_record(m, device, runs, warmup, threads, ident, others=[], status="failed",
                                    error=failed[k]))
             continue
-        ts = sorted(times[k])
-        q = statistics.quantiles(ts, n=10, method="inclusive") if len(ts) > 1 else [ts[0]] * 9
-        med = statistics.median(ts)
         records.append(_record(m, device, runs, warmup, threads, ident, others=sorted(x for x in workers if x != k),
-                               latency=Latency(med * 1000, min(q[0], med) * 1000, max(q[-1], med) * 1000),
-                               **loaded[k]))
+                               latency=Latency.from_times_ms([t * 1000 for t in times[k]]), **loaded[k]))
     return records, skipped
 
 
@@ -292,8 +287,9 @@ def estimate_note(est: dict) -> str:
     cal = est["calibration"]
     if cal is None:
         return "uncalibrated roofline lower bound: sum over layers of max(2*MACs/peak, bytes/bandwidth)"
+    loo = cal["worst_leave_one_out_ratio"]  # None: too few points to leave one out
     return (f"calibrated ({cal['class']}, {cal['points']} points, worst leave-one-out "
-            f"{cal['worst_leave_one_out_ratio']:.2f}x): per-call + per-layer + k * roofline")
+            f"{f'{loo:.2f}x' if loo else 'not computable'}): per-call + per-op * ops + k * roofline")
 
 
 def stamp() -> str:

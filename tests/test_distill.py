@@ -163,17 +163,33 @@ def test_sigkill_mid_run_then_resume_gives_identical_weights(tmp_path):
     assert la[-3:] == lb[-3:]
 
 
-def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
-    recipe = load_toml(DistillRecipe, tiny_recipe(tmp_path, steps=8))
+def _poison(monkeypatch, bad_calls) -> None:
+    """Make the perceptual loss NaN on the given calls (one call per step here)."""
     real = trainer.msssim_grad_loss
     calls = {"n": 0}
 
     def poisoned(pred, target):
         calls["n"] += 1
-        return real(pred, target) * (float("nan") if calls["n"] > 4 else 1.0)
+        return real(pred, target) * (float("nan") if bad_calls(calls["n"]) else 1.0)
 
     monkeypatch.setattr(trainer, "msssim_grad_loss", poisoned)
-    with pytest.raises(trainer.TrainingError, match="at step 4.*step 3"):
+
+
+def test_a_non_finite_step_is_skipped_counted_and_the_run_finishes(tmp_path, monkeypatch):
+    _poison(monkeypatch, lambda n: n == 5)
+    out = trainer.distill(load_toml(DistillRecipe, tiny_recipe(tmp_path, steps=8)), show_progress=False)
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["data"]["nonfinite_steps_skipped"] == 1 and "1 non-finite steps skipped" in (out / "README.md").read_text()
+    log = [r for r in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if "loss" in r]
+    assert [r["step"] for r in log if r.get("skipped")] == [5] and len(log) == 8
+    assert all(torch.isfinite(v).all() for v in load_file(str(out / "raw.safetensors")).values())
+
+
+def test_non_finite_steps_in_a_row_stop_the_run_and_keep_finite_checkpoints(tmp_path, monkeypatch):
+    recipe = load_toml(DistillRecipe, tiny_recipe(tmp_path, steps=8))
+    recipe.train.max_nonfinite = 2
+    _poison(monkeypatch, lambda n: n > 4)
+    with pytest.raises(trainer.TrainingError, match="2 steps in a row.*up to step 6"):
         trainer.distill(recipe, show_progress=False)
     from turbovaed.distill.checkpoint import load_training_state
 
@@ -209,7 +225,7 @@ def test_two_process_ddp_fills_its_cache_per_rank_and_keeps_weights_identical(tm
     log = [r for r in map(json.loads, (tmp_path / "student" / "log.jsonl").read_text().splitlines()) if "loss" in r]
     assert len(log) == 4 and log[0]["clips_per_s"] > 0
     work = tmp_path / "student.work"
-    parts = {r: json.loads((work / "cache" / f"part-00{r}.json").read_text()) for r in (0, 1)}
+    parts = {r: json.loads((work / "cache" / "gen-00000" / f"part-00{r}.json").read_text()) for r in (0, 1)}
     for r, part in parts.items():  # each rank encoded its own clips: i % 2 == rank, 6 clips in all
         assert sorted(i for s in part["shards"] for i in s["items"]) == list(range(r, 6, 2))
     index = json.loads((work / "videos.index.json").read_text())["videos"]
@@ -285,8 +301,9 @@ def test_eval_videos_inside_the_training_folder_are_never_trained_on(tmp_path):
     recipe.data.synthetic = False
     recipe.data.videos = [str(tmp_path / "train")]
     recipe.data.eval_videos = [str(tmp_path / "train" / "heldout")]
-    train, held_out = trainer._videos(recipe, tmp_path / "work", rank=0, show_progress=False)
+    train, held_out, unreadable = trainer._videos(recipe, tmp_path / "work", rank=0, show_progress=False)
     assert sorted(i.path.name for i in train) == ["a.mp4", "b.mp4"] and [v.name for v in held_out] == ["c.mp4"]
+    assert unreadable == []
 
 
 def test_torch_compile_of_the_student_trains_and_saves_plain_weights(tmp_path):

@@ -272,7 +272,9 @@ def quickstart(video: Annotated[Optional[list[Path]], typer.Option(help="videos 
         recipe.train.steps = steps
     t0 = time.perf_counter()
     work = Path(recipe.output + ".work")
-    student_dir = run_distill(recipe, resume=(work / "checkpoint").is_dir())
+    from turbovaed.distill.checkpoint import has_checkpoint
+
+    student_dir = run_distill(recipe, resume=has_checkpoint(work / "checkpoint"))
     report = json.loads((student_dir / "metrics.json").read_text())
     m = report["mean"]
     table = Table(title="quickstart: distilled student on held-out clips")
@@ -329,7 +331,9 @@ def quickstart(video: Annotated[Optional[list[Path]], typer.Option(help="videos 
 def distill(recipe: Annotated[Path, typer.Argument(help="distill recipe (TOML), e.g. distill/quickstart.toml")],
             resume: Annotated[bool, typer.Option(help="continue from the last checkpoint")] = False,
             output: Annotated[Optional[Path], typer.Option(help="override the recipe's output folder")] = None,
-            steps: Annotated[Optional[int], typer.Option(help="override train.steps")] = None) -> None:
+            steps: Annotated[Optional[int], typer.Option(help="override train.steps")] = None,
+            rebuild_cache: Annotated[bool, typer.Option(
+                help="rebuild a latent cache made for other data, settings or another teacher")] = False) -> None:
     """Distil a student decoder from a frozen teacher (works under torchrun too)."""
     from turbovaed.distill.recipe import DistillRecipe
     from turbovaed.distill.trainer import distill as run_distill
@@ -340,10 +344,25 @@ def distill(recipe: Annotated[Path, typer.Argument(help="distill recipe (TOML), 
         r.output = str(output)
     if steps is not None:
         r.train.steps = steps
-    out_dir = run_distill(r, resume=resume)
-    if out_dir.is_dir():
+    out_dir = run_distill(r, resume=resume, rebuild_cache=rebuild_cache)
+    if out_dir.is_dir() and int(__import__("os").environ.get("RANK", "0")) == 0:
         out.print((out_dir / "README.md").read_text())
         out.print(f"student checkpoint: {out_dir}")
+
+
+@app.command("index")
+def index_cmd(videos: Annotated[list[Path], typer.Argument(help="video folders (searched recursively) or files")],
+              index: Annotated[Path, typer.Option(help="index file; a distill recipe reads it as data.index")]
+              = Path("videos.index.json"),
+              workers: Annotated[int, typer.Option(help="probe threads (I/O bound: more for network storage)")] = 16
+              ) -> None:
+    """Probe every video's header into an index ahead of a distill run (incremental: rerun to resume)."""
+    listed = data.list_videos(videos)
+    t0 = time.perf_counter()
+    infos, bad = data.index_videos(listed, index, workers=workers, show_progress=True)
+    seconds = time.perf_counter() - t0
+    out.print(f"indexed {len(listed)} videos into {index} in {seconds:.1f} s: {len(infos)} readable, "
+              f"{len(bad)} unreadable{f' (first: {bad[0]})' if bad else ''}")
 
 
 @app.command("eval")

@@ -133,7 +133,7 @@ def read_frames(path: str | Path, start: int = 0, count: int | None = None, allo
                 out.append(frame.to_ndarray(format="rgb24"))
                 if count is not None and len(out) == count:
                     break
-    except (av.error.FFmpegError, IndexError, OSError) as err:
+    except (av.error.FFmpegError, IndexError, OSError, EOFError, ValueError) as err:
         raise VideoError(f"cannot read video {path}: {err}") from err
     if not out or (count is not None and len(out) < count and not allow_short):
         raise VideoError(f"{path} has fewer than {start + (count or 1)} frames")
@@ -188,42 +188,69 @@ def _infos(videos: list[Path], entries: dict[str, dict]) -> tuple[list[VideoInfo
 
 
 def index_videos(videos: list[Path], index_path: str | Path | None = None, workers: int = 8,
-                 show_progress: bool = False) -> tuple[list[VideoInfo], list[str]]:
+                 show_progress: bool = False, save_every_s: float = 20.0) -> tuple[list[VideoInfo], list[str]]:
     """(readable videos, errors of unreadable ones). Each file is probed once: with `index_path` the
     results are kept in a JSON index and reused by later runs and other ranks; only new or changed
-    files (size, mtime) are probed again. Probing runs in `workers` threads (PyAV releases the GIL)."""
+    files (size, mtime) are probed again. Probing runs in `workers` threads (PyAV releases the GIL). The
+    index is saved every `save_every_s` seconds while it grows, so an interrupted build resumes where it
+    stopped and waiting ranks see progress."""
+    import time
     from concurrent.futures import ThreadPoolExecutor
 
     entries = load_index(index_path) if index_path and Path(index_path).is_file() else {}
     todo = [v for v in videos if entries.get(str(v), {}).get("stat") != _stat_key(v)]
+
+    def save() -> None:
+        if index_path:
+            with atomic_file(index_path) as tmp:
+                tmp.write_text(json.dumps({"version": INDEX_VERSION, "videos": entries}))
+
     if todo:
         from rich.progress import Progress
 
+        saved = time.monotonic()
         with Progress(disable=not show_progress, transient=True) as bar, \
                 ThreadPoolExecutor(max(1, workers)) as pool:
             task = bar.add_task(f"indexing {len(todo)} videos", total=len(todo))
             for v, entry in zip(todo, pool.map(_probe, todo)):
                 entries[str(v)] = entry
                 bar.advance(task)
-        if index_path:
-            with atomic_file(index_path) as tmp:
-                tmp.write_text(json.dumps({"version": INDEX_VERSION, "videos": entries}))
+                if time.monotonic() - saved > save_every_s:
+                    save()
+                    saved = time.monotonic()
+        save()
     return _infos(videos, entries)
 
 
 def wait_for_index(videos: list[Path], index_path: str | Path, timeout_s: float) -> tuple[list[VideoInfo], list[str]]:
-    """Other ranks read the index rank 0 writes (a file poll, not a collective: no NCCL timeout)."""
+    """Other ranks read the index rank 0 writes (a file poll, not a collective: no NCCL timeout). The
+    timeout counts from rank 0's last progress (the index file changing), so a long build never times
+    out while it moves."""
     import time
 
-    deadline = time.monotonic() + timeout_s
+    deadline, seen = time.monotonic() + timeout_s, None
     while True:
         if Path(index_path).is_file():
-            entries = load_index(index_path)
-            if all(entries.get(str(v), {}).get("stat") == _stat_key(v) for v in videos):
-                return _infos(videos, entries)
+            stamp = Path(index_path).stat().st_mtime_ns
+            if stamp != seen:
+                seen, deadline = stamp, time.monotonic() + timeout_s
+                entries = load_index(index_path)
+                if all(entries.get(str(v), {}).get("stat") == _stat_key(v) for v in videos):
+                    return _infos(videos, entries)
         if time.monotonic() > deadline:
-            raise VideoError(f"waited {timeout_s:.0f} s for rank 0 to index the videos into {index_path}")
+            raise VideoError(f"waited {timeout_s:.0f} s for rank 0 to add to the video index {index_path} "
+                             "without any progress")
         time.sleep(2.0)
+
+
+def index_digest(infos: list[VideoInfo]) -> str:
+    """A short digest of the indexed training videos (paths, frame counts, sizes): part of a cache's identity."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for i in infos:
+        h.update(f"{i.path}|{i.frames}|{i.width}x{i.height}\n".encode())
+    return h.hexdigest()[:16]
 
 
 class VideoWriter:
@@ -295,12 +322,35 @@ def to_uint8(frames: torch.Tensor) -> np.ndarray:
 
 
 def read_window(path: str | Path, start: int, frames: int) -> tuple[int, np.ndarray]:
-    """`frames` frames from `start`, shifted back if the container over-counted its frames."""
-    got = read_frames(path, start, frames, allow_short=True)
+    """`frames` frames from `start`, shifted back if the container over-counted its frames (headers that
+    estimate the count from the duration, VFR, truncated files): a window past the real end is read from
+    the real end backwards instead of failing."""
+    got = read_frames(path, start, frames, allow_short=True) if start == 0 else _try_read(path, start, frames)
     if len(got) < frames:
-        start = max(0, start - (frames - len(got)))
+        real = start + len(got) if len(got) else count_frames(path)
+        start = max(0, real - frames)
         got = read_frames(path, start, frames)
     return start, got
+
+
+def _try_read(path: str | Path, start: int, frames: int) -> np.ndarray:
+    """What exists of a window (empty when it starts past the real end)."""
+    try:
+        return read_frames(path, start, frames, allow_short=True)
+    except VideoError as err:
+        if "fewer than" not in str(err):
+            raise
+        return np.zeros((0,), np.uint8)
+
+
+def count_frames(path: str | Path) -> int:
+    """Frames that really decode (slow: decodes the whole file; used only when a header over-counts)."""
+    av = _require_av()
+    try:
+        with av.open(str(path)) as container:
+            return sum(1 for _ in container.decode(container.streams.video[0]))
+    except (av.error.FFmpegError, IndexError, OSError, EOFError, ValueError) as err:
+        raise VideoError(f"cannot read video {path}: {err}") from err
 
 
 def resize_short_side(clip: torch.Tensor, short: int) -> torch.Tensor:
@@ -341,7 +391,7 @@ def sample_clip(path: str | Path, frames: int, size: tuple[int, int], rng: rando
         clip = resize_short_side(clip, max(h, w))
         _, _, ch, cw = clip.shape
     top, left = rng.randint(0, ch - h), rng.randint(0, cw - w)
-    clip = clip[:, :, top:top + h, left:left + w]
+    clip = clip[:, :, top:top + h, left:left + w].clamp(-1, 1)  # resampling rounds a hair past the range
     flipped = flip and rng.random() < 0.5
     if flipped:
         clip = clip.flip(-1)
@@ -372,31 +422,51 @@ def synthetic_clip(frames: int, height: int, width: int, seed: int = 0) -> torch
     return (out + stripes).clamp(-1, 1)
 
 
-def fixed_clips(videos: list[Path], frames: int, size: int, per_video: int = 3) -> list[tuple[torch.Tensor, dict]]:
+def fixed_clips(videos: list[Path], frames: int, size: int, per_video: int = 3,
+                bad: list[str] | None = None) -> list[tuple[torch.Tensor, dict]]:
     """Evaluation clips: `per_video` evenly spaced windows per video, short side resized to `size`,
-    centre crop size x size. Deterministic, so every model is scored on the same pixels."""
+    centre crop size x size. Deterministic, so every model is scored on the same pixels. With a `bad`
+    list, videos that fail to decode are left out and their errors appended to it (a run's evaluation
+    survives one broken held-out file); without one they raise."""
     clips = []
     for v in videos:
-        n = video_info(v).frames
-        if n < frames:
-            raise VideoError(f"{v} has {n} frames, fewer than the {frames} asked for")
-        starts = sorted({round(i * (n - frames) / max(per_video - 1, 1)) for i in range(per_video)})
-        for start in starts:
-            start, got = read_window(v, start, frames)
-            clip = resize_short_side(to_tensor(got), size)
-            h, w = clip.shape[2:]
-            top, left = (h - size) // 2, (w - size) // 2
-            clips.append((clip[:, :, top:top + size, left:left + size].contiguous(),
-                          {"video": v.name, "start": start}))
+        try:
+            clips += _windows(v, frames, size, per_video)
+        except VideoError as err:
+            if bad is None:
+                raise
+            bad.append(str(err))
+    if videos and not clips:
+        raise VideoError(f"none of the {len(videos)} evaluation videos decodes; first error: {bad[0] if bad else '?'}")
+    return clips
+
+
+def _windows(v: Path, frames: int, size: int, per_video: int) -> list[tuple[torch.Tensor, dict]]:
+    n = video_info(v).frames
+    if n < frames:
+        raise VideoError(f"{v} has {n} frames, fewer than the {frames} asked for")
+    clips = []
+    for start in sorted({round(i * (n - frames) / max(per_video - 1, 1)) for i in range(per_video)}):
+        start, got = read_window(v, start, frames)
+        clip = resize_short_side(to_tensor(got), size)
+        h, w = clip.shape[2:]
+        top, left = (h - size) // 2, (w - size) // 2
+        clips.append((clip[:, :, top:top + size, left:left + size].contiguous(), {"video": v.name, "start": start}))
     return clips
 
 
 class ClipSampler:
     """Deterministic stream of clips from a list of videos (or synthetic clips when there are none).
 
-    Clip i is a fresh random window, crop, stride and flip drawn from seed and i, so a large latent cache
-    holds that variety and a restart redraws the very same clips. `infos` (from `index_videos`) saves
-    probing every file again."""
+    Clip i is a fresh random window, crop, stride and flip drawn from seed and i, from video
+    order_e[i mod N], where order_e is a seeded permutation of the N videos for epoch e = i // N: every
+    video once per epoch, in a new order each epoch (a folder sorted by source is not sampled by source).
+    A video that fails to decode (over-counted header, truncation, mid-file errors, a non-video named .mp4)
+    is replaced by the next one in that epoch's order, the same way on every run and rank, and the clip's
+    source says so under "replaced": a bad file costs one retry, never the run. `infos` (from
+    `index_videos`) saves probing every file again."""
+
+    retries = 16
 
     def __init__(self, videos: list[Path], frames: int, size: tuple[int, int], seed: int = 0,
                  resize: int | None = None, infos: list[VideoInfo] | None = None,
@@ -409,15 +479,42 @@ class ClipSampler:
             raise VideoError(f"no video has at least {frames} frames (the longest has "
                              f"{max(i.frames for i in self.infos)})")
         self.infos = usable
+        self._orders: dict[int, list[int]] = {}
+
+    def order(self, epoch: int) -> list[int]:
+        """Epoch `epoch`'s permutation of the video list (seeded; the last two are kept)."""
+        if epoch not in self._orders:
+            order = list(range(len(self.infos)))
+            random.Random(f"{self.seed}/epoch/{epoch}").shuffle(order)
+            self._orders = {k: v for k, v in self._orders.items() if k >= epoch - 1}
+            self._orders[epoch] = order
+        return self._orders[epoch]
+
+    def video_of(self, index: int) -> int:
+        """The video clip `index` is drawn from (before any replacement), as an index into `infos`."""
+        epoch, pos = divmod(index, len(self.infos))
+        return self.order(epoch)[pos]
 
     def clip(self, index: int) -> tuple[torch.Tensor, dict]:
         """Clip number `index`: the same clip every time for the same seed."""
-        rng = random.Random(self.seed * 1_000_003 + index)
         if not self.infos:
             clip = synthetic_clip(self.frames, *self.size, seed=self.seed * 1_000_003 + index)
             return clip, {"video": "synthetic", "seed": self.seed * 1_000_003 + index}
-        info = self.infos[index % len(self.infos)]
-        return sample_clip(info.path, self.frames, self.size, rng, self.resize, info, self.strides, self.flip)
+        epoch, pos = divmod(index, len(self.infos))
+        order = self.order(epoch)
+        replaced = []
+        for k in range(min(self.retries, len(order))):
+            info = self.infos[order[(pos + k) % len(order)]]
+            rng = random.Random(self.seed * 1_000_003 + index if k == 0 else f"{self.seed}/{index}/{k}")
+            try:
+                clip, meta = sample_clip(info.path, self.frames, self.size, rng, self.resize, info, self.strides,
+                                         self.flip)
+            except VideoError as err:
+                replaced.append({"video": str(info.path), "error": str(err)[:300]})
+                continue
+            return clip, {**meta, "replaced": replaced} if replaced else meta
+        raise VideoError(f"clip {index}: {len(replaced)} videos in a row failed to decode; the last: "
+                         f"{replaced[-1]['error']}")
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, dict]]:
         index = 0
@@ -450,7 +547,7 @@ def _columns(rows: list[tuple]) -> list[tuple]:
 
 
 # ----------------------------------------------------------------------------- latent cache
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 
 
 class LatentCache:
@@ -472,6 +569,9 @@ class LatentCache:
         for p in sorted(self.dir.glob("part-*.json")):
             try:
                 part = json.loads(p.read_text())
+                if part.get("version") != CACHE_VERSION:
+                    raise CheckpointError(f"latent cache {self.dir} was written by another turbovaed version "
+                                          f"({part.get('version')}, now {CACHE_VERSION}): pass --rebuild-cache or remove it")
                 if not all(isinstance(s["file"], str) and isinstance(s["items"], list) for s in part["shards"]):
                     raise ValueError("malformed shard list")
                 self.parts[int(p.stem.split("-")[1])] = part
@@ -487,36 +587,51 @@ class LatentCache:
     def __getstate__(self) -> dict:  # DataLoader workers open their own memory maps
         return {**self.__dict__, "_handles": {}}
 
-    def items(self, rank: int = 0, world: int = 1, count: int | None = None) -> list[int]:
-        """Global indices this rank trains on (its own part: i % world == rank), sorted."""
-        return sorted(i for i in self._where if i % world == rank and (count is None or i < count))
+    def items(self, rank: int = 0, world: int = 1, count: int | None = None, first: int = 0) -> list[int]:
+        """Global indices this rank trains on (its own part: i % world == rank) in [first, first + count), sorted."""
+        return sorted(i for i in self._where if i % world == rank and i >= first and (count is None or i < first + count))
+
+    def replacements(self) -> tuple[int, list[str]]:
+        """(clips whose video failed and was replaced, the failing videos) over every part written."""
+        bad = sorted({v for part in self.parts.values() for v in part.get("bad_videos", [])})
+        return sum(part.get("replaced", 0) for part in self.parts.values()), bad
+
+    def check_identity(self, identity: dict) -> None:
+        """Refuse a cache made for other data, settings or another teacher: one clear error naming what differs."""
+        for r, part in self.parts.items():
+            made = part.get("identity", {})
+            if made != identity:
+                diff = sorted(k for k in {*made, *identity} if made.get(k) != identity.get(k))
+                raise CheckpointError(
+                    f"latent cache {self.dir} (part {r}) was made for other data or another teacher "
+                    f"(differs in: {', '.join(diff)}; cached {({k: made.get(k) for k in diff})}, now "
+                    f"{({k: identity.get(k) for k in diff})}): pass --rebuild-cache to rebuild it, or use another folder")
 
     def fill(self, teacher, sampler: ClipSampler, count: int, rank: int = 0, world: int = 1, shard_size: int = 32,
-             batch: int = 4, workers: int = 0, progress=None) -> None:
-        """Encode this rank's clips i < count (i % world == rank) that no earlier run wrote. Clips are
-        decoded in `workers` DataLoader processes; the teacher encodes and decodes `batch` at a time on
-        its device."""
-        meta = {"version": CACHE_VERSION, "teacher": teacher.spec.name, "frames": sampler.frames,
-                "size": list(sampler.size)}
-        for r, part in self.parts.items():
-            if {k: part.get(k) for k in meta} != meta:
-                raise CheckpointError(f"latent cache {self.dir} (part {r}) was made with "
-                                      f"{({k: part.get(k) for k in meta})}, not {meta}; use another folder")
-        todo = [i for i in range(rank, count, world) if i not in self._where]
+             batch: int = 4, workers: int = 0, progress=None, first: int = 0, identity: dict | None = None) -> None:
+        """Encode this rank's clips first <= i < first + count (i % world == rank) that no earlier run wrote.
+        Clips are decoded in `workers` DataLoader processes; the teacher encodes and decodes `batch` at a
+        time on its device, in its own dtype. `identity` (data settings, video index digest, teacher
+        weights and dtype) is stored and must match on a later fill."""
+        identity = {"teacher": teacher.spec.name, "frames": sampler.frames, "size": list(sampler.size),
+                    **(identity or {})}
+        self.check_identity(identity)
+        todo = [i for i in range(first, first + count) if i % world == rank and i not in self._where]
         if not todo:
             return
-        part = self.parts.setdefault(rank, {**meta, "shards": []})
+        part = self.parts.setdefault(rank, {"version": CACHE_VERSION, "identity": identity, "shards": []})
         loader = torch.utils.data.DataLoader(_Clips(sampler, todo), batch_size=batch, num_workers=workers,
                                              worker_init_fn=_one_thread if workers else None,
                                              collate_fn=_columns)
         pending: dict[str, list] = {"items": [], "latents": [], "logvar": [], "frames": [], "teacher": [], "src": []}
         for indices, frames, sources in loader:
-            x = dequantize(torch.stack(frames).to(teacher.device))
-            mean, logvar = teacher.encode_posterior(x)
-            decoded = teacher.decode(mean)
+            with torch.no_grad():
+                x = dequantize(torch.stack(frames).to(teacher.device))
+                mean, logvar = teacher.encode_posterior(x)
+                decoded = teacher.decode(mean)
             pending["items"] += indices
-            pending["latents"] += list(mean.cpu())
-            pending["logvar"] += list(logvar.cpu()) if logvar is not None else []
+            pending["latents"] += list(mean.float().cpu())
+            pending["logvar"] += list(logvar.float().cpu()) if logvar is not None else []
             pending["frames"] += frames
             pending["teacher"] += list(_quantize(decoded).cpu())
             pending["src"] += [json.loads(s) for s in sources]
@@ -538,6 +653,10 @@ class LatentCache:
         with atomic_file(self.dir / name) as tmp:
             save_file(tensors, str(tmp), metadata={"sources": json.dumps(rows["src"])})
         part["shards"].append({"file": name, "items": [int(i) for i in rows["items"]]})
+        replaced = [r for src in rows["src"] for r in src.get("replaced", [])]
+        if replaced:
+            part["replaced"] = part.get("replaced", 0) + sum(1 for src in rows["src"] if src.get("replaced"))
+            part["bad_videos"] = sorted({*part.get("bad_videos", []), *(r["video"] for r in replaced)})[:1000]
         with atomic_file(self.dir / f"part-{rank:03d}.json") as tmp:
             tmp.write_text(json.dumps(part, indent=1))
         self._where.update({int(i): (name, k) for k, i in enumerate(rows["items"])})

@@ -1,11 +1,15 @@
 """Training state (model, EMA, optimizer, step, RNG) in safetensors + JSON, written atomically.
 
 Exact resume needs the optimizer moments and the RNG state, not just the weights; both are stored
-as tensors (no pickles) so resuming never unpickles anything."""
+as tensors (no pickles) so resuming never unpickles anything. Two slots: DIR (newest) and DIR.prev (the one
+before), each fsynced before it is renamed into place, so a crash at any moment, even between the renames,
+leaves at least one whole checkpoint, and a torn newest slot falls back to the previous one."""
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -45,11 +49,31 @@ def _optimizer_state(state: dict) -> dict:
     return state
 
 
+def previous_slot(directory: str | Path) -> Path:
+    directory = Path(directory)
+    return directory.with_name(directory.name + ".prev")
+
+
+def has_checkpoint(directory: str | Path) -> bool:
+    """Either slot exists (a crash between the renames leaves only the previous one)."""
+    return Path(directory).is_dir() or previous_slot(directory).is_dir()
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def save_training_state(directory: str | Path, modules: dict[str, torch.nn.Module],
                         optimizers: dict[str, torch.optim.Optimizer], step: int, extra: dict | None = None) -> Path:
-    """Everything needed to continue bit-exactly: weights, optimizer moments, step and RNG."""
+    """Everything needed to continue bit-exactly: weights, optimizer moments, step and RNG. The newest
+    checkpoint moves to the previous slot; the new one is complete on disk before it takes its place."""
     from safetensors.torch import save_file
 
+    directory = Path(directory)
     tensors: dict[str, torch.Tensor] = {}
     meta = {
         "step": step,
@@ -58,26 +82,60 @@ def save_training_state(directory: str | Path, modules: dict[str, torch.nn.Modul
         "optimizers": {k: _flatten(f"o.{k}", o.state_dict(), tensors) for k, o in optimizers.items()},
         "rng": _flatten("rng", torch.get_rng_state(), tensors),
     }
-    with atomic_dir(directory) as tmp:
+    prev = previous_slot(directory)
+    staged = directory.with_name(directory.name + ".next")
+    with atomic_dir(staged) as tmp:
         save_file(tensors, str(tmp / STATE_FILE))
         (tmp / META_FILE).write_text(json.dumps(meta))
-    return Path(directory)
+        for f in (tmp / STATE_FILE, tmp / META_FILE, tmp):
+            _fsync(f)
+    if directory.is_dir():
+        shutil.rmtree(prev, ignore_errors=True)
+        directory.rename(prev)
+    staged.rename(directory)
+    _fsync(directory.parent)
+    return directory
 
 
 def load_training_state(directory: str | Path, modules: dict[str, torch.nn.Module],
-                        optimizers: dict[str, torch.optim.Optimizer]) -> tuple[int, dict]:
-    """Restore in place; returns (step, extra)."""
+                        optimizers: dict[str, torch.optim.Optimizer], fresh: list[str] | None = None
+                        ) -> tuple[int, dict]:
+    """Restore in place from the newest whole slot; returns (step, extra). With a `fresh` list, modules and
+    optimizers the checkpoint does not hold (a stage switched on at resume: GAN, feature alignment) keep
+    their new initial state and are named in it; without one they are an error."""
     directory = Path(directory)
+    errors = []
+    for slot in (directory, previous_slot(directory)):
+        if not slot.is_dir():
+            continue
+        try:
+            step, extra = _load_slot(slot, modules, optimizers, fresh)
+        except CheckpointError as err:
+            errors.append(str(err))
+            continue
+        if errors:
+            extra = {**extra, "fallback": f"newest checkpoint unreadable ({errors[0]}); resumed from {slot}"}
+        return step, extra
+    if not errors:
+        raise CheckpointError(f"no training state in {directory}")
+    raise CheckpointError(f"no readable training state in {directory} or its previous slot: {'; '.join(errors)}")
+
+
+def _load_slot(directory: Path, modules: dict[str, torch.nn.Module], optimizers: dict[str, torch.optim.Optimizer],
+               fresh: list[str] | None) -> tuple[int, dict]:
     try:
         meta = json.loads((directory / META_FILE).read_text())
     except (OSError, json.JSONDecodeError) as err:
         raise CheckpointError(f"cannot read training state in {directory}: {err}") from err
     tensors = load_safetensors(directory / STATE_FILE)
     try:
-        for k, m in modules.items():
-            m.load_state_dict(_unflatten(meta["modules"][k], tensors))
-        for k, o in optimizers.items():
-            o.load_state_dict(_optimizer_state(_unflatten(meta["optimizers"][k], tensors)))
+        for kind, items in (("modules", modules), ("optimizers", optimizers)):
+            for k, obj in items.items():
+                if k not in meta[kind] and fresh is not None:
+                    fresh.append(k)
+                    continue
+                state = _unflatten(meta[kind][k], tensors)
+                obj.load_state_dict(_optimizer_state(state) if kind == "optimizers" else state)
         torch.set_rng_state(_unflatten(meta["rng"], tensors))
     except (KeyError, RuntimeError, ValueError) as err:
         raise CheckpointError(f"training state in {directory} does not match this run: {err}") from err

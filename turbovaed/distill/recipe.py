@@ -44,9 +44,11 @@ class DataSection:
     resize: int = 128  # short side before cropping; 0 = native resolution
     strides: list[int] = field(default_factory=lambda: [1])  # frame strides drawn per clip
     flip: bool = False  # random horizontal flips
-    clips: int = 64  # clips in the latent cache, each a fresh random window/crop/stride/flip
+    clips: int = 64  # clips in the latent cache (one generation), each a fresh random window/crop/stride/flip
+    refresh_every: int = 0  # steps per cache generation: then the next `clips` clips replace it (0: never)
     posterior: str = "mean"  # train on the posterior "mean" or on a fresh "sample" every step (Turbo-VAED)
     workers: int = 0  # DataLoader processes decoding videos (cache fill) and reading the cache (training)
+    probe_workers: int = 16  # threads probing video headers into the index (I/O bound: more for network storage)
     eval_clips: int = 6  # synthetic evaluation clips (tiny test teachers only)
     eval_size: int = 128  # evaluation crop (short side resized to it, centre crop)
     eval_per_video: int = 2  # evaluation windows per held-out video
@@ -94,6 +96,7 @@ class TrainSection:
     threads: int = 0  # 0: leave torch's default
     max_minutes: float = 0.0  # wall-clock budget; stop (and evaluate) when spent. 0: no budget
     dist_timeout_minutes: float = 60.0  # collective timeout (ranks fill their caches before the first one)
+    max_nonfinite: int = 20  # consecutive skipped non-finite steps before the run stops
     seed: int = 0
 
 
@@ -124,7 +127,9 @@ class DistillRecipe:
                        ("data.eval_per_video", self.data.eval_per_video), ("train.log_every", self.train.log_every)]:
             if v < 1:
                 problems.append(f"{key} must be >= 1, got {v}")
-        for key, v in [("data.workers", self.data.workers), ("train.eval_every", self.train.eval_every)]:
+        for key, v in [("data.workers", self.data.workers), ("train.eval_every", self.train.eval_every),
+                       ("data.refresh_every", self.data.refresh_every), ("data.probe_workers", self.data.probe_workers),
+                       ("train.max_nonfinite", self.train.max_nonfinite)]:
             if v < 0:
                 problems.append(f"{key} must be >= 0, got {v}")
         if not self.data.strides or min(self.data.strides) < 1:

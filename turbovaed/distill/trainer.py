@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import datetime
+import functools
 import hashlib
 import json
 import math
@@ -30,11 +31,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from turbovaed import data, teachers
-from turbovaed.distill.checkpoint import load_training_state, save_training_state
+from turbovaed.distill.checkpoint import has_checkpoint, load_training_state, previous_slot, save_training_state
 from turbovaed.distill.losses import FeatureAlignment, PatchDiscriminator3d, adaptive_gan_weight, hinge_d_loss, msssim_grad_loss
 from turbovaed.distill.recipe import DistillRecipe
 from turbovaed.evaluate import EvalClip, prepare, score
-from turbovaed.io import InputError, TurboVAEDError
+from turbovaed.io import CheckpointError, InputError, TurboVAEDError, atomic_file
 from turbovaed.recipes import to_toml
 from turbovaed.student import StudentConfig, StudentDecoder
 
@@ -114,6 +115,29 @@ class Run:
     eval_videos: list[Path]  # held-out videos; empty only for tiny test teachers (synthetic, said so)
     work: Path
     show_progress: bool
+    teacher_dtype: torch.dtype  # autocast of the per-step feature pass; the cache is made in fp32
+    unreadable: list[str] = field(default_factory=list)  # index errors: videos left out before training
+    data_stats: dict = field(default_factory=dict)  # replaced clips and generations so far (kept in checkpoints)
+
+    @functools.cached_property
+    def sampler(self) -> data.ClipSampler:
+        d = self.recipe.data
+        return data.ClipSampler([i.path for i in self.train_infos], self.frames, (d.size, d.size), seed=d.seed,
+                                resize=d.resize or None, infos=self.train_infos, strides=tuple(d.strides), flip=d.flip)
+
+    def generation(self, step: int) -> int:
+        """The cache generation step `step` trains on (clips g*clips .. (g+1)*clips - 1)."""
+        every = self.recipe.data.refresh_every
+        return step // every if every else 0
+
+    @functools.cached_property
+    def cache_identity(self) -> dict:
+        """What a cached latent depends on: the videos, the data settings, the teacher's weights and dtype."""
+        d = self.recipe.data
+        return {"videos": data.index_digest(self.train_infos) if self.train_infos else "synthetic",
+                "resize": d.resize, "strides": list(d.strides), "flip": d.flip, "seed": d.seed,
+                "teacher_weights": teacher_fingerprint(self.teacher), "teacher_dtype": "float32",
+                "sampler": "epoch-permutation/1"}
 
     @property
     def frames(self) -> int:
@@ -128,7 +152,7 @@ class Run:
         return self.work / "log.jsonl"
 
 
-def setup(recipe: DistillRecipe, resume: bool, show_progress: bool) -> Run:
+def setup(recipe: DistillRecipe, resume: bool, show_progress: bool, rebuild_cache: bool = False) -> Run:
     """Device, precision, process group, teacher and videos: every refusal happens here, before work."""
     t = recipe.train
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -141,8 +165,8 @@ def setup(recipe: DistillRecipe, resume: bool, show_progress: bool) -> Run:
         check_dtype(device, amp, "train.precision")
     if device.type == "cuda":
         torch.cuda.set_device(device)
-        torch.backends.cuda.matmul.fp32_precision = "tf32"
-        torch.backends.cudnn.conv.fp32_precision = "tf32"
+        torch.set_float32_matmul_precision("high")  # TF32, through the API third-party code reads back
+        torch.backends.cudnn.benchmark = True  # fixed crop shapes: pick the fastest conv kernels once
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
                                 timeout=datetime.timedelta(minutes=t.dist_timeout_minutes),
@@ -152,23 +176,89 @@ def setup(recipe: DistillRecipe, resume: bool, show_progress: bool) -> Run:
         torch.set_num_threads(t.threads)
     out = Path(recipe.output)
     work = out.with_name(out.name + ".work")
-    if not resume and rank == 0 and (work / "checkpoint").exists():
-        raise InputError(f"{work / 'checkpoint'} exists from an earlier run: pass --resume to continue it, "
-                         f"or remove {work}")
+    if rank == 0:
+        preflight(recipe, work, resume)
+    # The cache is made once and reused for days: its latents and decodes are made in fp32 weights and
+    # compute; teacher.dtype is the autocast dtype of the per-step feature pass only.
     teacher = teachers.load(recipe.teacher.name, recipe.teacher.path, tiny=recipe.teacher.tiny,
-                            dtype=teacher_dtype).to(device)
+                            dtype=torch.float32).to(device)
     config = student_config(recipe, teacher)
     if recipe.data.size % teacher.spec.spatial:
         raise InputError(f"data.size {recipe.data.size} must be a multiple of {teacher.spec.spatial} "
                          f"for {teacher.spec.name}")
-    train_infos, eval_videos = _videos(recipe, work, rank, show_progress)
-    return Run(recipe, rank, world, device, amp, teacher, config, train_infos, eval_videos, work, show_progress)
+    if rebuild_cache and rank == 0:
+        shutil.rmtree(work / "cache", ignore_errors=True)
+    train_infos, eval_videos, unreadable = _videos(recipe, work, rank, show_progress)
+    run = Run(recipe, rank, world, device, amp, teacher, config, train_infos, eval_videos, work, show_progress,
+              teacher_dtype, unreadable)
+    if rank == 0:
+        check_disk(run)
+    if world > 1:
+        dist.barrier()  # a rebuilt cache is gone before any rank writes into it
+    return run
+
+
+def preflight(recipe: DistillRecipe, work: Path, resume: bool) -> None:
+    """Refusals that would otherwise come after hours of indexing and caching: a missing TensorBoard,
+    an output that cannot be written, an earlier run's checkpoint without --resume."""
+    if recipe.train.tensorboard:
+        try:
+            import torch.utils.tensorboard  # noqa: F401
+        except ImportError as err:
+            raise InputError("train.tensorboard = true needs TensorBoard: pip install 'turbovaed[tensorboard]'") \
+                from err
+    for folder in (work, Path(recipe.output).parent):
+        existing = next(p for p in (folder, *folder.parents) if p.exists())  # creates nothing on refusal
+        try:
+            if not existing.is_dir():
+                raise NotADirectoryError(f"{existing} is a file")
+            probe = existing / f".turbovaed-write-test-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as err:
+            raise InputError(f"cannot write the run's output to {folder}: {err}") from err
+    if not resume and has_checkpoint(work / "checkpoint"):
+        raise InputError(f"{work / 'checkpoint'} exists from an earlier run: pass --resume to continue it, "
+                         f"or remove {work}")
+
+
+def cache_bytes_per_clip(run: Run) -> int:
+    """Bytes one cached clip takes: source frames and teacher decode (uint8), posterior mean and
+    log-variance (fp32)."""
+    d, spec = run.recipe.data, run.teacher.spec
+    pixels = 3 * run.frames * d.size * d.size
+    latent = run.teacher.latent_channels * d.latent_frames * (d.size // spec.spatial) ** 2
+    return 2 * pixels + 2 * 4 * latent
+
+
+def check_disk(run: Run) -> None:
+    """Refuse a cache that cannot fit (one generation, plus the next while it is written) before filling it."""
+    d = run.recipe.data
+    need = cache_bytes_per_clip(run) * d.clips * (2 if d.refresh_every else 1)
+    cache = run.work / "cache"
+    have = sum(f.stat().st_size for f in cache.rglob("*.safetensors")) if cache.is_dir() else 0
+    free = shutil.disk_usage(next(p for p in (run.work, *run.work.parents) if p.exists())).free
+    if need - have > free * 0.95:
+        raise InputError(f"the latent cache needs about {need / 1e9:.1f} GB ({d.clips} clips x "
+                         f"{cache_bytes_per_clip(run) / 1e6:.2f} MB{' x 2 generations' if d.refresh_every else ''}) "
+                         f"but {run.work} has {free / 1e9:.1f} GB free: lower data.clips or move output")
+
+
+def teacher_fingerprint(teacher: teachers.Teacher) -> str:
+    """A short digest of the teacher's weights (every tensor's name, shape and first 4096 values): a cache
+    made with other weights is refused."""
+    h = hashlib.sha256(teacher.spec.name.encode())
+    for name, v in teacher.vae.state_dict().items():
+        h.update(f"{name}{tuple(v.shape)}".encode())
+        h.update(v.detach().flatten()[:4096].float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def _videos(recipe: DistillRecipe, work: Path, rank: int, show_progress: bool
-            ) -> tuple[list[data.VideoInfo], list[Path]]:
-    """(indexed training videos, held-out videos). Rank 0 probes the files into the index; other ranks
-    read it (a file poll, not a collective). A real teacher is never scored on synthetic clips."""
+            ) -> tuple[list[data.VideoInfo], list[Path], list[str]]:
+    """(indexed training videos, held-out videos, errors of unreadable ones). Rank 0 probes the files into
+    the index; other ranks read it (a file poll, not a collective). A real teacher is never scored on
+    synthetic clips."""
     d = recipe.data
     if d.synthetic:
         videos = []
@@ -193,38 +283,52 @@ def _videos(recipe: DistillRecipe, work: Path, rank: int, show_progress: bool
                          "trained on, never on synthetic clips; add a folder to data.eval_videos")
     listed = train + held_out
     if not listed:
-        return [], []
+        return [], [], []
     index = Path(d.index) if d.index else work / "videos.index.json"
     if rank == 0:
-        infos, bad = data.index_videos(listed, index, workers=max(8, d.workers), show_progress=show_progress)
+        infos, bad = data.index_videos(listed, index, workers=d.probe_workers, show_progress=show_progress)
         if bad:
             print(f"skipping {len(bad)} unreadable video(s); first: {bad[0]}", file=sys.stderr)
     else:
-        infos, _ = data.wait_for_index(listed, index, timeout_s=recipe.train.dist_timeout_minutes * 60)
+        infos, bad = data.wait_for_index(listed, index, timeout_s=recipe.train.dist_timeout_minutes * 60)
     readable, training = {i.path for i in infos}, set(train)
     train_infos = [i for i in infos if i.path in training]
     if train and not train_infos:
         raise data.VideoError(f"none of the {len(train)} training videos is readable")
-    return train_infos, [v for v in held_out if v in readable]
+    return train_infos, [v for v in held_out if v in readable], bad
 
 
 # ----------------------------------------------------------------------------- 2. cache
-def fill_cache(run: Run) -> data.LatentCache:
-    """Each rank encodes its own clips (i % world == rank) in parallel, decoding in DataLoader workers."""
+def fill_cache(run: Run, generation: int = 0) -> data.LatentCache:
+    """Each rank encodes its own clips of this generation (i % world == rank) in parallel, decoding in
+    DataLoader workers; the teacher runs in fp32. A video that fails is replaced (ClipSampler) and counted.
+    Generation g holds clips g*clips .. (g+1)*clips - 1: with data.refresh_every each generation brings new
+    windows, crops, flips and strides, from the next videos of the epoch's order; older ones are removed."""
     d = run.recipe.data
-    cache = data.LatentCache(run.work / "cache")
-    sampler = data.ClipSampler([i.path for i in run.train_infos], run.frames, (d.size, d.size), seed=d.seed,
-                               resize=d.resize or None, infos=run.train_infos, strides=tuple(d.strides), flip=d.flip)
     if d.clips < run.world:
         raise InputError(f"data.clips = {d.clips} leaves some of the {run.world} ranks without clips")
-    todo = len(range(run.rank, d.clips, run.world)) - len(cache.items(run.rank, run.world, d.clips))
+    folder = run.work / "cache" / f"gen-{generation:05d}"
+    cache = data.LatentCache(folder)
+    first = generation * d.clips
+    todo = len(range(run.rank, d.clips, run.world)) - len(cache.items(run.rank, run.world, d.clips, first))
     if todo:
         from rich.progress import Progress
 
         with Progress(disable=not run.show_progress or run.rank != 0, transient=True) as bar:
-            task = bar.add_task(f"caching teacher latents (rank {run.rank})", total=todo)
-            cache.fill(run.teacher, sampler, d.clips, rank=run.rank, world=run.world, batch=run.recipe.train.batch,
-                       workers=d.workers, progress=lambda: bar.advance(task))
+            task = bar.add_task(f"caching teacher latents, generation {generation} (rank {run.rank})", total=todo)
+            cache.fill(run.teacher, run.sampler, d.clips, rank=run.rank, world=run.world,
+                       batch=run.recipe.train.batch, workers=d.workers, progress=lambda: bar.advance(task),
+                       first=first, identity=run.cache_identity)
+    if run.world > 1:
+        dist.barrier()  # every rank's part is written
+    for old in sorted((run.work / "cache").glob("gen-*")):
+        if old != folder and run.rank == 0:
+            shutil.rmtree(old, ignore_errors=True)
+    cache = data.LatentCache(folder)  # every rank's parts
+    replaced, bad = cache.replacements()
+    stats = run.data_stats.setdefault("generations", {})
+    stats[str(generation)] = {"clips": d.clips, "replaced_clips": replaced, "bad_videos": bad[:20],
+                              "bad_video_count": len(bad)}
     return cache
 
 
@@ -255,10 +359,13 @@ class _StepBatches:
 
 
 def _batches(run: Run, cache: data.LatentCache, start: int):
-    items = cache.items(run.rank, run.world, run.recipe.data.clips)
+    """Micro-batches from `start` to the end of start's cache generation (or of training)."""
     t, d = run.recipe.train, run.recipe.data
+    generation = run.generation(start)
+    items = cache.items(run.rank, run.world, d.clips, first=generation * d.clips)
+    end = min(t.steps, (generation + 1) * d.refresh_every) if d.refresh_every else t.steps
     return iter(torch.utils.data.DataLoader(
-        _Items(cache), batch_sampler=_StepBatches(items, t.seed, run.rank, start, t.steps, t.batch, t.grad_accum),
+        _Items(cache), batch_sampler=_StepBatches(items, t.seed, run.rank, start, end, t.batch, t.grad_accum),
         num_workers=d.workers, pin_memory=run.device.type == "cuda", persistent_workers=False))
 
 
@@ -271,6 +378,7 @@ class Models:
     disc: PatchDiscriminator3d | None
     opt: torch.optim.Optimizer
     opt_d: torch.optim.Optimizer | None
+    opt_align: torch.optim.Optimizer | None  # the alignment heads: their own, so alignment can start on resume
     model: nn.Module  # what the loop calls: student + heads, DDP-wrapped and/or compiled
     disc_run: nn.Module | None  # the discriminator as the D step calls it (DDP-wrapped under torchrun)
     scaler: torch.amp.GradScaler
@@ -298,17 +406,17 @@ def build_models(run: Run, cache: data.LatentCache, resume: bool,
         align = FeatureAlignment([f.shape for f in sf], [f.shape for f in tf]).to(dev)
     model = StudentWithHeads(student, align)
     ema = copy.deepcopy(student).requires_grad_(False)
-    opt = torch.optim.AdamW(model.parameters(), lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
+    adamw = dict(lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
+    opt = torch.optim.AdamW(student.parameters(), **adamw)
+    opt_align = torch.optim.AdamW(align.parameters(), **adamw) if align is not None else None
     disc = PatchDiscriminator3d(r.gan.channels).to(dev) if r.gan.enabled else None
     opt_d = torch.optim.AdamW(disc.parameters(), lr=r.gan.lr, betas=(0.5, 0.9)) if disc else None
     modules = {"student": student, "ema": ema, **({"align": align} if align else {}), **({"disc": disc} if disc else {})}
-    optimizers = {"opt": opt, **({"opt_d": opt_d} if opt_d else {})}
+    optimizers = {"opt": opt, **({"opt_align": opt_align} if opt_align else {}), **({"opt_d": opt_d} if opt_d else {})}
     scaler = torch.amp.GradScaler(dev.type, enabled=run.amp == torch.float16)
     step = 0
-    if resume and run.ckpt.is_dir():
-        step, extra = load_training_state(run.ckpt, modules, optimizers)
-        if scaler.is_enabled() and extra.get("scaler"):
-            scaler.load_state_dict(extra["scaler"])
+    if resume and has_checkpoint(run.ckpt):
+        step = _resume(run, modules, optimizers, scaler)
     run_model, disc_run = model, disc
     if run.world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
@@ -317,14 +425,63 @@ def build_models(run: Run, cache: data.LatentCache, resume: bool,
         run_model = DDP(model, device_ids=ids)
         disc_run = DDP(disc, device_ids=ids) if disc else None
     if t.compile:
+        if disc is not None and r.gan.adaptive:
+            # The adaptive GAN weight takes autograd.grad(retain_graph=True) through the compiled graph, which
+            # AOTAutograd's donated buffers forbid (the run would crash at gan.start_step).
+            from torch._functorch import config as functorch_config
+
+            functorch_config.donated_buffer = False
         run_model = torch.compile(run_model)
     lpips_net = None
     if r.perceptual == "lpips":
         from turbovaed.lpips import LPIPS
 
         lpips_net = LPIPS(r.loss.perceptual_weights).to(dev)
-    return Models(student, ema, align, disc, opt, opt_d, run_model, disc_run, scaler, lpips_net, step,
+    return Models(student, ema, align, disc, opt, opt_d, opt_align, run_model, disc_run, scaler, lpips_net, step,
                   modules, optimizers)
+
+
+def _identity(run: Run) -> dict:
+    """What a resume must not change: the student architecture and the teacher."""
+    identity = {"student_config": run.config.to_dict(), "teacher": run.recipe.teacher.name,
+                "teacher_weights": run.cache_identity["teacher_weights"]}
+    return json.loads(json.dumps(identity))  # as the checkpoint stores it (tuples become lists)
+
+
+def _resume(run: Run, modules: dict, optimizers: dict, scaler: torch.amp.GradScaler) -> int:
+    """Restore the newest whole checkpoint. Stages switched on since (GAN, feature alignment) start fresh
+    and are logged; a changed student architecture or teacher is one clear error."""
+    fresh: list[str] = []
+    step, extra = load_training_state(run.ckpt, modules, optimizers, fresh=fresh)
+    saved = extra.get("identity")
+    if saved is not None:
+        now = _identity(run)
+        changed = [k for k in now if saved.get(k) != now[k]]
+        if changed:
+            raise CheckpointError(f"--resume of {run.ckpt} with a recipe that changes {', '.join(changed)}: the "
+                                  "checkpoint cannot continue under it; start a new output, or restore the recipe")
+    if fresh and run.rank == 0:
+        print(f"resume at step {step}: {', '.join(fresh)} not in the checkpoint (a stage switched on): "
+              "starting fresh", file=sys.stderr)
+    if extra.get("fallback") and run.rank == 0:
+        print(extra["fallback"], file=sys.stderr)
+    if scaler.is_enabled() and extra.get("scaler"):
+        scaler.load_state_dict(extra["scaler"])
+    run.data_stats.update(extra.get("data_stats", {}))
+    run.data_stats["fresh_at_resume"] = {**run.data_stats.get("fresh_at_resume", {}), **({str(step): fresh} if fresh else {})}
+    return step
+
+
+def save_checkpoint(run: Run, m: Models) -> None:
+    """Rank 0 writes both slots' next state; weights that are not finite are never written."""
+    if run.rank != 0:
+        return
+    finite = torch.stack([p.detach().isfinite().all() for p in m.student.parameters()]).all()
+    if not finite:
+        raise TrainingError(f"student weights are not finite at step {m.step}; the checkpoints in {run.ckpt} "
+                            "(newest and previous) are kept")
+    save_training_state(run.ckpt, m.modules, m.optimizers, m.step,
+                        {"scaler": m.scaler.state_dict(), "identity": _identity(run), "data_stats": run.data_stats})
 
 
 # ----------------------------------------------------------------------------- 4. loop
@@ -399,94 +556,132 @@ class Logger:
                   f"{record['clips_per_s']:.2f} clips/s{mem} eta {eta / 60:.1f} min", flush=True)
 
 
+def _losses(run: Run, m: Models, batch: dict[str, torch.Tensor], step: int, micro: int, gan_on: bool,
+            last_weight: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+    """(total loss, its parts as device tensors, the student's frames, the ground truth) for one micro-batch."""
+    r, dev = run.recipe, run.device
+    z = _latents(run, batch, step, micro)
+    x, xt = data.dequantize(batch["frames"]), data.dequantize(batch["teacher"])
+    teacher_feats = None
+    if m.align is not None:  # the only teacher pass per step: autocast at teacher.dtype (the cache is fp32)
+        with torch.autocast(dev.type, dtype=run.teacher_dtype, enabled=run.teacher_dtype != torch.float32):
+            teacher_feats = run.teacher.decode_with_features(z, blocks=r.loss.feature_blocks, truncate=True)[1]
+    autocast = torch.autocast(dev.type, dtype=run.amp or torch.float32, enabled=run.amp is not None)
+    with autocast:
+        y, feat_loss = m.model(z, teacher_feats)
+    y = y.float()  # losses in fp32: SSIM's statistics go negative (then NaN) in bf16
+    parts = {"l1_frames": F.l1_loss(y, x), "l1_teacher": F.l1_loss(y, xt), "feature": feat_loss.float()}
+    if r.perceptual == "msssim_grad":
+        parts["perceptual"] = msssim_grad_loss(y, x)
+    elif m.lpips is not None:
+        with autocast:  # the VGG runs at the training precision; its distance is reduced in fp32
+            parts["perceptual"] = m.lpips(y, x).float()
+    weights = {"l1_frames": r.loss.frames, "l1_teacher": r.loss.teacher, "perceptual": r.loss.perceptual,
+               "feature": r.loss.feature}
+    loss = sum(weights[k] * v for k, v in parts.items())
+    if gan_on:
+        m.disc.requires_grad_(False)  # the G step must not touch D's weights (nor DDP's hooks on them)
+        with autocast:
+            g_loss = -m.disc(y).float().mean()
+        m.disc.requires_grad_(True)
+        w = r.gan.weight * (adaptive_gan_weight(loss, g_loss, last_weight) if r.gan.adaptive else 1.0)
+        parts["gan_g"] = g_loss
+        loss = loss + w * g_loss
+    return loss, parts, y, x
+
+
+def _optimizers(m: Models) -> list[torch.optim.Optimizer]:
+    """The generator side's optimizers (student, alignment heads)."""
+    return [o for o in (m.opt, m.opt_align) if o is not None]
+
+
 def train_loop(run: Run, m: Models, cache: data.LatentCache, evalset: list[EvalClip] | None,
                log: Logger) -> int | None:
-    """Train to recipe.train.steps (or the time budget); returns the step it stopped at early, if any."""
+    """Train to recipe.train.steps (or the time budget); returns the step it stopped at early, if any.
+
+    One host-device sync per step: the global gradient norm's finiteness and the logged losses are read
+    together. A step whose gradient norm is not finite (on any rank: DDP has averaged the gradients, so
+    every rank sees the same norm) is skipped by all ranks, counted and never checkpointed; the run stops
+    after train.max_nonfinite skipped steps in a row."""
     r, t, dev = run.recipe, run.recipe.train, run.device
     batches = _batches(run, cache, m.step)
     last_weight = [x for x in m.student.modules() if isinstance(x, (nn.Conv2d, nn.Conv3d))][-1].weight
-    weights = {"l1_frames": r.loss.frames, "l1_teacher": r.loss.teacher, "perceptual": r.loss.perceptual,
-               "feature": r.loss.feature}
     per_step = t.batch * run.world * t.grad_accum
     autocast = torch.autocast(dev.type, dtype=run.amp or torch.float32, enabled=run.amp is not None)
     started = time.perf_counter()
+    skipped = run.data_stats.get("nonfinite_skipped", 0)
+    in_a_row = 0
     while m.step < t.steps:
-        out_of_time = torch.tensor([int(bool(t.max_minutes) and time.perf_counter() - started > t.max_minutes * 60)],
-                                   device=dev)
-        if run.world > 1:  # rank 0's clock decides, so every rank stops at the same step
-            dist.broadcast(out_of_time, 0)
-        if out_of_time.item():
-            if run.rank == 0:
-                save_training_state(run.ckpt, m.modules, m.optimizers, m.step, {"scaler": m.scaler.state_dict()})
-            return m.step
+        if t.max_minutes:
+            out_of_time = torch.tensor([int(time.perf_counter() - started > t.max_minutes * 60)], device=dev)
+            if run.world > 1:  # rank 0's clock decides, so every rank stops at the same step
+                dist.broadcast(out_of_time, 0)
+            if out_of_time.item():
+                save_checkpoint(run, m)
+                return m.step
+        if m.step and run.generation(m.step) != run.generation(m.step - 1):  # a fresh cache generation
+            cache = fill_cache(run, run.generation(m.step))
+            batches = _batches(run, cache, m.step)
+            log.write({"step": m.step, "cache_generation": run.generation(m.step),
+                       **run.data_stats["generations"][str(run.generation(m.step))]})
         t0 = time.perf_counter()
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats(dev)
-        for g in m.opt.param_groups:
-            g["lr"] = _lr(r, m.step)
+        for opt in _optimizers(m):
+            for g in opt.param_groups:
+                g["lr"] = _lr(r, m.step)
         gan_on = m.disc is not None and m.step >= r.gan.start_step
-        m.opt.zero_grad(set_to_none=True)
-        logs: dict[str, float] = {}
+        for opt in _optimizers(m):
+            opt.zero_grad(set_to_none=True)
+        logs: dict[str, torch.Tensor] = {}
         fakes, reals = [], []
         for micro in range(t.grad_accum):
             batch = {k: v.to(dev, non_blocking=True) for k, v in next(batches).items()}
-            z = _latents(run, batch, m.step, micro)
-            x, xt = data.dequantize(batch["frames"]), data.dequantize(batch["teacher"])
-            teacher_feats = run.teacher.decode_with_features(z, blocks=r.loss.feature_blocks, truncate=True)[1] \
-                if m.align is not None else None
-            with autocast:
-                y, feat_loss = m.model(z, teacher_feats)
-            y = y.float()  # losses in fp32: SSIM's statistics go negative (then NaN) in bf16
-            parts = {"l1_frames": F.l1_loss(y, x), "l1_teacher": F.l1_loss(y, xt), "feature": feat_loss.float()}
-            if r.perceptual == "msssim_grad":
-                parts["perceptual"] = msssim_grad_loss(y, x)
-            elif m.lpips is not None:
-                with autocast:  # the VGG runs at the training precision; its distance is reduced in fp32
-                    parts["perceptual"] = m.lpips(y, x).float()
-            loss = sum(weights[k] * v for k, v in parts.items())
+            loss, parts, y, x = _losses(run, m, batch, m.step, micro, gan_on, last_weight)
             if gan_on:
-                m.disc.requires_grad_(False)  # the G step must not touch D's weights (nor DDP's hooks on them)
-                with autocast:
-                    g_loss = -m.disc(y).float().mean()
-                m.disc.requires_grad_(True)
-                w = r.gan.weight * (adaptive_gan_weight(loss, g_loss, last_weight) if r.gan.adaptive else 1.0)
-                parts["gan_g"] = g_loss
-                loss = loss + w * g_loss
                 fakes.append(y.detach())
                 reals.append(x)
-            if not torch.isfinite(loss):
-                last = json.loads((run.ckpt / "state.json").read_text())["step"] \
-                    if (run.ckpt / "state.json").exists() else 0
-                raise TrainingError(f"loss became {loss.item()} at step {m.step}; stopped. The last good "
-                                    f"checkpoint ({run.ckpt}, step {last}) is kept")
             m.scaler.scale(loss / t.grad_accum).backward()
-            for k, v in parts.items():
-                logs[k] = logs.get(k, 0.0) + float(v.detach()) / t.grad_accum
-            logs["loss"] = logs.get("loss", 0.0) + float(loss.detach()) / t.grad_accum
-        m.scaler.unscale_(m.opt)
-        torch.nn.utils.clip_grad_norm_(m.model.parameters(), 1.0)
-        m.scaler.step(m.opt)
+            for k, v in {**parts, "loss": loss}.items():
+                logs[k] = logs.get(k, 0.0) + v.detach() / t.grad_accum
+        for opt in _optimizers(m):
+            m.scaler.unscale_(opt)
+        norm = torch.nn.utils.clip_grad_norm_(m.model.parameters(), 1.0)
+        finite, *values = torch.stack([torch.isfinite(norm).float(), *logs.values()]).tolist()  # the one sync
+        if finite:
+            for opt in _optimizers(m):
+                m.scaler.step(opt)
+            decay = min(t.ema_decay, (1 + m.step) / (10 + m.step))
+            with torch.no_grad():
+                torch._foreach_lerp_(list(m.ema.parameters()), list(m.student.parameters()), 1 - decay)
+            in_a_row = 0
+        else:
+            skipped += 1
+            in_a_row += 1
+            run.data_stats["nonfinite_skipped"] = skipped
         m.scaler.update()
-        decay = min(t.ema_decay, (1 + m.step) / (10 + m.step))
-        with torch.no_grad():
-            torch._foreach_lerp_(list(m.ema.parameters()), list(m.student.parameters()), 1 - decay)
-        if gan_on:
+        record = {"step": m.step + 1, **{k: round(v, 6) for k, v in zip(logs, values)}}
+        if gan_on and finite:
             m.opt_d.zero_grad(set_to_none=True)
             with autocast:
                 d_loss = sum(hinge_d_loss(m.disc_run(a).float(), m.disc_run(b).float())
                              for a, b in zip(reals, fakes)) / len(reals)
             d_loss.backward()
-            m.opt_d.step()
-            logs["gan_d"] = float(d_loss.detach())
+            if torch.isfinite(d_loss):  # GAN stage only: a second sync
+                m.opt_d.step()
+            record["gan_d"] = round(float(d_loss.detach()), 6)
         m.step += 1
+        if in_a_row >= t.max_nonfinite:
+            raise TrainingError(f"{in_a_row} steps in a row had a non-finite gradient (up to step {m.step}); "
+                                f"stopped. The last checkpoints ({run.ckpt}) hold finite weights")
         seconds = time.perf_counter() - t0
-        record = {"step": m.step, **{k: round(v, 6) for k, v in logs.items()}, "lr": _lr(r, m.step - 1),
-                  "s_per_step": round(seconds, 4), "clips_per_s": round(per_step / seconds, 3)}
+        record.update({"lr": _lr(r, m.step - 1), "s_per_step": round(seconds, 4),
+                       "clips_per_s": round(per_step / seconds, 3), **({} if finite else {"skipped": "non-finite"})})
         if dev.type == "cuda":
             record["peak_mem_mib"] = round(torch.cuda.max_memory_allocated(dev) / 2**20, 1)
         log.write(record)
-        if run.rank == 0 and (m.step % t.checkpoint_every == 0 or m.step == t.steps):
-            save_training_state(run.ckpt, m.modules, m.optimizers, m.step, {"scaler": m.scaler.state_dict()})
+        if m.step % t.checkpoint_every == 0 or m.step == t.steps:
+            save_checkpoint(run, m)
         if evalset is not None and t.eval_every and m.step % t.eval_every == 0 and m.step < t.steps:
             evaluate_ema(run, m, evalset, log)
     return None
@@ -497,7 +692,12 @@ def eval_clips(run: Run) -> list[tuple[torch.Tensor, dict]]:
     """Held-out windows of real videos; synthetic clips only for tiny test teachers (and labelled so)."""
     d = run.recipe.data
     if run.eval_videos:
-        return data.fixed_clips(run.eval_videos, run.frames, d.eval_size, per_video=d.eval_per_video)
+        bad = run.data_stats.setdefault("eval_failed", [])
+        clips = data.fixed_clips(run.eval_videos, run.frames, d.eval_size, per_video=d.eval_per_video, bad=bad)
+        if bad:
+            print(f"evaluation skips {len(bad)} held-out video(s) that fail to decode; first: {bad[0]}",
+                  file=sys.stderr)
+        return clips
     return [(data.synthetic_clip(run.frames, d.eval_size, d.eval_size, seed=10_000 + i),
              {"video": "synthetic", "seed": 10_000 + i}) for i in range(d.eval_clips)]
 
@@ -537,7 +737,7 @@ def publish(run: Run, m: Models, report: dict) -> Path:
     and the last side-by-side sample video."""
     r = run.recipe
     out = Path(r.output)
-    mean = report["mean"]
+    mean, dr = report["mean"], report["data"]
     card = f"""# turbovaed student for `{r.teacher.name}`
 
 Distilled with turbovaed from the frozen `{report['teacher']}` teacher ({report['teacher_decoder_params']:,} decoder
@@ -555,6 +755,10 @@ teacher's latent statistics, so `turbovaed decode --normalized` can decode a dif
 
 Student/teacher PSNR ratio: {mean['psnr_ratio']:.3f}. Perceptual loss: {report['perceptual']}. LPIPS: {report['lpips']}.
 Steps: {report['steps']}, processes: {report['world_size']}, device: {report['device']}, precision: {report['precision']}.
+Data: {dr['distinct_videos']:,} distinct videos of {dr['videos_indexed']:,} indexed ({dr['videos_unreadable']} unreadable, left
+out), {dr['distinct_clips']:,} distinct clips in {dr['cache_generations']} cache generation(s); {dr['replaced_clips']} clips
+replaced after their video failed to decode, {dr['eval_videos_failed']} held-out videos left out of evaluation,
+{dr['nonfinite_steps_skipped']} non-finite steps skipped.
 """
     from safetensors.torch import save
 
@@ -569,18 +773,53 @@ Steps: {report['steps']}, processes: {report['world_size']}, device: {report['de
     return out
 
 
+def _resume_step(run: Run) -> int:
+    """The step a --resume continues from (the newest readable slot), without loading it."""
+    for slot in (run.ckpt, previous_slot(run.ckpt)):
+        try:
+            return int(json.loads((slot / "state.json").read_text())["step"])
+        except (OSError, ValueError, KeyError):
+            continue
+    return 0
+
+
+def _trim_log(run: Run, step: int) -> None:
+    """Drop log records past the checkpoint a resume continues from (they will be written again)."""
+    if run.log_path.is_file():
+        kept = [x for x in run.log_path.read_text().splitlines() if x and json.loads(x).get("step", 0) <= step]
+        with atomic_file(run.log_path) as tmp:
+            tmp.write_text("".join(x + "\n" for x in kept))
+
+
+def data_report(run: Run, steps: int) -> dict:
+    """What the run learned from: distinct videos and clips, and what bad data cost (for the model card)."""
+    d = run.recipe.data
+    generations = run.generation(max(steps - 1, 0)) + 1
+    clips = generations * d.clips
+    stats = run.data_stats.get("generations", {})
+    return {"videos_indexed": len(run.train_infos), "videos_unreadable": len(run.unreadable),
+            "distinct_videos": len({run.sampler.video_of(i) for i in range(clips)}) if run.train_infos else 0,
+            "distinct_clips": clips, "cache_generations": generations,
+            "replaced_clips": sum(g["replaced_clips"] for g in stats.values()),
+            "eval_videos_failed": len(run.data_stats.get("eval_failed", [])),
+            "nonfinite_steps_skipped": run.data_stats.get("nonfinite_skipped", 0)}
+
+
 def distill(recipe: DistillRecipe, resume: bool = False, show_progress: bool = True,
-            make_student: Callable[[], nn.Module] | None = None) -> Path:
+            make_student: Callable[[], nn.Module] | None = None, rebuild_cache: bool = False) -> Path:
     """Run a recipe to completion; returns the output checkpoint folder."""
     try:
-        run = setup(recipe, resume, show_progress)
-        cache = fill_cache(run)
+        run = setup(recipe, resume, show_progress, rebuild_cache)
+        start = _resume_step(run) if resume else 0
+        cache = fill_cache(run, run.generation(start))
         m = build_models(run, cache, resume, make_student)
         if run.rank == 0:
             run.work.mkdir(parents=True, exist_ok=True)
             if m.step == 0:
                 run.log_path.unlink(missing_ok=True)
                 shutil.rmtree(run.work / "samples", ignore_errors=True)
+            else:
+                _trim_log(run, m.step)
         evalset = prepare(run.teacher, eval_clips(run), m.lpips) if run.rank == 0 else None
         with Logger(run, m.step) as log:
             stopped_early = train_loop(run, m, cache, evalset, log)
@@ -595,7 +834,9 @@ def distill(recipe: DistillRecipe, resume: bool = False, show_progress: bool = T
                 report.update({
                     "ranks_in_sync": sync, "world_size": run.world, "steps": stopped_early or recipe.train.steps,
                     "stopped_by_time_budget": stopped_early is not None, "device": str(run.device),
-                    "precision": recipe.train.precision, "teacher_dtype": str(run.teacher._dtype).replace("torch.", ""),
+                    "precision": recipe.train.precision,
+                    "teacher_dtype": f"cache fp32, feature pass {str(run.teacher_dtype).replace('torch.', '')}",
+                    "data": data_report(run, stopped_early or recipe.train.steps),
                     "eval_set": ("held-out videos: " + ", ".join(sorted({v.name for v in run.eval_videos})))
                     if run.eval_videos else "synthetic clips (tiny test teacher; not held-out videos)",
                     "perceptual": perceptual_description(recipe), "student_params": m.student.num_parameters(),

@@ -59,6 +59,18 @@ def has_checkpoint(directory: str | Path) -> bool:
     return Path(directory).is_dir() or previous_slot(directory).is_dir()
 
 
+def checkpoint_meta(directory: str | Path) -> dict | None:
+    """The step and extra of the newest slot whose metadata reads (None: no checkpoint), without loading
+    tensors: what a resume checks before it touches any module."""
+    for slot in (Path(directory), previous_slot(directory)):
+        try:
+            meta = json.loads((slot / META_FILE).read_text())
+            return {"step": int(meta["step"]), "extra": meta.get("extra", {})}
+        except (OSError, ValueError, KeyError):
+            continue
+    return None
+
+
 def _fsync(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:

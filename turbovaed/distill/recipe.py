@@ -132,6 +132,8 @@ class DistillRecipe:
                        ("train.max_nonfinite", self.train.max_nonfinite)]:
             if v < 0:
                 problems.append(f"{key} must be >= 0, got {v}")
+        if self.data.eval_size <= 32:
+            problems.append(f"data.eval_size must be above 32 px (MS-SSIM's five scales), got {self.data.eval_size}")
         if not self.data.strides or min(self.data.strides) < 1:
             problems.append(f"data.strides must be a non-empty list of strides >= 1, got {self.data.strides}")
         if len(self.train.betas) != 2 or not all(0 <= b < 1 for b in self.train.betas):

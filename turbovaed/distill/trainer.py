@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from turbovaed import data, teachers
-from turbovaed.distill.checkpoint import has_checkpoint, load_training_state, previous_slot, save_training_state
+from turbovaed.distill.checkpoint import checkpoint_meta, has_checkpoint, load_training_state, save_training_state
 from turbovaed.distill.losses import FeatureAlignment, PatchDiscriminator3d, adaptive_gan_weight, hinge_d_loss, msssim_grad_loss
 from turbovaed.distill.recipe import DistillRecipe
 from turbovaed.evaluate import EvalClip, prepare, score
@@ -134,7 +134,8 @@ class Run:
     def cache_identity(self) -> dict:
         """What a cached latent depends on: the videos, the data settings, the teacher's weights and dtype."""
         d = self.recipe.data
-        return {"videos": data.index_digest(self.train_infos) if self.train_infos else "synthetic",
+        return {"teacher": self.teacher.spec.name, "frames": self.frames, "size": [d.size, d.size],
+                "videos": data.index_digest(self.train_infos) if self.train_infos else "synthetic",
                 "resize": d.resize, "strides": list(d.strides), "flip": d.flip, "seed": d.seed,
                 "teacher_weights": teacher_fingerprint(self.teacher), "teacher_dtype": "float32",
                 "sampler": "epoch-permutation/1"}
@@ -309,6 +310,7 @@ def fill_cache(run: Run, generation: int = 0) -> data.LatentCache:
         raise InputError(f"data.clips = {d.clips} leaves some of the {run.world} ranks without clips")
     folder = run.work / "cache" / f"gen-{generation:05d}"
     cache = data.LatentCache(folder)
+    cache.check_identity(run.cache_identity)
     first = generation * d.clips
     todo = len(range(run.rank, d.clips, run.world)) - len(cache.items(run.rank, run.world, d.clips, first))
     if todo:
@@ -452,14 +454,14 @@ def _resume(run: Run, modules: dict, optimizers: dict, scaler: torch.amp.GradSca
     """Restore the newest whole checkpoint. Stages switched on since (GAN, feature alignment) start fresh
     and are logged; a changed student architecture or teacher is one clear error."""
     fresh: list[str] = []
-    step, extra = load_training_state(run.ckpt, modules, optimizers, fresh=fresh)
-    saved = extra.get("identity")
+    saved = (checkpoint_meta(run.ckpt) or {}).get("extra", {}).get("identity")
     if saved is not None:
         now = _identity(run)
         changed = [k for k in now if saved.get(k) != now[k]]
         if changed:
             raise CheckpointError(f"--resume of {run.ckpt} with a recipe that changes {', '.join(changed)}: the "
                                   "checkpoint cannot continue under it; start a new output, or restore the recipe")
+    step, extra = load_training_state(run.ckpt, modules, optimizers, fresh=fresh)
     if fresh and run.rank == 0:
         print(f"resume at step {step}: {', '.join(fresh)} not in the checkpoint (a stage switched on): "
               "starting fresh", file=sys.stderr)
@@ -774,13 +776,8 @@ replaced after their video failed to decode, {dr['eval_videos_failed']} held-out
 
 
 def _resume_step(run: Run) -> int:
-    """The step a --resume continues from (the newest readable slot), without loading it."""
-    for slot in (run.ckpt, previous_slot(run.ckpt)):
-        try:
-            return int(json.loads((slot / "state.json").read_text())["step"])
-        except (OSError, ValueError, KeyError):
-            continue
-    return 0
+    """The step a --resume continues from (the newest slot), without loading it."""
+    return (checkpoint_meta(run.ckpt) or {"step": 0})["step"]
 
 
 def _trim_log(run: Run, step: int) -> None:

@@ -64,11 +64,15 @@ def test_every_shipped_recipe_parses_and_matches_its_teacher():
         assert build(DistillRecipe, __import__("tomllib").loads(to_toml(recipe))) == recipe  # round-trips
         if path.stem == "quickstart":
             continue
-        # GPU recipes follow Turbo-VAED's released setup: 17+ frames at 256^2 cropped without upscaling,
+        # GPU recipes follow Turbo-VAED's released setup: 17+ frames at 256^2 crops,
         # posterior samples, lr 1e-4, betas (0.9, 0.95), EMA 0.999, mid + first up block, held-out videos
         d, t = recipe.data, recipe.train
         assert spec.frames_for(d.latent_frames) >= 17 and d.size == 256 and d.resize >= d.size, path.name
-        assert d.posterior == "sample" and d.eval_videos and recipe.loss.feature_blocks == [0, 1], path.name
+        # (Mochi aligns the mid block only: its first up block triples time, which no student stage matches)
+        blocks = [0] if path.stem == "mochi" else [0, 1]
+        assert d.posterior == "sample" and d.eval_videos and recipe.loss.feature_blocks == blocks, path.name
+        # 100k-clip folders: cache generations cover every video several times over the run
+        assert d.refresh_every and t.steps // d.refresh_every * d.clips >= 3 * 100_000, path.name
         assert (t.lr, t.betas, t.ema_decay, t.weight_decay) == (1e-4, [0.9, 0.95], 0.999, 1e-4), path.name
     assert {p.stem for p in (REPO / "distill").glob("*.toml")} >= set(teachers.TEACHERS) - {"reference"} | {"quickstart"}
 

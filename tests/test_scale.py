@@ -247,3 +247,38 @@ def test_setup_refuses_before_any_heavy_work(tmp_path, monkeypatch):
     recipe.teacher.tiny, recipe.teacher.path = False, str(tmp_path / "no-such-teacher")
     with pytest.raises(CheckpointError, match="does not exist"):
         trainer.distill(recipe, show_progress=False)
+
+
+FAMILIES = ["reference", "ltx", "ltx2", "hunyuan", "hunyuan15", "cogvideox", "wan21", "wan22", "mochi", "cosmos",
+            "magvit", "kvae", "kandinsky6"]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_feature_alignment_pairs_frames_exactly_per_family(family):
+    """Per family, with the blocks its shipped recipe aligns: each student stage meets its teacher block with
+    equal frames, and (causal teachers) frame for frame: a change to latent frame 2 first shows at the same
+    aligned frame in both."""
+    from turbovaed import teachers
+    from turbovaed.distill.losses import FeatureAlignment
+    from turbovaed.student import StudentDecoder
+
+    blocks = load_toml(DistillRecipe, Path(__file__).parents[1] / "distill" / f"{'quickstart' if family == 'reference' else family}.toml").loss.feature_blocks
+    torch.manual_seed(0)
+    teacher = teachers.build_tiny(family)
+    student = StudentDecoder(teacher.student_config(mini=True)).eval()
+    z = torch.randn(1, teacher.latent_channels, 5, 8, 8)
+    z2 = z.clone()
+    z2[:, :, 2:] += 1.0
+    with torch.no_grad():
+        (_, tf), (_, tf2) = (teacher.decode_with_features(x, blocks=blocks, truncate=True) for x in (z, z2))
+        (_, sf), (_, sf2) = (student(x, return_features=True) for x in (z, z2))
+    align = FeatureAlignment([f.shape for f in sf], [f.shape for f in tf], 5, teacher.spec.first_frame)
+    for k, (i, offset) in enumerate(zip(align.pairs, align.offsets)):
+        s, s2 = sf[i][:, :, offset:], sf2[i][:, :, offset:]
+        assert s.shape[2] == tf[k].shape[2], (family, k)
+
+        def first_changed(a, b):
+            return next(j for j in range(a.shape[2]) if not torch.allclose(a[:, :, j], b[:, :, j], atol=1e-5))
+        if offset and family != "cogvideox":  # causal on both sides: latent 2 first shows at the same frame
+            # (CogVideoX's GroupNorm pools statistics over all frames, so every frame changes: not causal)
+            assert first_changed(s, s2) == first_changed(tf[k], tf2[k]), (family, k)

@@ -189,6 +189,11 @@ class Teacher:
     def __init__(self, spec: TeacherSpec, vae: nn.Module) -> None:
         self.spec = spec
         self.vae = vae.eval().requires_grad_(False)
+        if getattr(vae, "use_framewise_decoding", False):
+            # diffusers' HunyuanVideo decodes long latents in overlapping temporal tiles (5 latent frames as 5 + 2,
+            # blended): its block features then have 7 frames for 5 and its frames are blended approximations.
+            # Distillation targets are the teacher's exact decode.
+            vae.use_framewise_decoding = False
         cfg = vae.config
         self.latent_channels = int(next(cfg[k] for k in ("latent_channels", "z_dim", "z_channels") if k in cfg))
         buffers = dict(vae.named_buffers())

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from turbovaed.io import InputError
+
 
 def _frames01(x: torch.Tensor) -> torch.Tensor:
     return x.add(1).div(2).transpose(1, 2).flatten(0, 1)  # (B*T, 3, H, W) in [0, 1]
@@ -32,27 +34,51 @@ def msssim_grad_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 class FeatureAlignment(nn.Module):
-    """Throw-away 1x1x1 projections, one per aligned teacher block, from the student stage whose spatial
-    size is closest (ties: the lower-resolution stage), resized in time and space to the teacher's grid."""
+    """Throw-away 1x1x1 projections, one per aligned teacher block, from a student stage with the same frames.
 
-    def __init__(self, student_shapes: list[torch.Size], teacher_shapes: list[torch.Size]) -> None:
+    Frames are aligned exactly, never interpolated in time: a stage matches a teacher block when it has the
+    block's frame count, or (causal first-frame families) when it has u*T_latent frames against the block's
+    u*(T_latent - 1) + 1 and so carries u - 1 leading frames that the student drops at its output; those are
+    cut. Among matching stages the closest in spatial size is used (ties: the lower resolution), and the
+    projection is resized in space only. A block that no stage matches in time is one clear error."""
+
+    def __init__(self, student_shapes: list[torch.Size], teacher_shapes: list[torch.Size], latent_frames: int,
+                 first_frame: bool = True) -> None:
         super().__init__()
         self.pairs: list[int] = []  # student stage per teacher block
+        self.offsets: list[int] = []  # leading student frames cut to meet the block's frames
         heads = []
-        for t in teacher_shapes:
-            best = min(range(len(student_shapes)), key=lambda i: (abs(math.log2(t[-1] / student_shapes[i][-1])), i))
+        for k, t in enumerate(teacher_shapes):
+            matches = {i: time_offset(s[2], t[2], latent_frames, first_frame) for i, s in enumerate(student_shapes)}
+            matches = {i: o for i, o in matches.items() if o is not None}
+            if not matches:
+                raise InputError(f"teacher feature block {k} has {t[2]} frames, which no student stage matches "
+                                 f"exactly (stages have {[s[2] for s in student_shapes]} frames for {latent_frames} "
+                                 "latent frames): leave it out of loss.feature_blocks")
+            best = min(matches, key=lambda i: (abs(math.log2(t[-1] / student_shapes[i][-1])), i))
             self.pairs.append(best)
+            self.offsets.append(matches[best])
             heads.append(nn.Conv3d(student_shapes[best][1], t[1], 1))
         self.heads = nn.ModuleList(heads)
 
     def forward(self, student_feats: list[torch.Tensor], teacher_feats: list[torch.Tensor]) -> torch.Tensor:
         total = student_feats[0].new_zeros((), dtype=torch.float32)
-        for head, i, t in zip(self.heads, self.pairs, teacher_feats):
-            p = head(student_feats[i])
-            if p.shape[2:] != t.shape[2:]:
+        for head, i, offset, t in zip(self.heads, self.pairs, self.offsets, teacher_feats):
+            p = head(student_feats[i][:, :, offset:])
+            if p.shape[2:] != t.shape[2:]:  # same frames; space only
                 p = F.interpolate(p, size=t.shape[2:], mode="trilinear", align_corners=False)
             total = total + F.mse_loss(p.float(), t) / t.pow(2).mean().clamp_min(1e-6)  # scale-free per block
         return total
+
+
+def time_offset(student_frames: int, teacher_frames: int, latent_frames: int, first_frame: bool) -> int | None:
+    """Leading student frames to cut so a student stage meets a teacher block frame for frame, or None."""
+    if student_frames == teacher_frames:
+        return 0
+    up, rem = divmod(student_frames, latent_frames)
+    if first_frame and not rem and up > 1 and teacher_frames == up * (latent_frames - 1) + 1:
+        return up - 1
+    return None
 
 
 class PatchDiscriminator3d(nn.Module):

@@ -405,7 +405,8 @@ def build_models(run: Run, cache: data.LatentCache, resume: bool,
         _, tf = run.teacher.decode_with_features(z0, blocks=r.loss.feature_blocks, truncate=True)
         with torch.no_grad():
             _, sf = student(z0, return_features=True)
-        align = FeatureAlignment([f.shape for f in sf], [f.shape for f in tf]).to(dev)
+        align = FeatureAlignment([f.shape for f in sf], [f.shape for f in tf], z0.shape[2],
+                                 run.teacher.spec.first_frame).to(dev)
     model = StudentWithHeads(student, align)
     ema = copy.deepcopy(student).requires_grad_(False)
     adamw = dict(lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)

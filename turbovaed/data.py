@@ -104,10 +104,12 @@ def video_info(path: str | Path) -> VideoInfo:
 
 
 def read_frames(path: str | Path, start: int = 0, count: int | None = None, allow_short: bool = False,
-                seek: bool = True) -> np.ndarray:
+                seek: bool = True, size: tuple[int, int] | None = None) -> np.ndarray:
     """Decode frames [start, start+count) as uint8 (T, H, W, 3) RGB. With `seek` the container jumps to
     the keyframe before `start` (a window at frame 2000 costs about what one at frame 0 does); frames are
-    placed by their timestamps. allow_short returns what exists (container counts can overstate)."""
+    placed by their timestamps. allow_short returns what exists (container counts can overstate). `size`
+    (H, W) scales each frame in uint8 as it is converted (swscale; area filter when shrinking): a 4K
+    clip never exists in memory as full-resolution floats."""
     av = _require_av()
     path = Path(path)
     out = []
@@ -124,13 +126,18 @@ def read_frames(path: str | Path, start: int = 0, count: int | None = None, allo
             for i, frame in enumerate(container.decode(stream)):
                 if timed:
                     if frame.pts is None:  # no timestamps to place frames by: read from the start instead
-                        return read_frames(path, start, count, allow_short, seek=False)
+                        return read_frames(path, start, count, allow_short, seek=False, size=size)
                     i = round((frame.pts - t0) * tb * fps)
                     if not out and i > start:  # landed past the window: the seek was unreliable
-                        return read_frames(path, start, count, allow_short, seek=False)
+                        return read_frames(path, start, count, allow_short, seek=False, size=size)
                 if i < start:
                     continue
-                out.append(frame.to_ndarray(format="rgb24"))
+                if size is None:
+                    out.append(frame.to_ndarray(format="rgb24"))
+                else:
+                    shrink = size[0] * size[1] < frame.width * frame.height
+                    out.append(frame.to_ndarray(format="rgb24", height=size[0], width=size[1],
+                                                interpolation="AREA" if shrink else "BICUBIC"))
                 if count is not None and len(out) == count:
                     break
     except (av.error.FFmpegError, IndexError, OSError, EOFError, ValueError) as err:
@@ -321,22 +328,24 @@ def to_uint8(frames: torch.Tensor) -> np.ndarray:
     return _quantize(frames.detach()).permute(1, 2, 3, 0).cpu().numpy()
 
 
-def read_window(path: str | Path, start: int, frames: int) -> tuple[int, np.ndarray]:
+def read_window(path: str | Path, start: int, frames: int, size: tuple[int, int] | None = None
+                ) -> tuple[int, np.ndarray]:
     """`frames` frames from `start`, shifted back if the container over-counted its frames (headers that
     estimate the count from the duration, VFR, truncated files): a window past the real end is read from
     the real end backwards instead of failing."""
-    got = read_frames(path, start, frames, allow_short=True) if start == 0 else _try_read(path, start, frames)
+    got = read_frames(path, start, frames, allow_short=True, size=size) if start == 0 else \
+        _try_read(path, start, frames, size)
     if len(got) < frames:
         real = start + len(got) if len(got) else count_frames(path)
         start = max(0, real - frames)
-        got = read_frames(path, start, frames)
+        got = read_frames(path, start, frames, size=size)
     return start, got
 
 
-def _try_read(path: str | Path, start: int, frames: int) -> np.ndarray:
+def _try_read(path: str | Path, start: int, frames: int, size: tuple[int, int] | None) -> np.ndarray:
     """What exists of a window (empty when it starts past the real end)."""
     try:
-        return read_frames(path, start, frames, allow_short=True)
+        return read_frames(path, start, frames, allow_short=True, size=size)
     except VideoError as err:
         if "fewer than" not in str(err):
             raise
@@ -353,11 +362,16 @@ def count_frames(path: str | Path) -> int:
         raise VideoError(f"cannot read video {path}: {err}") from err
 
 
+def short_side_size(h: int, w: int, short: int) -> tuple[int, int]:
+    """(H, W) with min(H, W) == short, aspect kept."""
+    scale = short / min(h, w)
+    return max(round(h * scale), short), max(round(w * scale), short)
+
+
 def resize_short_side(clip: torch.Tensor, short: int) -> torch.Tensor:
     """Resize (3, T, H, W) so min(H, W) == short, antialiased."""
     _, _, h, w = clip.shape
-    scale = short / min(h, w)
-    size = (max(round(h * scale), short), max(round(w * scale), short))
+    size = short_side_size(h, w, short)
     if size == (h, w):
         return clip
     return F.interpolate(clip.transpose(0, 1), size=size, mode="bilinear", antialias=True,
@@ -381,10 +395,9 @@ def sample_clip(path: str | Path, frames: int, size: tuple[int, int], rng: rando
     if len(strides) > 1 or strides[0] != 1:
         stride = rng.choice([s for s in strides if (frames - 1) * s + 1 <= info.frames] or [1])
     span = (frames - 1) * stride + 1
-    start, got = read_window(path, rng.randint(0, info.frames - span), span)
+    scaled = short_side_size(info.height, info.width, resize) if resize else None  # resized in uint8 as decoded
+    start, got = read_window(path, rng.randint(0, info.frames - span), span, scaled)
     clip = to_tensor(got[::stride])
-    if resize:
-        clip = resize_short_side(clip, resize)
     h, w = size
     _, _, ch, cw = clip.shape
     if ch < h or cw < w:

@@ -74,15 +74,15 @@ def score(student: nn.Module | None, prepared: list[EvalClip], lpips: nn.Module 
         param = next(student.parameters())
     for i, c in enumerate(prepared):
         row = dict(c.row)
-        if student is not None:
-            x, t = c.frames, c.teacher
-            s = student(c.latents.to(param.device, param.dtype)).float().cpu()
+        if student is not None:  # metrics on the student's device: no copy of its decode to the host
+            s = student(c.latents.to(param.device, param.dtype)).float()
+            x, t = c.frames.to(s.device), c.teacher.to(s.device)
             row.update({"student_psnr": metrics.psnr(s, x), "student_ssim": metrics.ssim(s, x),
                         "student_msssim": metrics.ms_ssim(s, x), "student_vs_teacher_psnr": metrics.psnr(s, t)})
             if lpips is not None:
                 row["student_lpips"] = _lpips(lpips, s, x)
             if i < keep_outputs:
-                outputs.append(s)
+                outputs.append(s.cpu())
         rows.append(row)
     if was_training:
         student.train()

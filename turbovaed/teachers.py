@@ -253,13 +253,15 @@ class Teacher:
         return self.decode_with_features(latents, features=False)[0]
 
     def decode_with_features(self, latents: torch.Tensor, features: bool = True, blocks: list[int] | None = None,
-                             truncate: bool = False) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
+                             truncate: bool = False, check: bool = True) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
         """Raw latents -> (frames (B, 3, T, H, W), outputs of the hooked decoder blocks in run order).
 
         `blocks` picks hooked blocks by index (0 = mid block, 1 = first up block, ...; default all).
         `truncate` stops the decoder right after the last picked block and returns frames None: feature
-        alignment then costs only the low-resolution part of the teacher (its frames are cached)."""
-        check_latents(latents, StudentConfig(latent_channels=self.latent_channels))
+        alignment then costs only the low-resolution part of the teacher (its frames are cached). `check=False`
+        skips validating the latents (a host read of their finiteness): the trainer's own cached latents."""
+        if check:
+            check_latents(latents, StudentConfig(latent_channels=self.latent_channels))
         picked = list(range(len(self.feature_modules))) if blocks is None else sorted(blocks)
         if any(not 0 <= i < len(self.feature_modules) for i in picked):
             raise InputError(f"feature blocks {blocks} out of range: {self.spec.name} has "

@@ -52,6 +52,7 @@ class DataSection:
     eval_clips: int = 6  # synthetic evaluation clips (tiny test teachers only)
     eval_size: int = 128  # evaluation crop (short side resized to it, centre crop)
     eval_per_video: int = 2  # evaluation windows per held-out video
+    eval_max_clips: int = 32  # cap: evenly spaced held-out videos beyond it are left out (RAM, eval time)
     seed: int = 0
 
 
@@ -124,7 +125,8 @@ class DistillRecipe:
         for key, v in [("train.steps", self.train.steps), ("train.batch", self.train.batch),
                        ("train.grad_accum", self.train.grad_accum), ("data.latent_frames", self.data.latent_frames),
                        ("data.size", self.data.size), ("data.clips", self.data.clips),
-                       ("data.eval_per_video", self.data.eval_per_video), ("train.log_every", self.train.log_every)]:
+                       ("data.eval_per_video", self.data.eval_per_video),
+                       ("data.eval_max_clips", self.data.eval_max_clips), ("train.log_every", self.train.log_every)]:
             if v < 1:
                 problems.append(f"{key} must be >= 1, got {v}")
         for key, v in [("data.workers", self.data.workers), ("train.eval_every", self.train.eval_every),

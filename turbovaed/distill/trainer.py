@@ -409,7 +409,8 @@ def build_models(run: Run, cache: data.LatentCache, resume: bool,
                                  run.teacher.spec.first_frame).to(dev)
     model = StudentWithHeads(student, align)
     ema = copy.deepcopy(student).requires_grad_(False)
-    adamw = dict(lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
+    # fused on CUDA: one kernel for all parameters, no per-parameter host loop
+    adamw = dict(lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay, fused=dev.type == "cuda")
     opt = torch.optim.AdamW(student.parameters(), **adamw)
     opt_align = torch.optim.AdamW(align.parameters(), **adamw) if align is not None else None
     disc = PatchDiscriminator3d(r.gan.channels).to(dev) if r.gan.enabled else None
@@ -568,7 +569,8 @@ def _losses(run: Run, m: Models, batch: dict[str, torch.Tensor], step: int, micr
     teacher_feats = None
     if m.align is not None:  # the only teacher pass per step: autocast at teacher.dtype (the cache is fp32)
         with torch.autocast(dev.type, dtype=run.teacher_dtype, enabled=run.teacher_dtype != torch.float32):
-            teacher_feats = run.teacher.decode_with_features(z, blocks=r.loss.feature_blocks, truncate=True)[1]
+            teacher_feats = run.teacher.decode_with_features(z, blocks=r.loss.feature_blocks, truncate=True,
+                                                              check=False)[1]
     autocast = torch.autocast(dev.type, dtype=run.amp or torch.float32, enabled=run.amp is not None)
     with autocast:
         y, feat_loss = m.model(z, teacher_feats)
@@ -615,7 +617,7 @@ def train_loop(run: Run, m: Models, cache: data.LatentCache, evalset: list[EvalC
     skipped = run.data_stats.get("nonfinite_skipped", 0)
     in_a_row = 0
     while m.step < t.steps:
-        if t.max_minutes:
+        if t.max_minutes and (dev.type == "cpu" or m.step % 20 == 0):  # a collective + read: every 20 GPU steps
             out_of_time = torch.tensor([int(time.perf_counter() - started > t.max_minutes * 60)], device=dev)
             if run.world > 1:  # rank 0's clock decides, so every rank stops at the same step
                 dist.broadcast(out_of_time, 0)
@@ -696,7 +698,11 @@ def eval_clips(run: Run) -> list[tuple[torch.Tensor, dict]]:
     d = run.recipe.data
     if run.eval_videos:
         bad = run.data_stats.setdefault("eval_failed", [])
-        clips = data.fixed_clips(run.eval_videos, run.frames, d.eval_size, per_video=d.eval_per_video, bad=bad)
+        videos = run.eval_videos
+        keep = max(1, d.eval_max_clips // d.eval_per_video)
+        if len(videos) > keep:  # evenly spaced, so a folder sorted by source is still sampled across sources
+            videos = [videos[round(i * (len(videos) - 1) / max(keep - 1, 1))] for i in range(keep)]
+        clips = data.fixed_clips(videos, run.frames, d.eval_size, per_video=d.eval_per_video, bad=bad)
         if bad:
             print(f"evaluation skips {len(bad)} held-out video(s) that fail to decode; first: {bad[0]}",
                   file=sys.stderr)

@@ -3,11 +3,14 @@ real video files, bf16, every teacher family.
 
 1. 20 steps per registered teacher family (tiny random configs of the real diffusers classes).
 2. The full-size Wan 2.1 and LTX-Video decoders (diffusers' default configs, random weights saved to a
-   local folder and loaded with from_pretrained, as real weights are), batch 4, 17x256x256, bf16, in one
-   process and, where the machine has two GPUs or more, two (torchrun + NCCL).
+   local folder and loaded with from_pretrained, as real weights are), batch 4, 17x256x256, at each of
+   --full-precisions (bf16; fp32 = TF32 matmuls/convs), in one process and, where the machine has two GPUs
+   or more, two (torchrun + NCCL).
+3. With two GPUs or more: a torchrun pair killed with SIGKILL mid-run, then `--resume`d to the end.
 
-Prints s/step (median after warm-up), clips/s and peak GPU memory per run and writes
-benchmarks/results/gpu_smoke.json. Needs CUDA; `--device cpu --tiny-steps 2 --no-full` checks the script
+Every run has a wall-clock limit (--run-timeout): one that hangs is recorded as a timeout, never blocks
+the rest. Prints s/step (median after warm-up), clips/s and peak GPU memory per run and writes --out
+(benchmarks/results/gpu_smoke.json). Needs CUDA; `--device cpu --tiny-steps 2 --no-full` checks the script
 itself on a CPU machine.
 
     python benchmarks/gpu_smoke.py
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -70,23 +74,42 @@ def make_videos(folder: Path, size: int, frames: int = 24, count: int = 4) -> Pa
 
 
 def run(name: str, work: Path, videos: Path, *, teacher_line: str, student_line: str, steps: int, batch: int,
-        size: int, device: str, precision: str, procs: int = 1) -> dict:
+        size: int, device: str, precision: str, procs: int = 1, timeout_s: float = 600, kill_at: int = 0) -> dict:
+    """One `turbovaed distill` run (torchrun for procs > 1). kill_at > 0: SIGKILL the whole process group once
+    the checkpoint reaches that step, then `--resume` to the end."""
     spec = teachers.get_spec(name)
     lf = next(k for k in range(1, 10) if spec.frames_for(k) >= 17)
-    out = work / f"{name}-{procs}p"
-    recipe = work / f"{name}-{procs}p.toml"
+    tag = f"{name}-{procs}p-{precision}{'-killed' if kill_at else ''}"
+    out = work / tag
+    recipe = work / f"{tag}.toml"
     recipe.write_text(RECIPE.format(out=out, name=name, teacher=teacher_line, student=student_line, videos=videos,
                                     lf=lf, size=size, clips=batch * procs * 3, steps=steps, batch=batch,
-                                    device=device, precision=precision, eval_every=max(steps // 2, 1)))
+                                    device=device, precision=precision, eval_every=max(steps // 2, 1))
+                      .replace("checkpoint_every = 1000", f"checkpoint_every = {kill_at or 1000}"))
     cmd = [sys.executable, "-m", "turbovaed", "distill", str(recipe)]
     if procs > 1:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(procs), "--master_port",
                "29531", "-m", "turbovaed", "distill", str(recipe)]
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "4"})
-    wall = time.perf_counter() - t0
     row = {"teacher": name, "processes": procs, "batch_per_process": batch, "frames": spec.frames_for(lf),
-           "size": size, "precision": precision, "device": device, "steps": steps, "wall_s": round(wall, 1)}
+           "size": size, "precision": precision, "device": device, "steps": steps}
+    t0 = time.perf_counter()
+    if kill_at:
+        state = Path(f"{out}.work") / "checkpoint" / "state.json"
+        killed = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                                  env={**os.environ, "OMP_NUM_THREADS": "4"})
+        while time.perf_counter() - t0 < timeout_s and killed.poll() is None and not (
+                state.is_file() and json.loads(state.read_text())["step"] >= kill_at):
+            time.sleep(0.2)
+        os.killpg(killed.pid, signal.SIGKILL)
+        killed.wait()
+        row["killed_at_step"] = json.loads(state.read_text())["step"] if state.is_file() else None
+        cmd = cmd + ["--resume"]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "4"},
+                              timeout=max(timeout_s - (time.perf_counter() - t0), 1))
+    except subprocess.TimeoutExpired:
+        return {**row, "status": "timeout", "wall_s": round(time.perf_counter() - t0, 1)}
+    row["wall_s"] = round(time.perf_counter() - t0, 1)
     if proc.returncode != 0:
         return {**row, "status": "failed", "error": proc.stderr[-2000:]}
     log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
@@ -108,7 +131,10 @@ def main() -> None:
     ap.add_argument("--full-steps", type=int, default=20)
     ap.add_argument("--families", nargs="*", default=[n for n in teachers.TEACHERS if n != "reference"])
     ap.add_argument("--no-full", action="store_true", help="skip the full-size Wan 2.1 / LTX runs")
-    ap.add_argument("--precision", default="bf16")
+    ap.add_argument("--precision", default="bf16", help="the tiny-family runs' precision")
+    ap.add_argument("--full-precisions", nargs="*", default=["bf16"], help="full-size runs: bf16 and/or fp32 (TF32)")
+    ap.add_argument("--run-timeout", type=float, default=600, help="seconds per run before it counts as a timeout")
+    ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("gpu_smoke needs CUDA (this machine has none); `--device cpu --tiny-steps 2 --no-full` checks the script")
@@ -119,7 +145,8 @@ def main() -> None:
         small = make_videos(work / "videos64", 64)
         for name in args.families:
             rows.append(run(name, work, small, teacher_line="tiny = true", student_line="mini = true",
-                            steps=args.tiny_steps, batch=2, size=64, device=args.device, precision=args.precision))
+                            steps=args.tiny_steps, batch=2, size=64, device=args.device, precision=args.precision,
+                            timeout_s=args.run_timeout))
             print(json.dumps(rows[-1]), flush=True)
         if not args.no_full:
             big = make_videos(work / "videos256", 256)
@@ -127,13 +154,20 @@ def main() -> None:
                 spec = teachers.get_spec(name)
                 folder = work / f"{name}-weights"
                 teachers._diffusers_class(spec)().save_pretrained(folder)  # full size, random weights
-                for procs in [1] + ([2] if gpus >= 2 else []):
-                    rows.append(run(name, work, big, teacher_line=f'path = "{folder}"', student_line=f'preset = "{name}"',
-                                    steps=args.full_steps, batch=4, size=256, device=args.device,
-                                    precision=args.precision, procs=procs))
-                    print(json.dumps(rows[-1]), flush=True)
-            if gpus < 2:
-                print(f"two-process runs skipped: {gpus} GPU(s) visible (NCCL needs one GPU per rank)")
+                for precision in args.full_precisions:
+                    for procs in [1] + ([2] if gpus >= 2 else []):
+                        rows.append(run(name, work, big, teacher_line=f'path = "{folder}"',
+                                        student_line=f'preset = "{name}"', steps=args.full_steps, batch=4, size=256,
+                                        device=args.device, precision=precision, procs=procs,
+                                        timeout_s=args.run_timeout))
+                        print(json.dumps(rows[-1]), flush=True)
+        if gpus >= 2 or args.device == "cpu":  # a pair killed mid-run, then --resume (gloo on a CPU self-check)
+            rows.append(run("wan21", work, small, teacher_line="tiny = true", student_line="mini = true",
+                            steps=args.tiny_steps, batch=2, size=64, device=args.device, precision=args.precision,
+                            procs=2, timeout_s=args.run_timeout, kill_at=max(args.tiny_steps // 2, 1)))
+            print(json.dumps(rows[-1]), flush=True)
+        if args.device == "cuda" and gpus < 2:
+            print(f"two-process runs skipped: {gpus} GPU(s) visible (NCCL needs one GPU per rank)")
     device = torch.cuda.get_device_name(0) if gpus else "cpu"
     print(f"\n({device}, {args.precision})  teacher / processes / batch per process / clip: s/step, clips/s, peak MiB")
     for r in rows:
@@ -141,9 +175,10 @@ def main() -> None:
               f"{r.get('s_per_step', 0):.3f} s/step, {r.get('clips_per_s', 0):.2f} clips/s, "
               f"{r.get('peak_gpu_mib', 0):.0f} MiB  {r['status']}")
     if args.device == "cuda":
-        OUT.parent.mkdir(parents=True, exist_ok=True)
-        OUT.write_text(json.dumps({"device": device, "torch": torch.__version__, "rows": rows}, indent=1) + "\n")
-        print(f"wrote {OUT}")
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"device": device, "gpus": gpus, "torch": torch.__version__, "rows": rows},
+                                       indent=1) + "\n")
+        print(f"wrote {args.out}")
     if any(r["status"] != "ok" for r in rows):
         sys.exit(1)
 

@@ -73,6 +73,14 @@ def make_videos(folder: Path, size: int, frames: int = 24, count: int = 4) -> Pa
     return folder
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def run(name: str, work: Path, videos: Path, *, teacher_line: str, student_line: str, steps: int, batch: int,
         size: int, device: str, precision: str, procs: int = 1, timeout_s: float = 600, kill_at: int = 0) -> dict:
     """One `turbovaed distill` run (torchrun for procs > 1). kill_at > 0: SIGKILL the whole process group once
@@ -86,10 +94,12 @@ def run(name: str, work: Path, videos: Path, *, teacher_line: str, student_line:
                                     lf=lf, size=size, clips=batch * procs * 3, steps=steps, batch=batch,
                                     device=device, precision=precision, eval_every=max(steps // 2, 1))
                       .replace("checkpoint_every = 1000", f"checkpoint_every = {kill_at or 1000}"))
-    cmd = [sys.executable, "-m", "turbovaed", "distill", str(recipe)]
-    if procs > 1:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(procs), "--master_port",
-               "29531", "-m", "turbovaed", "distill", str(recipe)]
+    def command(*extra: str) -> list[str]:
+        if procs == 1:
+            return [sys.executable, "-m", "turbovaed", "distill", str(recipe), *extra]
+        return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(procs), "--master_port",
+                str(free_port()), "-m", "turbovaed", "distill", str(recipe), *extra]
+    cmd = command()
     row = {"teacher": name, "processes": procs, "batch_per_process": batch, "frames": spec.frames_for(lf),
            "size": size, "precision": precision, "device": device, "steps": steps}
     t0 = time.perf_counter()
@@ -103,7 +113,7 @@ def run(name: str, work: Path, videos: Path, *, teacher_line: str, student_line:
         os.killpg(killed.pid, signal.SIGKILL)
         killed.wait()
         row["killed_at_step"] = json.loads(state.read_text())["step"] if state.is_file() else None
-        cmd = cmd + ["--resume"]
+        cmd = command("--resume")  # a fresh port: the killed run's may linger
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "4"},
                               timeout=max(timeout_s - (time.perf_counter() - t0), 1))

@@ -140,6 +140,27 @@ def data_throughput() -> str:
             f"({q['speedup']:.1f}×, memory-mapped slices). Source: `benchmarks/results/data_throughput.json`.")
 
 
+def index_scale() -> str:
+    r = load("index_scale.json")
+    builds = ", ".join(f"{b['probe_threads']} thread{'s' if b['probe_threads'] > 1 else ''} {b['files_per_s']:.0f}"
+                       for b in r["builds"])
+    return (f"Measured here (CPU, {r['machine']['cores']} cores): `benchmarks/index_scale.py` over {r['files']:,} files "
+            f"({r['file']}): files/s from scratch by probe threads: {builds}; a rerun over the finished index "
+            f"{r['rerun_s']:.2f} s; a build interrupted half-way resumes in {r['resumed_after_half_s']:.1f} s. Local "
+            "disk and 2 cores: probing is CPU-bound here, so threads do not help; they pay on network storage (not "
+            "measured). Source: `benchmarks/results/index_scale.json`.")
+
+
+def train_overhead() -> str:
+    r = load("train_overhead.json")
+    b, a = r["before"], r["after"]
+    return (f"Host reads per training step (each a host-device sync on a GPU; `benchmarks/train_overhead.py`, counted "
+            f"with `HostReads`, {r['teacher']} teacher, {r['student']} student): **{b['reads_per_step']:.0f} → "
+            f"{a['reads_per_step']:.0f}**; step time before/after {r['step_time_ratio_before_over_after']:.2f}× on "
+            f"{r['device']} (interleaved, {r['repeats']} runs each; on a CPU the reads cost nothing, the GPU figure is "
+            "still to be measured). Source: `benchmarks/results/train_overhead.json`.")
+
+
 def fidelity() -> str:
     r = load("fidelity.json")
     m = r["mean"]
@@ -270,7 +291,8 @@ def deployment() -> str:
 
 BLOCKS: dict[str, Callable[[], str]] = {
     "pareto": pareto, "teacher-runs": teacher_runs, "ladder": ladder, "decode-speed": decode_speed,
-    "teacher-cost": teacher_cost, "data-throughput": data_throughput, "quickstart": quickstart, "fidelity": fidelity,
+    "teacher-cost": teacher_cost, "data-throughput": data_throughput, "index-scale": index_scale,
+    "train-overhead": train_overhead, "quickstart": quickstart, "fidelity": fidelity,
     "export-quality": export_quality, "streaming": streaming, "profiling": profiling, "calibration": calibration,
     "deployment": deployment}
 PATTERN = re.compile(r"(<!-- results:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(?:\n)?(<!-- /results:(?P=name) -->)", re.S)

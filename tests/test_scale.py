@@ -124,10 +124,11 @@ def test_two_ranks_on_real_clips_with_bad_files_and_a_non_finite_step_on_one_ran
     videos.mkdir()
     for n in ("sam2_bedroom.mp4", "cotracker_cat.mp4", "cotracker_teddy.mp4", "sam2_02_cups.mp4"):
         shutil.copy(videos_dir / n, videos / n)
-    bad_files(videos / "bad")
+    shutil.copy(bad_files(videos / "bad")["no_media"], videos / "bad" / "held_out_bad.mp4")
     recipe = tmp_path / "r.toml"
     recipe.write_text(tiny_recipe(tmp_path, steps=4).read_text().replace(
-        "synthetic = true", f'videos = ["{videos}"]\nheld_out = ["sam2_02_cups.mp4"]\nresize = 64\nrefresh_every = 2'
+        "synthetic = true", f'videos = ["{videos}"]\nheld_out = ["held_out_bad.mp4", "sam2_02_cups.mp4"]\n'
+                            'resize = 64\nrefresh_every = 2'
     ).replace("clips = 6", "clips = 8").replace("eval_size = 64", "eval_size = 64\neval_per_video = 1"))
     script = tmp_path / "poisoned.py"
     script.write_text(textwrap.dedent(f"""
@@ -154,11 +155,12 @@ def test_two_ranks_on_real_clips_with_bad_files_and_a_non_finite_step_on_one_ran
     d = report["data"]
     assert d["videos_indexed"] == 5 and d["videos_unreadable"] == 2  # 3 good + truncated + no_media; 2 refused
     assert d["cache_generations"] == 2 and d["distinct_clips"] == 16 and d["distinct_videos"] == 5
-    assert d["replaced_clips"] > 0 and d["nonfinite_steps_skipped"] == 1
+    assert d["replaced_clips"] > 0 and d["nonfinite_steps_skipped"] == 1 and d["eval_videos_failed"] == 1
+    assert report["eval_set"] == "held-out videos: sam2_02_cups.mp4"
     log = [r for r in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if "loss" in r]
     assert [r["step"] for r in log if r.get("skipped")] == [2] and len(log) == 4
     assert [r["cache_generation"] for r in map(json.loads, (out / "log.jsonl").read_text().splitlines())
-            if "cache_generation" in r] == [1]
+            if "cache_generation" in r] == [0, 1]
     assert [p.name for p in (tmp_path / "student.work" / "cache").iterdir()] == ["gen-00001"]  # the old one removed
     assert "replaced after their video failed to decode" in (out / "README.md").read_text()
     assert all(torch.isfinite(v).all() for v in load_file(str(out / "raw.safetensors")).values())

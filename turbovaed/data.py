@@ -449,8 +449,6 @@ def fixed_clips(videos: list[Path], frames: int, size: int, per_video: int = 3,
             if bad is None:
                 raise
             bad.append(str(err))
-    if videos and not clips:
-        raise VideoError(f"none of the {len(videos)} evaluation videos decodes; first error: {bad[0] if bad else '?'}")
     return clips
 
 

@@ -614,6 +614,8 @@ def train_loop(run: Run, m: Models, cache: data.LatentCache, evalset: list[EvalC
     per_step = t.batch * run.world * t.grad_accum
     autocast = torch.autocast(dev.type, dtype=run.amp or torch.float32, enabled=run.amp is not None)
     started = time.perf_counter()
+    generation = run.generation(m.step)
+    log.write({"step": m.step, "cache_generation": generation, **run.data_stats["generations"][str(generation)]})
     skipped = run.data_stats.get("nonfinite_skipped", 0)
     in_a_row = 0
     while m.step < t.steps:
@@ -698,13 +700,22 @@ def eval_clips(run: Run) -> list[tuple[torch.Tensor, dict]]:
     d = run.recipe.data
     if run.eval_videos:
         bad = run.data_stats.setdefault("eval_failed", [])
-        videos = run.eval_videos
-        keep = max(1, d.eval_max_clips // d.eval_per_video)
-        if len(videos) > keep:  # evenly spaced, so a folder sorted by source is still sampled across sources
-            videos = [videos[round(i * (len(videos) - 1) / max(keep - 1, 1))] for i in range(keep)]
-        clips = data.fixed_clips(videos, run.frames, d.eval_size, per_video=d.eval_per_video, bad=bad)
+        videos, keep = run.eval_videos, max(1, d.eval_max_clips // d.eval_per_video)
+        # evenly spaced (a folder sorted by source is sampled across sources); a video that fails to decode is
+        # replaced by the next unused one
+        picks = [videos[round(i * (len(videos) - 1) / max(keep - 1, 1))] for i in range(min(keep, len(videos)))]
+        picks = list(dict.fromkeys(picks))
+        clips, used = [], 0
+        for v in picks + [v for v in videos if v not in picks]:
+            if used == keep:
+                break
+            got = data.fixed_clips([v], run.frames, d.eval_size, per_video=d.eval_per_video, bad=bad)
+            clips += got
+            used += bool(got)
+        if not clips:
+            raise data.VideoError(f"none of the {len(videos)} held-out videos decodes; first error: {bad[0]}")
         if bad:
-            print(f"evaluation skips {len(bad)} held-out video(s) that fail to decode; first: {bad[0]}",
+            print(f"evaluation replaced {len(bad)} held-out video(s) that fail to decode; first: {bad[0]}",
                   file=sys.stderr)
         return clips
     return [(data.synthetic_clip(run.frames, d.eval_size, d.eval_size, seed=10_000 + i),
@@ -766,7 +777,7 @@ Student/teacher PSNR ratio: {mean['psnr_ratio']:.3f}. Perceptual loss: {report['
 Steps: {report['steps']}, processes: {report['world_size']}, device: {report['device']}, precision: {report['precision']}.
 Data: {dr['distinct_videos']:,} distinct videos of {dr['videos_indexed']:,} indexed ({dr['videos_unreadable']} unreadable, left
 out), {dr['distinct_clips']:,} distinct clips in {dr['cache_generations']} cache generation(s); {dr['replaced_clips']} clips
-replaced after their video failed to decode, {dr['eval_videos_failed']} held-out videos left out of evaluation,
+replaced after their video failed to decode, {dr['eval_videos_failed']} held-out videos replaced in evaluation,
 {dr['nonfinite_steps_skipped']} non-finite steps skipped.
 """
     from safetensors.torch import save
@@ -841,7 +852,7 @@ def distill(recipe: DistillRecipe, resume: bool = False, show_progress: bool = T
                     "precision": recipe.train.precision,
                     "teacher_dtype": f"cache fp32, feature pass {str(run.teacher_dtype).replace('torch.', '')}",
                     "data": data_report(run, stopped_early or recipe.train.steps),
-                    "eval_set": ("held-out videos: " + ", ".join(sorted({v.name for v in run.eval_videos})))
+                    "eval_set": ("held-out videos: " + ", ".join(sorted({c.row["video"] for c in evalset})))
                     if run.eval_videos else "synthetic clips (tiny test teacher; not held-out videos)",
                     "perceptual": perceptual_description(recipe), "student_params": m.student.num_parameters(),
                     "teacher": run.teacher.spec.name,

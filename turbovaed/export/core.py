@@ -26,9 +26,11 @@ BACKENDS = {  # backend -> precisions it builds
     "coreml": ("fp16", "int8", "int4", "palettize4"),
     "litert": ("fp32", "fp16", "int8-dynamic", "int8", "int4"),
     "onnx": ("fp32", "fp16", "int8", "int4"),
+    "coreai": ("fp32", "fp16", "int8", "int4", "palettize4"),
 }
 # Verification floor (PSNR dB against the fp32 student's frames) per precision.
 MIN_PSNR = {"fp32": 60.0, "fp16": 45.0, "int8": 40.0, "int8-dynamic": 40.0, "int4": 34.0, "palettize4": 34.0}
+EXTRAS = {"coreai": "coreai"}  # backends whose packages come in their own extra (default: export)
 
 
 class MissingDependency(TurboVAEDError):
@@ -89,7 +91,8 @@ def backend_module(name: str):
     try:
         return importlib.import_module(f"turbovaed.export.{name}_backend")
     except ImportError as err:
-        raise MissingDependency(f"the {name} exporter needs the export extras: pip install 'turbovaed[export]' "
+        extra = EXTRAS.get(name, "export")
+        raise MissingDependency(f"the {name} exporter needs the {extra} extras: pip install 'turbovaed[{extra}]' "
                                 f"(missing: {err.name})") from err
 
 
@@ -153,7 +156,7 @@ def tool_versions() -> dict[str, str]:
 
     out = {"python": platform.python_version()}
     for pkg in ("torch", "executorch", "torchao", "coremltools", "onnx", "onnxruntime", "litert-torch",
-                "ai-edge-litert", "ai-edge-quantizer", "turbovaed"):
+                "ai-edge-litert", "ai-edge-quantizer", "coreai-torch", "coreai-opt", "coreai-core", "turbovaed"):
         try:
             out[pkg] = version(pkg)
         except PackageNotFoundError:

@@ -1,0 +1,91 @@
+"""Apple Core AI: every precision converts with coreai-torch / coreai-opt and is verified by prediction on the
+Core AI runtime that coreai-core's Linux wheel carries; streaming step graphs too; bad inputs are one clear
+error. Skips, saying why, where the coreai extra is absent."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("coreai_torch", reason="the coreai extra is not installed: pip install 'turbovaed[coreai]'")
+pytest.importorskip("coreai_opt", reason="the coreai extra is not installed: pip install 'turbovaed[coreai]'")
+pytest.importorskip("coreai", reason="the coreai extra is not installed: pip install 'turbovaed[coreai]'")
+
+from test_export import recipe_for  # noqa: E402
+
+from turbovaed.export.core import BACKENDS, MIN_PSNR, export  # noqa: E402
+from turbovaed.io import CheckpointError, InputError  # noqa: E402
+
+
+@pytest.mark.parametrize("precision", BACKENDS["coreai"])
+def test_every_core_ai_precision_runs_on_the_core_ai_runtime(tmp_path, student_dir, precision):
+    manifest = export(recipe_for("coreai", precision), student_dir, tmp_path)
+    n = manifest["numerics"]
+    assert n["status"] == "pass" and n["psnr_db"] >= MIN_PSNR[precision], (n["psnr_db"], n)  # a prediction
+    assert n["verified_by"].startswith("prediction on coreai (Linux CPU reference runtime") and "coreai-core" in \
+        n["verified_by"]
+    assert manifest["artifact"] == "decoder.aimodel" and manifest["precision_meaning"].startswith("W")
+    assert manifest["inputs"][0] == {"name": "latents", "shape": [1, 4, 2, 4, 4],
+                                     "dtype": "float32" if precision == "fp32" else "float16"}
+    storage = manifest["ops"]["storage_types"]
+    if precision == "int8":
+        assert any(k.startswith("Int8") for k in storage), storage
+    if precision in ("int4", "palettize4"):
+        assert any("4" in k and not k.startswith(("Float", "Int32", "UInt32")) for k in storage), storage
+    assert manifest["tool_versions"]["coreai-core"] == "1.0.0b3"
+    assert list(tmp_path.iterdir()) == [tmp_path / manifest["name"]]
+
+
+def test_compressed_core_ai_artifacts_are_smaller(tmp_path, student_dir):
+    sizes = {p: export(recipe_for("coreai", p), student_dir, tmp_path)["bytes"] for p in ("fp32", "fp16", "int8", "int4")}
+    assert sizes["fp32"] > sizes["fp16"] > sizes["int8"] > sizes["int4"], sizes
+
+
+def test_core_ai_streaming_step_matches_the_whole_clip_decode(tmp_path, student_dir):
+    recipe = recipe_for("coreai", "fp16", shape={"latent_frames": 3, "height": 32, "width": 32, "stream_chunk": 1})
+    manifest = export(recipe, student_dir, tmp_path)
+    n = manifest["numerics"]
+    assert n["status"] == "pass" and n["psnr_db"] >= MIN_PSNR["fp16"] and "streamed 1 latent frame" in n["against"], n
+    names = [i["name"] for i in manifest["inputs"]]
+    assert names[:2] == ["latents", "first"] and len(names) == 2 + manifest["stream"]["states"]
+    assert any("explicit inputs/outputs" in note for note in manifest["notes"])
+
+
+def test_core_ai_bad_inputs_are_one_clear_error(tmp_path, student_dir):
+    from turbovaed.export import coreai_backend
+
+    (tmp_path / "not.aimodel").mkdir()
+    with pytest.raises(CheckpointError, match="not a Core AI .aimodel folder"):
+        coreai_backend.runner(tmp_path / "not.aimodel")
+    manifest = export(recipe_for("coreai", "fp32"), student_dir, tmp_path / "out")
+    run = coreai_backend.runner(tmp_path / "out" / manifest["name"] / manifest["artifact"])
+    with pytest.raises(InputError, match="takes 1 inputs"):
+        run(torch.zeros(1, 4, 2, 4, 4), torch.zeros(1))
+    with pytest.raises(InputError, match=r"input 'latents' takes shape \[1, 4, 2, 4, 4\], got \[1, 4, 3, 4, 4\]"):
+        run(torch.zeros(1, 4, 3, 4, 4))
+    with pytest.raises(InputError, match="has no precision 'int2'"):
+        export(recipe_for("coreai", "int2"), student_dir, tmp_path / "bad")
+    assert not (tmp_path / "bad").exists() or list((tmp_path / "bad").iterdir()) == []
+
+
+def test_missing_core_ai_extra_is_one_clear_message(monkeypatch):
+    import importlib.util
+    import sys
+
+    from turbovaed.export import core
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "coreai_opt" else real(name, *a))
+    monkeypatch.delitem(sys.modules, "turbovaed.export.coreai_backend", raising=False)
+    with pytest.raises(core.MissingDependency, match=r"pip install 'turbovaed\[coreai\]'.*coreai_opt"):
+        core.backend_module("coreai")
+
+
+def test_shipped_core_ai_recipes(tmp_path):
+    from turbovaed.export.core import ExportRecipe
+    from turbovaed.recipes import load_toml
+
+    recipes = {p.stem: load_toml(ExportRecipe, p) for p in (Path(__file__).parents[1] / "export").glob("*coreai*.toml")}
+    assert {"iphone-coreai-fp16", "iphone-coreai-stream-fp16"} <= set(recipes)
+    assert any(r.precision not in ("fp16", "fp32") for r in recipes.values())  # a compressed one
+    assert all(r.backend == "coreai" and r.name == name for name, r in recipes.items())

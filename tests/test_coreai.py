@@ -89,3 +89,14 @@ def test_shipped_core_ai_recipes(tmp_path):
     assert {"iphone-coreai-fp16", "iphone-coreai-stream-fp16"} <= set(recipes)
     assert any(r.precision not in ("fp16", "fp32") for r in recipes.values())  # a compressed one
     assert all(r.backend == "coreai" and r.name == name for name, r in recipes.items())
+
+
+def test_host_profile_records_the_core_ai_reference_runtime_as_such(tmp_path, student_dir):
+    from turbovaed.profile.host import profile
+
+    export(recipe_for("coreai", "fp16"), student_dir, tmp_path / "exports")
+    result = profile(tmp_path / "exports", runs=2, warmup=1, threads=1, results_dir=tmp_path / "profiles")
+    coreai = [r for r in result["measured"] if r.artifact == "t-coreai-fp16"]
+    assert len(coreai) == 1 and coreai[0].status == "ok", coreai
+    assert coreai[0].runtime == "coreai (Linux CPU reference runtime)" and coreai[0].source == "measured-host"
+    assert coreai[0].runtime_version == "1.0.0b3" and coreai[0].latency.median_ms > 0

@@ -247,7 +247,7 @@ def decode(out_path: Annotated[Path, typer.Option("--out", help="output .mp4 (a 
 
 QUICKSTART_EXPORTS = ("host-executorch-fp32", "android-executorch-int8", "android-executorch-int4", "host-onnx-fp32",
                       "web-onnx-int8", "host-litert-fp32", "android-litert-int8", "iphone-coreml-fp16",
-                      "iphone-coreml-int4")
+                      "iphone-coreml-int4", "iphone-coreai-fp16")
 
 
 @app.command()
@@ -257,8 +257,8 @@ def quickstart(video: Annotated[Optional[list[Path]], typer.Option(help="videos 
                export_recipes: Annotated[bool, typer.Option("--export/--no-export", help="build mobile artifacts")] = True,
                ) -> None:
     """The main job on the embedded default: the shipped reference teacher encodes real clips, a small
-    student is distilled (distill/quickstart.toml), exported to ExecuTorch / ONNX / LiteRT / Core ML at
-    fp32, int8 and int4, each artifact verified; ends with where everything is and the headline table."""
+    student is distilled (distill/quickstart.toml), exported to ExecuTorch / ONNX / LiteRT / Core ML / Core AI
+    at fp32, fp16, int8 and int4, each artifact verified; ends with where everything is and the headline table."""
     from turbovaed.distill.recipe import DistillRecipe
     from turbovaed.distill.trainer import distill as run_distill
     from turbovaed.export.core import ExportRecipe, export

@@ -28,14 +28,16 @@ from turbovaed.profile.schema import Latency, Ops, Record, save
 from turbovaed.recipes import build
 from turbovaed.student import StreamingStep, StudentConfig, StudentDecoder
 
-RUNTIME = {"executorch": "executorch", "onnx": "onnxruntime", "litert": "litert", "coreml": "coreml"}
-UNIT = {"executorch": "cpu/xnnpack", "onnx": "cpu", "litert": "cpu/xnnpack", "coreml": "ane"}
+RUNTIME = {"executorch": "executorch", "onnx": "onnxruntime", "litert": "litert", "coreml": "coreml",
+           "coreai": "coreai (Linux CPU reference runtime)"}  # a correctness runtime: never device speed
+UNIT = {"executorch": "cpu/xnnpack", "onnx": "cpu", "litert": "cpu/xnnpack", "coreml": "ane", "coreai": "cpu"}
 MEMORY_METHOD = ("peak RSS (VmHWM, reset at the load; ru_maxrss where it cannot be reset) of a process that loads "
                  "only this artifact, from the load through the first call and warm-up, minus its RSS before the load "
                  "(runtime imported)")
 WORKER_START_S = 600  # a worker that has not loaded its artifact by then is recorded as failed
 # Imported by a worker before it starts the load clock: importing a runtime is not loading an artifact.
-RUNTIME_MODULES = {"executorch": "executorch.runtime", "onnx": "onnxruntime", "litert": "ai_edge_litert.interpreter"}
+RUNTIME_MODULES = {"executorch": "executorch.runtime", "onnx": "onnxruntime", "litert": "ai_edge_litert.interpreter",
+                   "coreai": "coreai.runtime"}
 # Idle workers wait for their next turn; OpenMP threads that spin meanwhile would steal the cores of the
 # worker being timed (measured: an eager call 11 ms alone, 790 ms beside five spinning workers).
 WORKER_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
@@ -245,7 +247,7 @@ def _record(m: dict, device: str, runs: int, warmup: int, threads: int, ident: d
         artifact="eager" if eager_run else m["name"], artifact_sha256="" if eager_run else m["sha256"],
         device=device, runtime="pytorch" if eager_run else RUNTIME[m["backend"]],
         runtime_version=torch.__version__ if eager_run else m["tool_versions"].get(
-            {"onnx": "onnxruntime", "litert": "ai-edge-litert"}.get(m["backend"], m["backend"]), ""),
+            {"onnx": "onnxruntime", "litert": "ai-edge-litert", "coreai": "coreai-core"}.get(m["backend"], m["backend"]), ""),
         precision=m["precision"], compute_unit="cpu" if eager_run else UNIT[m["backend"]],
         precision_meaning="W32A32 (PyTorch eager)" if eager_run else
         precision_meaning(m["backend"], m["precision"], m["recipe"].get("delegate", "xnnpack")),

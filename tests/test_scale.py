@@ -305,3 +305,13 @@ def test_one_host_read_per_training_step(tmp_path, monkeypatch):
     recipe = load_toml(DistillRecipe, tiny_recipe(tmp_path, steps=6))  # checkpoints at steps 3 and 6
     trainer.distill(recipe, show_progress=False)
     assert counts == [6 + 2]
+
+
+def test_index_command_builds_the_index_a_recipe_reads(tmp_path):
+    bad_files(tmp_path / "v")
+    data.write_video(tmp_path / "v" / "good.mp4", data.synthetic_clip(9, 32, 32), fps=10)
+    proc = subprocess.run([sys.executable, "-m", "turbovaed", "index", str(tmp_path / "v"), "--index",
+                           str(tmp_path / "i.json")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "5 videos" in proc.stdout and "3 readable, 2 unreadable" in proc.stdout
+    assert len(data.load_index(tmp_path / "i.json")) == 5

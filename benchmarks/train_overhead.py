@@ -26,7 +26,7 @@ from results_io import write_results
 
 from turbovaed.distill import trainer
 from turbovaed.distill.recipe import DistillRecipe
-from turbovaed.distill.syncs import HostReads
+from turbovaed.distill.syncs import counting
 from turbovaed.recipes import build
 
 
@@ -44,22 +44,14 @@ def old_reads(losses):
 
 
 def one_run(recipe: DistillRecipe, before: bool) -> dict:
-    counts = []
-    real_loop, real_losses = trainer.train_loop, trainer._losses
-
-    def counted(*args, **kwargs):
-        with HostReads() as reads:
-            try:
-                return real_loop(*args, **kwargs)
-            finally:
-                counts.append(reads.count)
-    trainer.train_loop = counted
+    real_losses = trainer._losses
     if before:
         trainer._losses = old_reads(real_losses)
     try:
-        out = trainer.distill(recipe, show_progress=False)
+        with counting(trainer, "train_loop") as counts:
+            out = trainer.distill(recipe, show_progress=False)
     finally:
-        trainer.train_loop, trainer._losses = real_loop, real_losses
+        trainer._losses = real_losses
     log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
     times = [r["s_per_step"] for r in log if "s_per_step" in r][2:]  # after warm-up
     checkpoints = recipe.train.steps // recipe.train.checkpoint_every

@@ -286,24 +286,14 @@ def test_feature_alignment_pairs_frames_exactly_per_family(family):
             assert first_changed(s, s2) == first_changed(tf[k], tf2[k]), (family, k)
 
 
-def test_one_host_read_per_training_step(tmp_path, monkeypatch):
+def test_one_host_read_per_training_step(tmp_path):
     """The loop reads the device once per step (gradient finiteness and the logged losses together), plus
     one finiteness check per checkpoint (HostReads: what would wait on a GPU)."""
-    from turbovaed.distill.syncs import HostReads
+    from turbovaed.distill.syncs import counting
 
-    counts = []
-    real = trainer.train_loop
-
-    def counted(*args, **kwargs):
-        with HostReads() as reads:
-            try:
-                return real(*args, **kwargs)
-            finally:
-                counts.append(reads.count)
-
-    monkeypatch.setattr(trainer, "train_loop", counted)
     recipe = load_toml(DistillRecipe, tiny_recipe(tmp_path, steps=6))  # checkpoints at steps 3 and 6
-    trainer.distill(recipe, show_progress=False)
+    with counting(trainer, "train_loop") as counts:
+        trainer.distill(recipe, show_progress=False)
     assert counts == [6 + 2]
 
 

@@ -6,7 +6,9 @@ read from the cache, in worker processes on a GPU node) and the optimizer's step
 
 from __future__ import annotations
 
+import contextlib
 import traceback
+from collections.abc import Iterator
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -43,3 +45,21 @@ class HostReads(TorchDispatchMode):
         if func is torch.ops.aten._local_scalar_dense.default:
             self.count += not _on_host()
         return func(*args, **(kwargs or {}))
+
+
+@contextlib.contextmanager
+def counting(owner, name: str) -> Iterator[list[int]]:
+    """Within the block, every call of owner.name counts its host reads; yields the counts, one per call."""
+    real, counts = getattr(owner, name), []
+
+    def counted(*args, **kwargs):
+        with HostReads() as reads:
+            try:
+                return real(*args, **kwargs)
+            finally:
+                counts.append(reads.count)
+    setattr(owner, name, counted)
+    try:
+        yield counts
+    finally:
+        setattr(owner, name, real)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 import platform
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -18,7 +18,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def machine() -> dict:
     return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "torch": torch.__version__,
-            "measured": datetime.now(timezone.utc).strftime("%Y-%m-%d")}
+            "measured": datetime.now(UTC).strftime("%Y-%m-%d")}
 
 
 def write_results(name: str, data: dict) -> Path:

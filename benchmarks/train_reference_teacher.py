@@ -174,6 +174,25 @@ def save_side_by_side(vae, clips: list[torch.Tensor], out: Path) -> Path:
     return data.write_video(out, data.to_uint8(video), fps=8)
 
 
+def report(work: Path) -> Path:
+    """The run's figures into benchmarks/results: every evaluation (frames and clips beside bicubic), the
+    final metrics, and the learning curve."""
+    from results_io import RESULTS, write_results  # beside this script
+
+    rows = [json.loads(x) for x in (work / "log.jsonl").read_text().splitlines()]
+    metrics = json.loads((work / "metrics.json").read_text())
+    evals = [{"step": r["step"], "phase": r["phase"], "minutes": round(r["minutes"], 1),
+              "frames_psnr": round(r["heldout_frames_psnr"], 2), "clips_psnr": round(r["heldout_clips_psnr"], 2)}
+             for r in rows if "heldout_clips_psnr" in r]
+    phases = metrics["phases"]
+    starts = {ph["name"]: sum(q["steps"] for q in phases[:k]) for k, ph in enumerate(phases)}
+    baselines = {"frames": metrics["frames_bicubic_8x_psnr"], "clips": metrics["bicubic_8x_psnr"]}
+    plot_curve(work / "log.jsonl", RESULTS / "reference_teacher_two_phase_curve.png", baselines, starts)
+    return write_results("reference_teacher_two_phase", {
+        "what": "reference teacher, frames first then clips (benchmarks/train_reference_teacher.py)", **metrics,
+        "evals": evals, "curve": "reference_teacher_two_phase_curve.png"})
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--videos", type=Path, default=data.shared_videos_dir())
@@ -198,7 +217,12 @@ def main() -> None:
                    help="ship only if held-out clip PSNR beats per-frame bicubic by this many dB")
     p.add_argument("--out", type=Path, default=reference.ASSET_DIR, help="where the trained teacher is written")
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--report-only", action="store_true",
+                   help="write benchmarks/results/reference_teacher_two_phase.json and its curve from --work's log")
     args = p.parse_args()
+    if args.report_only:
+        print(f"wrote {report(args.work)}")
+        return
     if args.videos is None:
         raise SystemExit("no video folder: pass --videos DIR (e.g. ../shared/videos)")
     torch.set_num_threads(args.threads)
@@ -279,7 +303,8 @@ def main() -> None:
 
     starts = {ph.name: sum(q.steps for q in phases[:k]) for k, ph in enumerate(phases)}
     print(f"learning curve: {plot_curve(log_path, args.work / 'curve.png', baselines, starts)}")
-    print(f"side by side (truth | teacher | bicubic): {save_side_by_side(vae, eval_clips[::3], args.work / 'side_by_side.mp4')}")
+    video = save_side_by_side(vae, eval_clips[::3], args.work / "side_by_side.mp4")
+    print(f"side by side (truth | teacher | bicubic): {video}")
     scores = {kind: evaluate(vae, clips) for kind, clips in evals.items()}
     gain = scores["clips"]["psnr"] - baselines["clips"]
     # Latent statistics over training clips -> config, so the shipped teacher normalises like a real one.

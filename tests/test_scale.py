@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_distill import tiny_recipe
 
 from turbovaed import data
 from turbovaed.distill import trainer
@@ -22,8 +23,6 @@ from turbovaed.distill.checkpoint import previous_slot
 from turbovaed.distill.recipe import DistillRecipe
 from turbovaed.io import CheckpointError, InputError, VideoError
 from turbovaed.recipes import load_toml
-
-from test_distill import tiny_recipe
 
 
 def _faststart(path: Path, frames: int, seed: int = 0) -> bytes:
@@ -264,7 +263,8 @@ def test_feature_alignment_pairs_frames_exactly_per_family(family):
     from turbovaed.distill.losses import FeatureAlignment
     from turbovaed.student import StudentDecoder
 
-    blocks = load_toml(DistillRecipe, Path(__file__).parents[1] / "distill" / f"{'quickstart' if family == 'reference' else family}.toml").loss.feature_blocks
+    recipe = Path(__file__).parents[1] / "distill" / f"{'quickstart' if family == 'reference' else family}.toml"
+    blocks = load_toml(DistillRecipe, recipe).loss.feature_blocks
     torch.manual_seed(0)
     teacher = teachers.build_tiny(family)
     student = StudentDecoder(teacher.student_config(mini=True)).eval()

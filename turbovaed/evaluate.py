@@ -5,10 +5,10 @@ student on the prepared clips, cheaply enough to run every `eval_every` steps of
 
 from __future__ import annotations
 
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-import tomllib
 import torch
 from torch import nn
 

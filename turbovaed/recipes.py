@@ -4,12 +4,11 @@ before any work starts (shared by distill/ and export/ recipes)."""
 from __future__ import annotations
 
 import dataclasses
+import tomllib
 import types
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
-
-import tomllib
 
 from turbovaed.io import InputError
 

@@ -22,12 +22,12 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import tomllib
 from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
 
 import numpy as np
-import tomllib
 import torch
 import torch.nn.functional as F
 from torch import nn

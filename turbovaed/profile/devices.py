@@ -4,10 +4,10 @@ each with its source, for the roofline estimates."""
 from __future__ import annotations
 
 import time
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import tomllib
 import torch
 
 from turbovaed.io import InputError

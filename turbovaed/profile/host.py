@@ -15,7 +15,7 @@ import os
 import resource
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -295,7 +295,7 @@ def estimate_note(est: dict) -> str:
 
 
 def stamp() -> str:
-    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
 
 
 def profile(path: Path, runs: int = 10, warmup: int = 2, threads: int = 2, results_dir: Path | None = None) -> dict:

@@ -11,7 +11,7 @@ import os
 import statistics
 import uuid
 from dataclasses import MISSING, asdict, dataclass, field, fields
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
 
@@ -85,7 +85,7 @@ class Record:
     estimate: dict[str, Any] = field(default_factory=dict)  # roofline inputs, for source = estimate only
     notes: str = ""
     record_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
-    created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    created: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict:

@@ -165,10 +165,13 @@ def test_decode_takes_generator_latents_in_either_layout_normalised_and_bf16(tmp
         save_file(tensors, str(tmp_path / f"{name}.safetensors"), metadata=meta)
     common = ["decode", "--student", str(student_dir), "--out"]
     videos = {}
-    for name, extra in {"raw": ["--latents", "raw"], "gen": ["--latents", "gen", "--normalized"],
+    # 4 channels and 4 frames: (B, C, T, H, W) files must say so (--layout); TAEHV-layout ones state it
+    for name, extra in {"raw": ["--latents", "raw", "--layout", "bcthw"],
+                        "gen": ["--latents", "gen", "--normalized", "--layout", "bcthw"],
                         "gen_btchw": ["--latents", "gen_btchw", "--layout", "btchw", "--normalized"],
                         "gen_meta": ["--latents", "gen_meta", "--layout", "btchw"],
-                        "gen_stream": ["--latents", "gen", "--normalized", "--stream", "--chunk", "2"]}.items():
+                        "gen_stream": ["--latents", "gen", "--normalized", "--stream", "--chunk", "2",
+                                       "--layout", "bcthw"]}.items():
         extra = [str(tmp_path / f"{x}.safetensors") if x in files else x for x in extra]
         result = run(*common, str(tmp_path / f"{name}.mp4"), *extra)
         assert result.returncode == 0, result.stderr
@@ -183,7 +186,8 @@ def read_frames_of_undenormalised(tmp_path, common, student_dir):
     """Decoding the normalised file as if raw gives visibly different frames: the flag matters."""
     from turbovaed.data import read_frames
 
-    result = run(*common, str(tmp_path / "wrong.mp4"), "--latents", str(tmp_path / "gen.safetensors"), "--raw")
+    result = run(*common, str(tmp_path / "wrong.mp4"), "--latents", str(tmp_path / "gen.safetensors"), "--raw",
+                 "--layout", "bcthw")
     assert result.returncode == 0, result.stderr
     return read_frames(tmp_path / "wrong.mp4").astype(float)
 
@@ -194,14 +198,21 @@ def test_layout_and_normalisation_mistakes_are_named(tmp_path):
     save_file({"latents": torch.randn(1, 3, 4, 8, 8)}, str(tmp_path / "btchw.safetensors"))
     save_file({"latents": torch.randn(1, 4, 3, 8, 8)}, str(tmp_path / "raw.safetensors"), metadata={"latents": "raw"})
     save_file({"latents": torch.randn(1, 4, 3, 8, 8)}, str(tmp_path / "plain.safetensors"))
+    save_file({"latents": torch.randn(1, 4, 4, 8, 8)}, str(tmp_path / "both.safetensors"))  # 4 channels, 4 frames
     out = str(tmp_path / "o.mp4")
     for args, message in [
-        (["--latents", "btchw"], "looks like (N, T, C, H, W) as TAEHV and ComfyUI use: pass --layout btchw"),
+        (["--latents", "btchw", "--layout", "bcthw"],
+         "looks like (N, T, C, H, W) as TAEHV and ComfyUI use: pass --layout btchw"),
+        (["--latents", "both"], "fit both (B, C, T, H, W) as diffusers pipelines return and (N, T, C, H, W) as "
+                                "TAEHV and ComfyUI use (4 channels, 4 frames): pass --layout bcthw or --layout btchw"),
         (["--latents", "raw", "--normalized"], "states in its metadata that its latents are raw"),
         (["--latents", "plain", "--layout", "nope"], "unknown latent layout 'nope'"),
         (["--latents", "plain", "--normalized"], "carries none"),  # a student without latent_norm.json
     ]:
-        args = [str(tmp_path / f"{a}.safetensors") if a in ("btchw", "raw", "plain") else a for a in args]
+        args = [str(tmp_path / f"{a}.safetensors") if a in ("btchw", "raw", "plain", "both") else a for a in args]
         result = run("decode", "--student", str(student_dir), "--out", out, *args)
         assert result.returncode == 2 and message in " ".join(result.stderr.split()), result.stderr
         assert "Traceback" not in result.stderr and not (tmp_path / "o.mp4").exists()
+    # no --layout and only one reading fits: that one is used
+    result = run("decode", "--student", str(student_dir), "--out", out, "--latents", str(tmp_path / "btchw.safetensors"))
+    assert result.returncode == 0, result.stderr

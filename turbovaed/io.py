@@ -132,12 +132,14 @@ class LatentFile:
     long latent sequence never has to fit in memory. `layout` is "bcthw" (diffusers: (B, C, T, h, w) or
     (C, T, h, w)) or "btchw" (TAEHV / ComfyUI: (N, T, C, h, w) or (T, C, h, w)); reads always come back as
     float32 (B, C, n, h, w) whatever the stored dtype (generators save bf16). A file may state its layout
-    and whether it is normalised in its safetensors metadata ("layout", "latents": "raw" | "normalized")."""
+    and whether it is normalised in its safetensors metadata ("layout", "latents": "raw" | "normalized").
+    With no layout given or stated, `check_channels` picks the one whose channel axis fits, and refuses a
+    file that fits both (a (1, 16, 16, h, w) Wan file): decoding it the wrong way round is silent garbage."""
 
-    def __init__(self, path: str | Path, name: str = "latents", layout: str = "bcthw") -> None:
+    def __init__(self, path: str | Path, name: str = "latents", layout: str | None = None) -> None:
         from safetensors import SafetensorError, safe_open
 
-        if layout not in LAYOUTS:
+        if layout is not None and layout not in LAYOUTS:
             raise InputError(f"unknown latent layout {layout!r}; expected one of {sorted(LAYOUTS)}")
         self.path = Path(path)
         _check_safetensors(self.path)
@@ -152,22 +154,40 @@ class LatentFile:
         except (SafetensorError, OSError) as err:
             raise CheckpointError(f"{self.path} is not a readable safetensors file (truncated or corrupt?): {err}") from err
         stated = self.metadata.get("layout")
-        if stated is not None and stated != layout:
+        if stated is not None and layout is not None and stated != layout:
             raise InputError(f"{self.path} states layout {stated!r} in its metadata but {layout!r} was asked for")
+        if stated is not None and stated not in LAYOUTS:
+            raise InputError(f"{self.path} states an unknown layout {stated!r} in its metadata")
+        self.layout_known = (layout or stated) is not None
+        layout = layout or stated or "bcthw"
         if len(shape) not in (4, 5):
             raise InputError(f"{self.path}: '{name}' must be {LAYOUTS[layout]} (or without the batch axis), "
                              f"got shape {shape}")
         dtype = self._slice.get_dtype()
         if dtype not in ("F16", "BF16", "F32", "F64"):
             raise InputError(f"{self.path}: latents must be floating point, got {dtype}")
-        self.layout, self.batched = layout, len(shape) == 5
-        full = shape if self.batched else (1, *shape)
+        self.batched, self.stored_shape = len(shape) == 5, shape
+        self._use(layout)
+
+    def _use(self, layout: str) -> None:
+        full = self.stored_shape if self.batched else (1, *self.stored_shape)
+        self.layout = layout
         self.shape = full if layout == "bcthw" else (full[0], full[2], full[1], *full[3:])  # as (B, C, T, h, w)
-        self.stored_shape = shape
 
     def check_channels(self, expected: int, what: str) -> None:
         """One clear error when the channel axis does not hold `expected` channels, naming the layout that
-        would fit (a (1, 16, 16, h, w) Wan file fits both: say which with --layout or the file's metadata)."""
+        would fit. With no layout given or stated, the one that fits is used; a file that fits both (a
+        (1, 16, 16, h, w) Wan file) is refused: say which with --layout or the file's metadata."""
+        other = "btchw" if self.layout == "bcthw" else "bcthw"
+        if not self.layout_known:
+            fits = [self.shape[1] == expected, self.shape[2] == expected]
+            if all(fits):
+                raise InputError(f"{self.path}: latents {self.stored_shape} fit both {LAYOUTS['bcthw']} and "
+                                 f"{LAYOUTS['btchw']} ({expected} channels, {expected} frames): pass --layout bcthw "
+                                 "or --layout btchw (or state 'layout' in the file's metadata)")
+            if fits[1]:
+                self._use(other)
+            self.layout_known = any(fits)
         if self.shape[1] == expected:
             return
         other = "btchw" if self.layout == "bcthw" else "bcthw"

@@ -100,3 +100,14 @@ def test_host_profile_records_the_core_ai_reference_runtime_as_such(tmp_path, st
     assert len(coreai) == 1 and coreai[0].status == "ok", coreai
     assert coreai[0].runtime == "coreai (Linux CPU reference runtime)" and coreai[0].source == "measured-host"
     assert coreai[0].runtime_version == "1.0.0b3" and coreai[0].latency.median_ms > 0
+
+
+def test_apple_devices_get_core_ai_estimates_labelled_as_estimates(tmp_path, student_dir):
+    from turbovaed.profile import devices
+    from turbovaed.profile.host import estimate_records
+
+    manifest = export(recipe_for("coreai", "int8"), student_dir, tmp_path)
+    catalog = devices.load_catalog()
+    records = estimate_records([manifest], {k: v for k, v in catalog.items() if k.startswith("iphone")})
+    assert {(r.device, r.compute_unit) for r in records} >= {("iphone-16-pro", "ane"), ("iphone-16-pro", "cpu")}
+    assert all(r.runtime == "coreai" and r.source == "estimate" for r in records)

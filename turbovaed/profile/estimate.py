@@ -40,8 +40,8 @@ def weight_activation_bits(runtime: str, precision: str, unit: str) -> tuple[flo
 # delegate, ONNX Runtime's QNN execution provider).
 NPU_RUNTIMES = ("litert", "onnx")
 # Which compute units each runtime's artifacts can use on a device.
-RUNTIME_UNITS = {"coreml": ("ane", "gpu", "cpu"), "executorch": ("cpu",), "litert": ("cpu", "gpu"), "onnx": ("cpu",),
-                 "pytorch": ("cpu",)}
+RUNTIME_UNITS = {"coreml": ("ane", "gpu", "cpu"), "coreai": ("ane", "gpu", "cpu"), "executorch": ("cpu",),
+                 "litert": ("cpu", "gpu"), "onnx": ("cpu",), "pytorch": ("cpu",)}
 
 
 class Costs(list):

@@ -28,8 +28,9 @@ from turbovaed.profile.schema import Latency, Ops, Record, save
 from turbovaed.recipes import build
 from turbovaed.student import StreamingStep, StudentConfig, StudentDecoder
 
-RUNTIME = {"executorch": "executorch", "onnx": "onnxruntime", "litert": "litert", "coreml": "coreml",
-           "coreai": "coreai (Linux CPU reference runtime)"}  # a correctness runtime: never device speed
+RUNTIME = {"executorch": "executorch", "onnx": "onnxruntime", "litert": "litert", "coreml": "coreml", "coreai": "coreai"}
+# Host runtimes that are not what a device runs: their measured records say so (never device speed).
+HOST_RUNTIME = {"coreai": "coreai (Linux CPU reference runtime)"}
 UNIT = {"executorch": "cpu/xnnpack", "onnx": "cpu", "litert": "cpu/xnnpack", "coreml": "ane", "coreai": "cpu"}
 MEMORY_METHOD = ("peak RSS (VmHWM, reset at the load; ru_maxrss where it cannot be reset) of a process that loads "
                  "only this artifact, from the load through the first call and warm-up, minus its RSS before the load "
@@ -245,7 +246,7 @@ def _record(m: dict, device: str, runs: int, warmup: int, threads: int, ident: d
     return Record(
         model=Path(m["student"]["checkpoint"]).name, model_sha256=m["student"].get("sha256", ""),
         artifact="eager" if eager_run else m["name"], artifact_sha256="" if eager_run else m["sha256"],
-        device=device, runtime="pytorch" if eager_run else RUNTIME[m["backend"]],
+        device=device, runtime="pytorch" if eager_run else HOST_RUNTIME.get(m["backend"], RUNTIME[m["backend"]]),
         runtime_version=torch.__version__ if eager_run else m["tool_versions"].get(
             {"onnx": "onnxruntime", "litert": "ai-edge-litert", "coreai": "coreai-core"}.get(m["backend"], m["backend"]), ""),
         precision=m["precision"], compute_unit="cpu" if eager_run else UNIT[m["backend"]],

@@ -434,7 +434,7 @@ def export_cmd(recipes: Annotated[Optional[list[Path]], typer.Argument(
                width: Annotated[Optional[int], typer.Option(help="override output width")] = None,
                bundle: Annotated[bool, typer.Option(help="also write sample latents + reference frames: an app "
                                                          "bundle the device apps load")] = False) -> None:
-    """Build verified mobile artifacts (ExecuTorch, Core ML, LiteRT, ONNX) with manifests."""
+    """Build verified mobile artifacts (ExecuTorch, Core ML, Core AI, LiteRT, ONNX) with manifests."""
     from turbovaed.export.core import ExportRecipe, export
     from turbovaed.recipes import load_toml
 

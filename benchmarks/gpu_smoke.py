@@ -114,14 +114,17 @@ def run(name: str, work: Path, videos: Path, *, teacher_line: str, student_line:
         killed.wait()
         row["killed_at_step"] = json.loads(state.read_text())["step"] if state.is_file() else None
         cmd = command("--resume")  # a fresh port: the killed run's may linger
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "4"})
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "4"},
-                              timeout=max(timeout_s - (time.perf_counter() - t0), 1))
+        _, stderr = proc.communicate(timeout=max(timeout_s - (time.perf_counter() - t0), 1))
     except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # torchrun's ranks too, not only the launcher
+        proc.communicate()
         return {**row, "status": "timeout", "wall_s": round(time.perf_counter() - t0, 1)}
     row["wall_s"] = round(time.perf_counter() - t0, 1)
     if proc.returncode != 0:
-        return {**row, "status": "failed", "error": proc.stderr[-2000:]}
+        return {**row, "status": "failed", "error": stderr[-2000:]}
     log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
     train = [r for r in log if "loss" in r]
     steady = train[3:] or train

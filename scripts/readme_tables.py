@@ -67,7 +67,7 @@ def teacher_runs() -> str:
         "|---|---|---|---|---|",
         f"| per-frame bicubic 8× (the bar: +1 dB required, +3 dB and ≥ 27 the aim) | {two['bicubic_8x_psnr']:.2f} | "
         f"{two['frames_bicubic_8x_psnr']:.2f} | — | `reference_teacher_two_phase.json` |",
-        f"| **frames first, then clips** ({two['arch']}, {phases}; {two['training_minutes']:.0f} CPU-minutes) | "
+        f"| **frames first, then clips** ({two['arch']}, {phases}; {two['training_minutes']:.0f} training minutes on this 2-core CPU) | "
         f"**{two['psnr']:.2f}** | {two['frames_psnr']:.2f} | {two['steps']} | same |",
         f"| … end of its frame phase | {frame_end['clips_psnr']:.2f} | {frame_end['frames_psnr']:.2f} | "
         f"{frame_end['step']} | same |",

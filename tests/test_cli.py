@@ -201,8 +201,7 @@ def test_layout_and_normalisation_mistakes_are_named(tmp_path):
     save_file({"latents": torch.randn(1, 4, 4, 8, 8)}, str(tmp_path / "both.safetensors"))  # 4 channels, 4 frames
     out = str(tmp_path / "o.mp4")
     for args, message in [
-        (["--latents", "btchw", "--layout", "bcthw"],
-         "looks like (N, T, C, H, W) as TAEHV and ComfyUI use: pass --layout btchw"),
+        (["--latents", "btchw"], "looks like (N, T, C, H, W) as TAEHV and ComfyUI use: pass --layout btchw"),
         (["--latents", "both"], "fit both (B, C, T, H, W) as diffusers pipelines return and (N, T, C, H, W) as "
                                 "TAEHV and ComfyUI use (4 channels, 4 frames): pass --layout bcthw or --layout btchw"),
         (["--latents", "raw", "--normalized"], "states in its metadata that its latents are raw"),
@@ -213,6 +212,6 @@ def test_layout_and_normalisation_mistakes_are_named(tmp_path):
         result = run("decode", "--student", str(student_dir), "--out", out, *args)
         assert result.returncode == 2 and message in " ".join(result.stderr.split()), result.stderr
         assert "Traceback" not in result.stderr and not (tmp_path / "o.mp4").exists()
-    # no --layout and only one reading fits: that one is used
-    result = run("decode", "--student", str(student_dir), "--out", out, "--latents", str(tmp_path / "btchw.safetensors"))
+    result = run("decode", "--student", str(student_dir), "--out", out, "--latents", str(tmp_path / "btchw.safetensors"),
+                 "--layout", "btchw")
     assert result.returncode == 0, result.stderr

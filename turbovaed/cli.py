@@ -151,8 +151,8 @@ def decode(out_path: Annotated[Path, typer.Option("--out", help="output .mp4 (a 
            overlap: Annotated[int, typer.Option(help="latent pixels shared by neighbouring tiles")] = 2,
            layout: Annotated[Optional[str], typer.Option(
                help="axis order of --latents: 'bcthw' = (B, C, T, H, W) as diffusers pipelines return; 'btchw' = "
-                    "(N, T, C, H, W) as TAEHV and ComfyUI use. Default: the file's metadata, else the one whose "
-                    "channel axis fits (a file that fits both must say)")] = None,
+                    "(N, T, C, H, W) as TAEHV and ComfyUI use. Default: the file's metadata, else bcthw; a file "
+                    "that fits both must say")] = None,
            normalized: Annotated[Optional[bool], typer.Option(
                "--normalized/--raw", help="--normalized: --latents are a diffusion pipeline's output "
                "(output_type='latent'), normalised by the VAE's latents_mean/std; --raw: the raw latents a VAE decoder "

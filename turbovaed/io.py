@@ -133,8 +133,8 @@ class LatentFile:
     (C, T, h, w)) or "btchw" (TAEHV / ComfyUI: (N, T, C, h, w) or (T, C, h, w)); reads always come back as
     float32 (B, C, n, h, w) whatever the stored dtype (generators save bf16). A file may state its layout
     and whether it is normalised in its safetensors metadata ("layout", "latents": "raw" | "normalized").
-    With no layout given or stated, `check_channels` picks the one whose channel axis fits, and refuses a
-    file that fits both (a (1, 16, 16, h, w) Wan file): decoding it the wrong way round is silent garbage."""
+    With no layout given or stated the default is "bcthw", and `check_channels` refuses a file that fits both
+    (a (1, 16, 16, h, w) Wan file): decoding it the wrong way round would be silent garbage."""
 
     def __init__(self, path: str | Path, name: str = "latents", layout: str | None = None) -> None:
         from safetensors import SafetensorError, safe_open
@@ -176,18 +176,12 @@ class LatentFile:
 
     def check_channels(self, expected: int, what: str) -> None:
         """One clear error when the channel axis does not hold `expected` channels, naming the layout that
-        would fit. With no layout given or stated, the one that fits is used; a file that fits both (a
-        (1, 16, 16, h, w) Wan file) is refused: say which with --layout or the file's metadata."""
-        other = "btchw" if self.layout == "bcthw" else "bcthw"
-        if not self.layout_known:
-            fits = [self.shape[1] == expected, self.shape[2] == expected]
-            if all(fits):
-                raise InputError(f"{self.path}: latents {self.stored_shape} fit both {LAYOUTS['bcthw']} and "
-                                 f"{LAYOUTS['btchw']} ({expected} channels, {expected} frames): pass --layout bcthw "
-                                 "or --layout btchw (or state 'layout' in the file's metadata)")
-            if fits[1]:
-                self._use(other)
-            self.layout_known = any(fits)
+        would fit. With no layout given or stated, a file that fits both (a (1, 16, 16, h, w) Wan file) is
+        refused: say which with --layout or the file's metadata."""
+        if not self.layout_known and self.shape[1] == self.shape[2] == expected:
+            raise InputError(f"{self.path}: latents {self.stored_shape} fit both {LAYOUTS['bcthw']} and "
+                             f"{LAYOUTS['btchw']} ({expected} channels, {expected} frames): pass --layout bcthw "
+                             "or --layout btchw (or state 'layout' in the file's metadata)")
         if self.shape[1] == expected:
             return
         other = "btchw" if self.layout == "bcthw" else "bcthw"

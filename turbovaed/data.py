@@ -103,6 +103,10 @@ def video_info(path: str | Path) -> VideoInfo:
         raise VideoError(f"cannot read video {path}: {err}") from err
 
 
+class ShortVideoError(VideoError):
+    """The file decodes, but has fewer frames than asked for (its header may over-count them)."""
+
+
 def read_frames(path: str | Path, start: int = 0, count: int | None = None, allow_short: bool = False,
                 seek: bool = True, size: tuple[int, int] | None = None) -> np.ndarray:
     """Decode frames [start, start+count) as uint8 (T, H, W, 3) RGB. With `seek` the container jumps to
@@ -143,8 +147,9 @@ def read_frames(path: str | Path, start: int = 0, count: int | None = None, allo
     except (av.error.FFmpegError, IndexError, OSError, EOFError, ValueError) as err:
         raise VideoError(f"cannot read video {path}: {err}") from err
     if not out or (count is not None and len(out) < count and not allow_short):
-        raise VideoError(f"{path} has fewer than {start + (count or 1)} frames")
+        raise ShortVideoError(f"{path} has fewer than {start + (count or 1)} frames")
     return np.stack(out)
+
 
 
 # ----------------------------------------------------------------------------- the video index
@@ -333,23 +338,15 @@ def read_window(path: str | Path, start: int, frames: int, size: tuple[int, int]
     """`frames` frames from `start`, shifted back if the container over-counted its frames (headers that
     estimate the count from the duration, VFR, truncated files): a window past the real end is read from
     the real end backwards instead of failing."""
-    got = read_frames(path, start, frames, allow_short=True, size=size) if start == 0 else \
-        _try_read(path, start, frames, size)
+    try:
+        got = read_frames(path, start, frames, allow_short=True, size=size)
+    except ShortVideoError:  # the window starts past the real end
+        got = np.zeros((0,), np.uint8)
     if len(got) < frames:
         real = start + len(got) if len(got) else count_frames(path)
         start = max(0, real - frames)
         got = read_frames(path, start, frames, size=size)
     return start, got
-
-
-def _try_read(path: str | Path, start: int, frames: int, size: tuple[int, int] | None) -> np.ndarray:
-    """What exists of a window (empty when it starts past the real end)."""
-    try:
-        return read_frames(path, start, frames, allow_short=True, size=size)
-    except VideoError as err:
-        if "fewer than" not in str(err):
-            raise
-        return np.zeros((0,), np.uint8)
 
 
 def count_frames(path: str | Path) -> int:

@@ -5,9 +5,10 @@ For each decoder: parameters, GMACs per output frame (256x256 and 512x512), host
 form at 17x256x256 through ONNX Runtime and ExecuTorch XNNPACK (fp32, random weights, runs interleaved
 across decoders and runtimes, median), and held-out PSNR / SSIM / LPIPS against ground truth and against
 the teacher (9x128x128 windows of turbovaed.reference.HELD_OUT, 3 per clip), beside per-frame bicubic 8x.
-Writes benchmarks/results/pareto.json and pareto.png.
+Every decoder is distilled once per wall-clock budget (--minutes 4 20), so the table shows which rung
+pays off with time. Writes benchmarks/results/pareto.json and pareto.png.
 
-    python benchmarks/pareto.py --lpips runs/lpips/lpips_vgg.safetensors [--minutes 6] [--runs 3]
+    python benchmarks/pareto.py --lpips runs/lpips/lpips_vgg.safetensors [--minutes 4 20] [--runs 3]
         [--only nano taehv] [--skip-train]
 """
 
@@ -61,9 +62,9 @@ def recipe(name: str, out: Path, minutes: float, threads: int) -> DistillRecipe:
                   "warmup": 10, "ema_decay": 0.98, "checkpoint_every": 1_000_000, "threads": threads}})
 
 
-def train(names: list[str], out: Path, minutes: float, threads: int) -> dict[str, dict]:
+def train(names: list[str], out: Path, minutes: float, threads: int, cache: Path | None) -> dict[str, dict]:
     """Distil each candidate; the teacher-latent cache is filled once and copied to the others."""
-    runs, cache = {}, None
+    runs = {}
     for name in names:
         r = recipe(name, out, minutes, threads)
         work = Path(r.output).with_name(Path(r.output).name + ".work")
@@ -76,6 +77,10 @@ def train(names: list[str], out: Path, minutes: float, threads: int) -> dict[str
         metrics = json.loads((folder / "metrics.json").read_text())
         runs[name] = {"folder": str(folder), "steps": metrics["steps"], "minutes": minutes}
     return runs
+
+
+def budget_dir(out: Path, minutes: float) -> Path:
+    return out / f"{minutes:g}min"
 
 
 def load_trained(name: str, folder: Path) -> nn.Module:
@@ -99,8 +104,8 @@ def rate(model: nn.Module, prepared: list[EvalClip], lpips: nn.Module | None) ->
     return sums
 
 
-def quality(names: list[str], runs: dict, lpips_path: Path | None) -> tuple[dict, float]:
-    """Scores on the held-out windows; the teacher encodes, decodes and is scored once."""
+def quality(names: list[str], runs: dict[str, dict], lpips_path: Path | None) -> tuple[dict, float]:
+    """Scores on the held-out windows for every budget; the teacher encodes, decodes and is scored once."""
     lpips = None
     if lpips_path:
         from turbovaed.lpips import LPIPS
@@ -109,9 +114,10 @@ def quality(names: list[str], runs: dict, lpips_path: Path | None) -> tuple[dict
     videos = [v for v in data.list_videos(data.shared_videos_dir()) if v.name in reference.HELD_OUT]
     clips = data.fixed_clips(videos, reference.EVAL_FRAMES, reference.EVAL_SIZE)
     prepared = prepare(teachers.load("reference"), clips, lpips)
-    out = {"teacher": score(None, prepared, lpips)["mean"]}
-    for name in names:
-        out[name] = rate(load_trained(name, Path(runs[name]["folder"])), prepared, lpips)
+    out: dict = {"teacher": score(None, prepared, lpips)["mean"]}
+    for budget, trained in runs.items():
+        for name in names:
+            out.setdefault(name, {})[budget] = rate(load_trained(name, Path(trained[name]["folder"])), prepared, lpips)
     return out, bicubic_baseline([c for c, _ in clips])
 
 
@@ -174,15 +180,15 @@ def plot(results: dict, path: Path) -> Path:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, runtime in zip(axes, ("onnxruntime", "executorch-xnnpack")):
         for name, row in results["decoders"].items():
-            if "quality" not in row:
-                continue
-            x, y = row["latency"][runtime]["median_ms"], row["quality"]["vs_ground_truth"]["psnr"]
-            ax.scatter(x, y, marker="o" if row["kind"] == "turbovaed" else "s")
-            ax.annotate(f"{name} ({row['params'] / 1e6:.1f}M)", (x, y), textcoords="offset points", xytext=(4, 4))
+            x = row["latency"][runtime]["median_ms"]
+            ys = [b["quality"]["vs_ground_truth"]["psnr"] for b in row["budgets"].values()]
+            ax.plot([x] * len(ys), ys, marker="o" if row["kind"] == "turbovaed" else "s")  # one point per budget
+            ax.annotate(f"{name} ({row['params'] / 1e6:.1f}M)", (x, ys[-1]), textcoords="offset points",
+                        xytext=(4, 4))
         ax.axhline(results["bicubic_8x_psnr"], color="grey", ls="--", label="bicubic 8x")
         ax.axhline(results["teacher"]["teacher_psnr"], color="k", ls=":", label="teacher")
-        ax.set(xscale="log", xlabel=f"{runtime} ms per 17x256x256 decode (2 threads, this CPU)",
-               ylabel="held-out PSNR dB", title=f"quality vs latency ({runtime})")
+        ax.set(xscale="log", xlabel=f"{runtime} ms per 17x256x256 decode ({results['threads']} threads, this CPU)",
+               ylabel="held-out PSNR dB", title=f"quality vs latency ({runtime}); budgets {results['budgets']} min")
         ax.legend(loc="lower left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -192,7 +198,8 @@ def plot(results: dict, path: Path) -> Path:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--minutes", type=float, default=6.0, help="distillation wall-clock budget per decoder")
+    p.add_argument("--minutes", type=float, nargs="+", default=[4.0, 20.0],
+                   help="distillation wall-clock budgets per decoder; each decoder is distilled once per budget")
     p.add_argument("--runs", type=int, default=3, help="timed rounds (after one warm-up round)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--only", nargs="*", default=list(CANDIDATES), choices=list(CANDIDATES))
@@ -201,12 +208,14 @@ def main() -> None:
     p.add_argument("--skip-train", action="store_true", help="reuse the students already in --out")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    names = args.only
-    if args.skip_train:
-        runs = json.loads((args.out / "runs.json").read_text())
-    else:
-        runs = train(names, args.out, args.minutes, args.threads)
-        (args.out / "runs.json").write_text(json.dumps(runs, indent=1))
+    names, runs, cache = args.only, {}, None
+    for minutes in args.minutes:
+        folder = budget_dir(args.out, minutes)
+        if not args.skip_train:
+            trained = train(names, folder, minutes, args.threads, cache)
+            cache = Path(trained[names[0]]["folder"]).with_name(names[0] + ".work") / "cache"
+            (folder / "runs.json").write_text(json.dumps(trained, indent=1))
+        runs[f"{minutes:g}"] = json.loads((folder / "runs.json").read_text())
     scores, bicubic = quality(names, runs, args.lpips)
     timings = latency(names, args.runs, args.threads)
     decoders = {}
@@ -218,7 +227,8 @@ def main() -> None:
             "kind": kind, "params": model.num_parameters(),
             "gmacs_per_frame_256": module_macs(model, LATENTS) / 1e9 / 17,
             "gmacs_per_frame_512": module_macs(model, (1, 16, 5, 64, 64)) / 1e9 / 17,
-            "latency": timings[name], "quality": scores[name], "distillation": runs[name]}
+            "latency": timings[name],
+            "budgets": {b: {"quality": scores[name][b], "distillation": runs[b][name]} for b in runs}}
     results = {
         "what": "quality vs latency on the shipped reference teacher (16-channel, 8x spatial, 4x temporal latents)",
         "teacher": scores["teacher"], "bicubic_8x_psnr": bicubic,
@@ -226,20 +236,22 @@ def main() -> None:
                 f"{', '.join(reference.HELD_OUT)}; LPIPS {'VGG16 v0.1' if args.lpips else 'not measured'}",
         "latency_setup": f"2D-only form, fp32, latents {LATENTS} -> 17x256x256, {args.threads} threads, median of "
                          f"{args.runs} interleaved rounds after one warm-up, random weights",
+        "threads": args.threads, "budgets": list(runs),
         "distillation_setup": {"minutes_each": args.minutes,
-                               "recipe": to_toml(recipe("NAME", args.out, args.minutes, args.threads))},
+                               "recipe": to_toml(recipe("NAME", args.out, args.minutes[-1], args.threads))},
         "decoders": decoders}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "pareto.json").write_text(json.dumps(results, indent=1, default=str))
     print(f"plot: {plot(results, RESULTS / 'pareto.png')}")
-    print(f"{'decoder':12s} {'params':>8s} {'GMAC/f':>7s} {'ORT ms':>8s} {'ET ms':>8s} {'PSNR':>6s} {'SSIM':>6s} "
-          f"{'LPIPS':>6s} {'vsT':>6s} steps")
+    print(f"{'decoder':12s} {'budget':>6s} {'params':>8s} {'GMAC/f':>7s} {'ORT ms':>8s} {'ET ms':>8s} {'PSNR':>6s} "
+          f"{'SSIM':>6s} {'LPIPS':>6s} {'vsT':>6s} steps")
     for name, d in decoders.items():
-        g, t = d["quality"]["vs_ground_truth"], d["quality"]["vs_teacher"]
-        print(f"{name:12s} {d['params'] / 1e6:7.2f}M {d['gmacs_per_frame_256']:7.2f} "
-              f"{d['latency']['onnxruntime']['median_ms']:8.0f} {d['latency']['executorch-xnnpack']['median_ms']:8.0f} "
-              f"{g['psnr']:6.2f} {g['ssim']:6.4f} {g.get('lpips', float('nan')):6.4f} {t['psnr']:6.2f} "
-              f"{d['distillation']['steps']}")
+        for budget, b in d["budgets"].items():
+            g, t = b["quality"]["vs_ground_truth"], b["quality"]["vs_teacher"]
+            print(f"{name:12s} {budget:>5s}m {d['params'] / 1e6:7.2f}M {d['gmacs_per_frame_256']:7.2f} "
+                  f"{d['latency']['onnxruntime']['median_ms']:8.0f} "
+                  f"{d['latency']['executorch-xnnpack']['median_ms']:8.0f} {g['psnr']:6.2f} {g['ssim']:6.4f} "
+                  f"{g.get('lpips', float('nan')):6.4f} {t['psnr']:6.2f} {b['distillation']['steps']}")
     print(f"teacher {scores['teacher']['teacher_psnr']:.2f} dB; bicubic 8x {bicubic:.2f} dB")
 
 

@@ -111,3 +111,51 @@ def test_apple_devices_get_core_ai_estimates_labelled_as_estimates(tmp_path, stu
     records = estimate_records([manifest], {k: v for k, v in catalog.items() if k.startswith("iphone")})
     assert {(r.device, r.compute_unit) for r in records} >= {("iphone-16-pro", "ane"), ("iphone-16-pro", "cpu")}
     assert all(r.runtime == "coreai" and r.source == "estimate" for r in records)
+
+
+def test_profile_device_times_core_ai_on_a_mac_through_a_stand_in(tmp_path, student_dir, monkeypatch):
+    """The macOS 27 path through a stand-in (this machine is Linux: the OS runtime and its compute units exist
+    only on macOS 27). The stand-in records the specialisation asked for and loads on this machine's
+    reference runtime, so the real artifact is called: two loads (first, warm), first call + warm-up + timed
+    calls, a schema-valid record with the unit."""
+    import json
+    import platform
+
+    import coreai.runtime as rt
+    from coreai.authoring.asset import AIModelAsset
+
+    from turbovaed.profile import device, schema
+    from turbovaed.profile.devices import load_catalog
+
+    manifest = export(recipe_for("coreai", "fp16"), student_dir, tmp_path / "exports")
+    folder = tmp_path / "exports" / manifest["name"]
+    asked, real = [], AIModelAsset.executable
+
+    kind = type("ComputeUnitKind", (), {k: staticmethod(lambda k=k: k) for k in ("neural_engine", "gpu", "cpu")})
+
+    def executable(self, specialization_options=None):
+        asked.append(specialization_options)
+        return real(self, None)  # the reference runtime has no compute units
+
+    monkeypatch.setattr(platform, "system", lambda: "Darwin")
+    monkeypatch.setattr(rt, "ComputeUnitKind", kind, raising=False)
+    monkeypatch.setattr(rt.SpecializationOptions, "is_supported", staticmethod(lambda: True))
+    monkeypatch.setattr(rt.SpecializationOptions, "from_preferred_compute_unit_kind", staticmethod(lambda k: f"prefer {k}"))
+    monkeypatch.setattr(AIModelAsset, "executable", executable)
+    monkeypatch.setattr(device, "mac_identity", lambda: {"hw_model": "Mac14,2", "soc": "Apple M2", "os_version": "macOS 27.0"})
+    record = device.profile_device(folder, "mac-m2", unit="ane", runs=3, warmup=2)
+    assert asked == ["prefer neural_engine"] * 2
+    assert (record.runtime, record.compute_unit, record.runs, record.warmup) == ("coreai", "ane", 3, 2)
+    assert record.first_load_ms > 0 and record.warm_load_ms > 0 and record.first_inference_ms > 0
+    assert "macOS 27.0" in record.runtime_version
+    schema.validate(json.loads(json.dumps(record.to_dict())), set(load_catalog()))
+    with pytest.raises(InputError, match="Core AI compute units are ane, gpu, cpu"):
+        device.profile_device(folder, "mac-m2", unit="npu")
+
+
+def test_profile_device_core_ai_off_macos_27_fails_clearly(tmp_path, student_dir):
+    from turbovaed.profile.device import profile_device
+
+    manifest = export(recipe_for("coreai", "fp16"), student_dir, tmp_path / "exports")
+    with pytest.raises(InputError, match="only on macOS 27 with the OS Core AI runtime; this machine runs Linux"):
+        profile_device(tmp_path / "exports" / manifest["name"], "mac-m2", unit="gpu")

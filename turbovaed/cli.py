@@ -500,7 +500,7 @@ def profile_cmd(target: Annotated[str, typer.Argument(help="artifacts folder (fr
                 device: Annotated[Optional[str], typer.Option(help="with 'device': the phone's id in profiles/devices")] = None,
                 serial: Annotated[Optional[str], typer.Option(help="with 'device': adb serial (several attached)")] = None,
                 unit: Annotated[str, typer.Option(help="with 'device': cpu (XNNPACK) or gpu (LiteRT GPU delegate); "
-                                                       "Core ML artifacts on a Mac: ane, gpu or cpu")] = "cpu",
+                                                       "Core ML / Core AI artifacts on a Mac: ane, gpu or cpu")] = "cpu",
                 runner_dir: Annotated[str, typer.Option(help="with 'device': folder on the phone holding benchmark_model / "
                                                              "executor_runner")] = "/data/local/tmp",
                 nets: Annotated[Optional[str], typer.Option(help="with 'calibrate': comma-separated calibration nets "

@@ -129,37 +129,82 @@ def _version() -> str:
     return f"coreai-core {version('coreai-core')}"
 
 
-def runner(artifact: Path, model=None, recipe=None):
-    """Run the .aimodel on Core AI's runtime: inputs cast to the dtype its function declares (fp16 unless fp32)
-    and checked against its shapes, outputs back as fp32 tensors in its order. One executable is loaded and
-    kept for every call."""
-    from coreai.authoring.asset import AIModelAsset
-    from coreai.runtime import NDArray
+UNITS = ("ane", "gpu", "cpu")  # compute units the OS runtime specialises for (macOS 27 / iOS 27)
 
-    artifact = Path(artifact)
-    if artifact.suffix != ".aimodel" or not (artifact / "metadata.json").is_file():
-        raise CheckpointError(f"{artifact} is not a Core AI .aimodel folder (expected metadata.json inside)")
-    asset = AIModelAsset.load(str(artifact))
-    loop = asyncio.new_event_loop()
-    session = asset.executable()
-    with _quiet():
-        program = loop.run_until_complete(session.__aenter__())
-        fn = program.load_function(program.function_names[0])
-    names, outputs = list(fn.desc.input_names), list(fn.desc.output_names)
-    wants = {n: fn.desc.input_descriptor(n) for n in names}  # shape and dtype as the artifact takes them
 
-    def run(*xs: torch.Tensor) -> list[torch.Tensor]:
-        if len(xs) != len(names):
-            raise InputError(f"{artifact.name} takes {len(names)} inputs ({', '.join(names)}), got {len(xs)}")
-        for n, x in zip(names, xs):
-            if list(x.shape) != list(wants[n].shape):
-                raise InputError(f"{artifact.name} input {n!r} takes shape {list(wants[n].shape)}, got {list(x.shape)}")
-        feed = {n: NDArray(np.ascontiguousarray(x.detach().numpy().astype(wants[n].dtype))) for n, x in zip(names, xs)}
-        got = loop.run_until_complete(fn(feed))
-        return [torch.from_numpy(np.array(got[n].numpy(), dtype=np.float32)) for n in outputs]
+def specialization(unit: str):
+    """Core AI's specialisation options preferring `unit`: the OS runtime of macOS 27 only (the Linux wheel's
+    reference runtime has no delegates). Anywhere else one clear error."""
+    import platform
 
-    def close() -> None:
+    from coreai.runtime import SpecializationOptions
+
+    if unit not in UNITS:
+        raise InputError(f"Core AI compute units are {', '.join(UNITS)}, not {unit}")
+    if platform.system() != "Darwin" or not SpecializationOptions.is_supported():
+        raise InputError(f"Core AI specialises for {unit} only on macOS 27 with the OS Core AI runtime; this machine "
+                         f"runs {platform.system()} {platform.release()} (its in-package runtime is a CPU reference "
+                         "runtime: `turbovaed profile host` measures that). Run this on a Mac with macOS 27, or on "
+                         "iPhone with device_apps/ios")
+    from coreai.runtime import ComputeUnitKind  # exported by the macOS build only
+
+    kind = {"ane": ComputeUnitKind.neural_engine, "gpu": ComputeUnitKind.gpu, "cpu": ComputeUnitKind.cpu}[unit]()
+    return SpecializationOptions.from_preferred_compute_unit_kind(kind)
+
+
+class Loaded:
+    """One loaded .aimodel function: `run(*tensors)` checks shapes against the artifact's own descriptors,
+    casts inputs to the dtypes it declares (fp16 unless fp32) and returns fp32 tensors in output order.
+    `load_ms` is the load (with specialisation for `unit` on macOS 27). Closed when collected."""
+
+    def __init__(self, artifact: Path, unit: str | None = None):
+        import time
+
+        from coreai.authoring.asset import AIModelAsset
+
+        self.artifact = Path(artifact)
+        if self.artifact.suffix != ".aimodel" or not (self.artifact / "metadata.json").is_file():
+            raise CheckpointError(f"{self.artifact} is not a Core AI .aimodel folder (expected metadata.json inside)")
+        options = None if unit is None else specialization(unit)
+        asset = AIModelAsset.load(str(self.artifact))
+        self._loop = asyncio.new_event_loop()
+        t0 = time.perf_counter()
+        self._session = asset.executable(specialization_options=options)
+        with _quiet():
+            program = self._loop.run_until_complete(self._session.__aenter__())
+            self._fn = program.load_function(program.function_names[0])
+        self.load_ms = (time.perf_counter() - t0) * 1000
+        self.inputs, self.outputs = list(self._fn.desc.input_names), list(self._fn.desc.output_names)
+        self._wants = {n: self._fn.desc.input_descriptor(n) for n in self.inputs}
+        weakref.finalize(self, Loaded._close, self._loop, self._session)
+
+    def feed(self, *xs: torch.Tensor) -> dict:
+        from coreai.runtime import NDArray
+
+        if len(xs) != len(self.inputs):
+            raise InputError(f"{self.artifact.name} takes {len(self.inputs)} inputs ({', '.join(self.inputs)}), "
+                             f"got {len(xs)}")
+        for n, x in zip(self.inputs, xs):
+            if list(x.shape) != list(self._wants[n].shape):
+                raise InputError(f"{self.artifact.name} input {n!r} takes shape {list(self._wants[n].shape)}, "
+                                 f"got {list(x.shape)}")
+        return {n: NDArray(np.ascontiguousarray(x.detach().numpy().astype(self._wants[n].dtype)))
+                for n, x in zip(self.inputs, xs)}
+
+    def call(self, feed: dict) -> dict:
+        """One prediction on prepared inputs (what a timer measures)."""
+        return self._loop.run_until_complete(self._fn(feed))
+
+    def run(self, *xs: torch.Tensor) -> list[torch.Tensor]:
+        got = self.call(self.feed(*xs))
+        return [torch.from_numpy(np.array(got[n].numpy(), dtype=np.float32)) for n in self.outputs]
+
+    @staticmethod
+    def _close(loop, session) -> None:
         loop.run_until_complete(session.__aexit__(None, None, None))
         loop.close()
-    weakref.finalize(run, close)
-    return run
+
+
+def runner(artifact: Path, model=None, recipe=None):
+    """Run the .aimodel on the Core AI runtime of this machine (one executable loaded and kept for every call)."""
+    return Loaded(artifact).run

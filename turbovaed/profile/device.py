@@ -16,7 +16,10 @@ one clear error, and nothing is recorded.
 Core ML (.mlpackage) artifacts are measured on the Mac that runs the command (`profile_coreml_mac`):
 coremltools loads the package for the chosen compute units (first load includes the on-device compilation,
 then a warm load), times `predict` alone, and records op placement from MLComputePlan. Core ML predicts
-only on macOS: anywhere else this is one clear error.
+only on macOS: anywhere else this is one clear error. Core AI (.aimodel) artifacts likewise
+(`profile_coreai_mac`): the OS Core AI runtime of macOS 27 loads the asset specialised for the chosen compute
+unit (first load, then a warm load) and only the function call is timed; the Linux wheel's reference runtime
+has no compute units, so off macOS 27 it is one clear error.
 
 `calibrate_device` (`turbovaed profile calibrate`) times the calibration nets the same ways — LiteRT on a phone,
 or Core ML on a Mac — and writes them as calibration points for that device and unit."""
@@ -203,18 +206,9 @@ def time_coreml(path: Path, unit: str, feed: dict, runs: int, warmup: int) -> di
     t0 = time.perf_counter()
     ct.models.MLModel(str(path), compute_units=units)
     warm_load = (time.perf_counter() - t0) * 1000
-    t0 = time.perf_counter()
-    model.predict(feed)
-    first_call = (time.perf_counter() - t0) * 1000
-    for _ in range(max(0, warmup - 1)):
-        model.predict(feed)
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        model.predict(feed)
-        times.append((time.perf_counter() - t0) * 1000)
+    timed = time_calls(lambda: model.predict(feed), runs, warmup)
     return {"model": model, "units": units, "first_load_ms": first_load, "warm_load_ms": warm_load,
-            "first_inference_ms": first_call, "times": times}
+            "first_inference_ms": timed["first_ms"], "times": timed["times"]}
 
 
 def profile_coreml_mac(artifact_dir: Path, device_id: str, unit: str = "ane", runs: int = 20, warmup: int = 5) -> Record:
@@ -255,6 +249,66 @@ def profile_coreml_mac(artifact_dir: Path, device_id: str, unit: str = "ane", ru
         memory_method="ru_maxrss of the profiling process (bytes on macOS; includes Python and coremltools)",
         **mac_identity(), ops=ops,
         notes=f"coremltools predict on this Mac, compute units {COREML_UNITS[unit]}; only predict is timed; {placement}")
+
+
+def profile_coreai_mac(artifact_dir: Path, device_id: str, unit: str = "ane", runs: int = 20,
+                       warmup: int = 5) -> Record:
+    """Measure one Core AI artifact on this Mac (macOS 27, OS runtime): load specialised for `unit` (first,
+    then warm), first call, warm-up, timed calls; returns its record (not yet saved)."""
+    import resource
+    from importlib.metadata import version
+
+    import torch
+
+    from turbovaed.export.core import backend_module
+
+    manifest = one_manifest(artifact_dir)
+    if manifest["backend"] != "coreai":
+        raise InputError(f"{manifest['name']} is a {manifest['backend']} artifact, not Core AI")
+    if runs < 2 or warmup < 0:
+        raise InputError("--runs must be >= 2 and --warmup >= 0")
+    coreai = backend_module("coreai")
+    path = manifest["_dir"] / manifest["artifact"]
+    first_load_ms = coreai.Loaded(path, unit).load_ms  # specialises for the unit on this Mac
+    loaded = coreai.Loaded(path, unit)
+    gen = torch.Generator().manual_seed(0)
+    # latents are random; a streaming graph's `first` flag and states start as on a first chunk
+    xs = [torch.randn(i["shape"], generator=gen) if i["name"] == "latents" else
+          torch.ones(i["shape"]) if i["name"] == "first" else torch.zeros(i["shape"]) for i in manifest["inputs"]]
+    feed = loaded.feed(*xs)
+    timed = time_calls(lambda: loaded.call(feed), runs, warmup)
+    latency = Latency.from_times_ms(timed["times"])
+    frames = manifest["outputs"][0]["shape"][2]
+    return Record(
+        model=Path(manifest["student"]["checkpoint"]).name, model_sha256=manifest["student"].get("sha256", ""),
+        artifact=manifest["name"], artifact_sha256=manifest["sha256"], device=device_id, runtime="coreai",
+        runtime_version=f"Core AI OS runtime ({mac_identity()['os_version']}; coreai-core {version('coreai-core')})",
+        precision=manifest["precision"], precision_meaning=precision_meaning("coreai", manifest["precision"]),
+        compute_unit=unit, input_shape=manifest["inputs"][0]["shape"], frames=frames, latency=latency,
+        fps=frames / latency.median_ms * 1000, source="measured-device-app", runs=runs, warmup=warmup, threads=None,
+        first_load_ms=first_load_ms, warm_load_ms=loaded.load_ms, first_inference_ms=timed["first_ms"],
+        peak_memory_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        memory_method="ru_maxrss of the profiling process (bytes on macOS; includes Python and coreai)",
+        **mac_identity(), ops=Ops.from_manifest(manifest.get("ops", {})),
+        notes=f"Core AI OS runtime on this Mac, specialised with {unit} as the preferred compute unit; only the "
+              "function call is timed; op placement is not reported by Core AI's Python API (ops: the exported graph)")
+
+
+def time_calls(call, runs: int, warmup: int) -> dict:
+    """The first call, warm-up (the first call counts as one), then `runs` timed calls (ms)."""
+    import time
+
+    t0 = time.perf_counter()
+    call()
+    first = (time.perf_counter() - t0) * 1000
+    for _ in range(max(0, warmup - 1)):
+        call()
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        call()
+        times.append((time.perf_counter() - t0) * 1000)
+    return {"first_ms": first, "times": times}
 
 
 def require_runner(phone: Phone, backend: str, runner_dir: str) -> str:
@@ -343,6 +397,8 @@ def profile_device(artifact_dir: Path, device_id: str, serial: str | None = None
     backend = manifest["backend"]
     if backend == "coreml":
         return profile_coreml_mac(artifact_dir, device_id, unit, runs, warmup)
+    if backend == "coreai":
+        return profile_coreai_mac(artifact_dir, device_id, unit, runs, warmup)
     if backend not in RUNNERS or manifest["recipe"].get("delegate", "xnnpack") != "xnnpack":
         raise InputError(f"{manifest['name']} is a {backend} artifact; phones are measured here with LiteRT "
                          "(.tflite) and ExecuTorch XNNPACK (.pte) artifacts")

@@ -5,6 +5,8 @@ PSNR against the fp32 student on held-out real latents, bytes relative to the ba
 artifact, and the targets (int8 >= 40 dB, int4 >= 34 dB and <= 0.2x bytes). Then times eager PyTorch
 against the fp32 ExecuTorch, ONNX Runtime and LiteRT artifacts on the same input, interleaved, and
 prints each runtime's time as a ratio of eager (target for ExecuTorch XNNPACK: <= 0.5x).
+Where one compression exists on both Apple paths (int8 weights, 4-bit palettization), Core AI's output
+predicted on its runtime is compared with Core ML's weight-level reconstruction on the same held-out latents.
 
     python benchmarks/export_quality.py [--checkpoint runs/quickstart/student] [--out exports]
 
@@ -26,7 +28,8 @@ from turbovaed.recipes import build, load_toml
 from turbovaed.student import StudentDecoder
 
 REPO = Path(__file__).resolve().parents[1]
-BASE = {"executorch": "fp32", "onnx": "fp32", "litert": "fp32", "coreml": "fp16"}
+BASE = {"executorch": "fp32", "onnx": "fp32", "litert": "fp32", "coreml": "fp16", "coreai": "fp32"}
+APPLE_PAIRS = ("int8", "palettize4")  # compressions both Core ML and Core AI offer
 
 
 def build_all(checkpoint: Path, out: Path, only: list[str] | None) -> list[dict]:
@@ -95,6 +98,40 @@ def speed(checkpoint: Path, manifests: list[dict], runs: int) -> dict:
             "threads": torch.get_num_threads(), "runtimes": out}
 
 
+def apple_paths(checkpoint: Path, manifests: list[dict]) -> list[dict]:
+    """Core AI predicted (its runtime) vs Core ML weight-level reconstruction, same compression, same held-out
+    latents: PSNR of each against the fp32 student and of one against the other."""
+    from turbovaed.metrics import psnr
+
+    student = StudentDecoder.from_pretrained(checkpoint).float().eval()
+    by = {(m["backend"], m["precision"]): m for m in manifests if "stream" not in m and m["recipe"]["delegate"] == "xnnpack"}
+    rows = []
+    for precision in APPLE_PAIRS:
+        pair = [by.get((b, precision)) for b in ("coreai", "coreml")]
+        if None in pair:
+            continue
+        recipes = [build(core.ExportRecipe, m["recipe"]) for m in pair]
+        _, verify, *_ = core.calibration_latents(recipes[0], student, checkpoint)
+        runs = []
+        for m, recipe in zip(pair, recipes):
+            backend = core.backend_module(m["backend"])
+            model, _, _ = core.graph(student, recipe, backend)
+            runs.append(backend.runner(Path(m["dir"]) / m["artifact"], model=model, recipe=recipe))
+        scores = {"coreai_vs_fp32": [], "coreml_weights_vs_fp32": [], "coreai_vs_coreml_weights": []}
+        with torch.no_grad():
+            for z in verify:
+                ref, (a, b) = student(z), [run(z)[0] for run in runs]
+                for key, x, y in (("coreai_vs_fp32", a, ref), ("coreml_weights_vs_fp32", b, ref),
+                                  ("coreai_vs_coreml_weights", a, b)):
+                    scores[key].append(psnr(x, y))
+        row = {"precision": precision, "clips": len(verify), **{k: min(v) for k, v in scores.items()},
+               "meaning": {"coreai": pair[0]["precision_meaning"], "coreml": pair[1]["precision_meaning"]}}
+        rows.append(row)
+        print(f"{precision:11s} Core AI (predicted) {row['coreai_vs_fp32']:.1f} dB, Core ML (weight level) "
+              f"{row['coreml_weights_vs_fp32']:.1f} dB vs fp32; Core AI vs Core ML {row['coreai_vs_coreml_weights']:.1f} dB")
+    return rows
+
+
 def median_ms(fn, runs: int) -> float:
     times = []
     for _ in range(runs):
@@ -121,7 +158,8 @@ def main() -> None:
         "student": {"checkpoint": str(args.checkpoint), "params": student.num_parameters(),
                     "sha256": manifests[0]["student"]["sha256"]},
         "verified_on": manifests[0]["numerics"].get("verified_on", ""),
-        "artifacts": quality(manifests), "host_latency": speed(args.checkpoint, manifests, args.runs)})
+        "artifacts": quality(manifests), "apple_paths": apple_paths(args.checkpoint, manifests),
+        "host_latency": speed(args.checkpoint, manifests, args.runs)})
 
 
 if __name__ == "__main__":

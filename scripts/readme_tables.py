@@ -203,10 +203,17 @@ def export_quality() -> str:
     for a in r["artifacts"]:
         if a["stream"]:
             continue
-        psnr = f"{a['psnr_db']:.1f}" + (" (weights)" if a["backend"] == "coreml" else "") if a["psnr_db"] is not None \
-            else a["status"]
+        how = {"coreml": " (weights)", "coreai": " (predicted)"}.get(a["backend"], "")
+        psnr = f"{a['psnr_db']:.1f}{how}" if a["psnr_db"] is not None else a["status"]
         base = "—" if a["x_backend_base"] is None else f"{a['x_backend_base']:.2f}"
         rows.append(f"| {a['artifact']} | {a['precision']}: {a['precision_meaning']} | {a['bytes']:,} | {base} | {psnr} |")
+    if r.get("apple_paths"):
+        rows += ["", "Same compression on both Apple paths, same held-out latents (worst clip): Core AI predicted on "
+                 "its Linux reference runtime, Core ML reconstructed at the weight level (Core ML predicts on macOS "
+                 "only).", "",
+                 "| compression | Core AI vs fp32 dB | Core ML (weights) vs fp32 dB | Core AI vs Core ML dB |", "|---|---|---|---|"]
+        rows += [f"| {a['precision']} | {a['coreai_vs_fp32']:.1f} | {a['coreml_weights_vs_fp32']:.1f} | "
+                 f"{a['coreai_vs_coreml_weights']:.1f} |" for a in r["apple_paths"]]
     lat = r["host_latency"]
     rt = lat["runtimes"]
     rows += ["", f"Host latency of the same student, latents {'×'.join(map(str, lat['input_shape'][1:]))} → "

@@ -159,3 +159,31 @@ def test_profile_device_core_ai_off_macos_27_fails_clearly(tmp_path, student_dir
     manifest = export(recipe_for("coreai", "fp16"), student_dir, tmp_path / "exports")
     with pytest.raises(InputError, match="only on macOS 27 with the OS Core AI runtime; this machine runs Linux"):
         profile_device(tmp_path / "exports" / manifest["name"], "mac-m2", unit="gpu")
+
+
+def test_core_ai_app_bundle_has_what_the_ios_core_ai_path_reads(tmp_path, student_dir):
+    """The iOS app's Core AI path (written, not compiled here: no Xcode) reads bundle.json's backend and
+    artifact, the manifest's input dtype and output shape, and calls the function named "main" with input
+    "latents" and output "frames": all checked against a real exported bundle."""
+    import json
+
+    from coreai.authoring.asset import AIModelAsset
+
+    manifest = export(recipe_for("coreai", "fp16"), student_dir, tmp_path, bundle=True)
+    folder = tmp_path / manifest["name"]
+    meta = json.loads((folder / "bundle.json").read_text())
+    assert (meta["backend"], meta["artifact"]) == ("coreai", "decoder.aimodel")
+    assert manifest["inputs"][0]["dtype"] == "float16" and len(manifest["outputs"][0]["shape"]) == 5
+    asset = AIModelAsset.load(str(folder / meta["artifact"]))
+    swift = (Path(__file__).parents[1] / "device_apps" / "ios" / "TurboVAEDDemo" / "CoreAIDecoder.swift").read_text()
+    import asyncio
+
+    async def names():
+        async with asset.executable() as model:
+            fn = model.load_function(model.function_names[0])
+            return model.function_names, list(fn.desc.input_names), list(fn.desc.output_names)
+
+    functions, inputs, outputs = asyncio.run(names())
+    assert functions == ["main"] and inputs == ["latents"] and outputs == ["frames"]
+    assert 'loadFunction(named: "main")' in swift and '"latents": input' in swift and 'for: "frames"' in swift
+    assert '"dtype"' in swift and "outputShape" in swift

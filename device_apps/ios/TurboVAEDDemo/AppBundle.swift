@@ -23,9 +23,9 @@ struct AppBundle {
     init(folder: URL = Bundle.main.url(forResource: "bundle", withExtension: nil)!) throws {
         self.folder = folder
         meta = try JSONDecoder().decode(Meta.self, from: Data(contentsOf: folder.appendingPathComponent("bundle.json")))
-        guard meta.format == "turbovaed-app-bundle", meta.backend == "coreml" else {
+        guard meta.format == "turbovaed-app-bundle", ["coreml", "coreai"].contains(meta.backend) else {
             throw NSError(domain: "turbovaed", code: 1, userInfo: [NSLocalizedDescriptionKey:
-                "expected a Core ML turbovaed app bundle, got \(meta.format) / \(meta.backend)"])
+                "expected a Core ML or Core AI turbovaed app bundle, got \(meta.format) / \(meta.backend)"])
         }
         let data = try Data(contentsOf: folder.appendingPathComponent(meta.manifest))
         manifest = try JSONSerialization.jsonObject(with: data) as? [String: Any] ?? [:]

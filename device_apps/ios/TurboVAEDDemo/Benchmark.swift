@@ -67,20 +67,20 @@ enum Benchmark {
     /// The first prediction (timed alone; it counts as the first warm-up call), the rest of the warm-up, then
     /// `runs` timed predictions: only `prediction` is inside the timer (input built once, output read after).
     /// Returns the record, the last frames and their PSNR vs the fp32 reference.
-    static func run(bundle: AppBundle, decoder: CoreMLDecoder, device: String, runs: Int, warmup: Int) async throws
+    static func run(bundle: AppBundle, decoder: FrameDecoder, device: String, runs: Int, warmup: Int) async throws
         -> (ProfileRecord, [Float], Double) {
-        let input = try decoder.input(bundle.latents, shape: bundle.meta.latents.shape)
+        try decoder.prepare(latents: bundle.latents, shape: bundle.meta.latents.shape)
         let f0 = Date()
-        var output = try decoder.predict(input)
+        try await decoder.predict()
         let firstMs = Date().timeIntervalSince(f0) * 1000
-        for _ in 0..<max(0, warmup - 1) { output = try decoder.predict(input) }
+        for _ in 0..<max(0, warmup - 1) { try await decoder.predict() }
         var times: [Double] = []
         for _ in 0..<runs {
             let t0 = Date()
-            output = try decoder.predict(input)
+            try await decoder.predict()
             times.append(Date().timeIntervalSince(t0) * 1000)
         }
-        let frames = try decoder.frames(output)
+        let frames = try decoder.frames()
         let placement = await decoder.opPlacement()
         let sorted = times.sorted(), median = quantile(sorted, 0.5), n = bundle.outputShape[2]
         let student = bundle.manifest["student"] as? [String: Any] ?? [:]
@@ -88,7 +88,7 @@ enum Benchmark {
         let record = ProfileRecord(
             model: ((student["checkpoint"] as? String) ?? "").components(separatedBy: "/").last ?? "",
             modelSha256: student["sha256"] as? String ?? "", artifact: bundle.manifest["name"] as? String ?? "",
-            artifactSha256: bundle.manifest["sha256"] as? String ?? "", device: device, runtime: "coreml",
+            artifactSha256: bundle.manifest["sha256"] as? String ?? "", device: device, runtime: decoder.runtime,
             runtimeVersion: UIDevice.current.systemVersion, precision: bundle.meta.precision,
             computeUnit: decoder.unitName, inputShape: bundle.meta.latents.shape, frames: n,
             latency: .init(medianMs: median, p10Ms: quantile(sorted, 0.1), p90Ms: quantile(sorted, 0.9)),
@@ -100,8 +100,8 @@ enum Benchmark {
             hwModel: hardwareModel(), osVersion: "iOS \(UIDevice.current.systemVersion)",
             ops: .init(delegated: placement.delegated, total: placement.total),
             notes: "input: \(bundle.inputLatents) latents; PSNR vs fp32 reference \(String(format: "%.1f", quality)) dB; "
-                + (decoder.compileMs.map { String(format: "compiled on device in %.0f ms", $0) } ?? "cached compilation")
-                + "; ops = MLComputePlan preferred-device placement on \(decoder.unitName)")
+                + decoder.loadNote + (placement.total == nil ? "; op placement not reported by the runtime"
+                    : "; ops = MLComputePlan preferred-device placement on \(decoder.unitName)"))
         return (record, frames, quality)
     }
 

@@ -1,4 +1,3 @@
-import CoreML
 import SwiftUI
 
 /// Decode the bundled latents, play the frames, benchmark on CPU / GPU / Neural Engine.
@@ -9,7 +8,6 @@ struct ContentView: View {
     @State private var unit = "ane"
     @State private var device = "iphone-16-pro"  // an id from profiles/devices/
     private let timer = Timer.publish(every: 0.125, on: .main, in: .common).autoconnect()
-    private let units: [String: MLComputeUnits] = ["cpu": .cpuOnly, "gpu": .cpuAndGPU, "ane": .cpuAndNeuralEngine]
 
     var body: some View {
         VStack(spacing: 12) {
@@ -33,12 +31,12 @@ struct ContentView: View {
     /// Loading, compiling and predicting run off the main actor (a detached task); only the UI update
     /// comes back to it. The single "decode" shows frames and writes no record.
     private func go(runs: Int, warmup: Int) async {
-        let computeUnits = units[unit]!, deviceId = device, writeRecord = runs > 1
+        let unitName = unit, deviceId = device, writeRecord = runs > 1
         status = "working..."
         let result = await Task.detached(priority: .userInitiated) { () -> Result<(ProfileRecord, [Float], Double, String?, [Int]), Error> in
             do {
                 let bundle = try AppBundle()
-                let decoder = try CoreMLDecoder(bundle: bundle, computeUnits: computeUnits)
+                let decoder = try await makeDecoder(bundle: bundle, unit: unitName)
                 let (rec, frames, quality) = try await Benchmark.run(bundle: bundle, decoder: decoder, device: deviceId,
                                                                     runs: runs, warmup: warmup)
                 let url = try writeRecord ? Benchmark.write(rec).lastPathComponent : nil

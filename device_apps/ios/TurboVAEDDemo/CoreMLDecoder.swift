@@ -3,7 +3,8 @@ import CoreML
 /// The bundled .mlpackage, compiled on device once and cached (the cache name carries the manifest's sha256,
 /// so a swapped bundle is recompiled), loaded for the chosen compute units. Times: compile (nil when the
 /// cached compilation was used), first load in this process, a second (warm) load.
-final class CoreMLDecoder {
+final class CoreMLDecoder: FrameDecoder {
+    let runtime = "coreml"
     let model: MLModel
     let compiledURL: URL
     let configuration: MLModelConfiguration
@@ -11,6 +12,15 @@ final class CoreMLDecoder {
     let firstLoadMs: Double
     let warmLoadMs: Double
     let computeUnits: MLComputeUnits
+
+    private var input: MLFeatureProvider?
+    private var output: MLFeatureProvider?
+    var loadNote: String { compileMs.map { String(format: "compiled on device in %.0f ms", $0) } ?? "cached compilation" }
+
+    convenience init(bundle: AppBundle, unit: String) throws {
+        let units: [String: MLComputeUnits] = ["cpu": .cpuOnly, "gpu": .cpuAndGPU, "ane": .cpuAndNeuralEngine]
+        try self.init(bundle: bundle, computeUnits: units[unit] ?? .cpuAndNeuralEngine)
+    }
 
     init(bundle: AppBundle, computeUnits: MLComputeUnits) throws {
         let caches = FileManager.default.urls(for: .cachesDirectory, in: .userDomainMask)[0]
@@ -35,20 +45,18 @@ final class CoreMLDecoder {
         self.computeUnits = computeUnits
     }
 
-    /// The model input for latents (B, C, T, h, w), built once outside the timed calls.
-    func input(_ latents: [Float], shape: [Int]) throws -> MLFeatureProvider {
+    func prepare(latents: [Float], shape: [Int]) throws {
         let array = MLMultiArray(MLShapedArray<Float>(scalars: latents, shape: shape))
-        return try MLDictionaryFeatureProvider(dictionary: ["latents": array])
+        input = try MLDictionaryFeatureProvider(dictionary: ["latents": array])
     }
 
-    /// One prediction: all that the benchmark times.
-    func predict(_ input: MLFeatureProvider) throws -> MLFeatureProvider {
-        try model.prediction(from: input)
+    func predict() async throws {
+        output = try model.prediction(from: input!)
     }
 
-    /// frames (B, 3, T', H, W) in [-1, 1], read stride-safely (the output may be fp16 or padded).
-    func frames(_ output: MLFeatureProvider) throws -> [Float] {
-        guard let frames = output.featureValue(for: "frames")?.multiArrayValue else {
+    /// Read with MLShapedArray: stride-safe for fp16 or padded outputs.
+    func frames() throws -> [Float] {
+        guard let frames = output?.featureValue(for: "frames")?.multiArrayValue else {
             throw NSError(domain: "turbovaed", code: 2, userInfo: [NSLocalizedDescriptionKey: "model has no 'frames' output"])
         }
         return MLShapedArray<Float>(converting: frames).scalars

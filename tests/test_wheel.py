@@ -65,10 +65,17 @@ def test_installed_wheel_runs_info_export_profile_report_from_an_empty_directory
     subprocess.run([str(w["py"]), "-c", "from turbovaed.teachers import build_tiny; from turbovaed.student import "
                     "StudentDecoder; StudentDecoder(build_tiny('reference').student_config(mini=True)).save_pretrained('s')"],
                    cwd=w["work"], env=w["env"], check=True, timeout=300)
-    run(w, "export", "host-onnx-fp32", "--checkpoint", "s", "--tiny-teacher", "--synthetic", "--height", "32",
-        "--width", "32", "--out", "exports")
-    manifests = list((w["work"] / "exports").glob("*/manifest.json"))
-    assert len(manifests) == 1 and json.loads(manifests[0].read_text())["numerics"]["status"] == "pass"
+    recipes = ["host-onnx-fp32"]
+    try:  # the coreai extra is optional: its recipe is exported where it is installed (CI installs it)
+        import coreai_opt  # noqa: F401
+        recipes.append("iphone-coreai-fp16")
+    except ImportError:
+        pass
+    for recipe in recipes:
+        run(w, "export", recipe, "--checkpoint", "s", "--tiny-teacher", "--synthetic", "--height", "32",
+            "--width", "32", "--out", "exports")
+    manifests = {m.parent.name: json.loads(m.read_text()) for m in (w["work"] / "exports").glob("*/manifest.json")}
+    assert sorted(manifests) == sorted(recipes) and all(m["numerics"]["status"] == "pass" for m in manifests.values())
     run(w, "profile", "exports", "--runs", "2", "--warmup", "0")
     assert list((w["work"] / "profiles" / "results").glob("*.json")), "records go under the working directory"
     run(w, "report")

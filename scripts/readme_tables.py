@@ -73,7 +73,8 @@ def teacher_runs() -> str:
         "|---|---|---|---|---|",
         f"| per-frame bicubic 8× (the bar: +1 dB required, +3 dB and ≥ 27 the aim) | {two['bicubic_8x_psnr']:.2f} | "
         f"{two['frames_bicubic_8x_psnr']:.2f} | — | `reference_teacher_two_phase.json` |",
-        f"| **frames first, then clips** ({two['arch']}, {phases}; {two['training_minutes']:.0f} training minutes on this 2-core CPU) | "
+        f"| **frames first, then clips** ({two['arch']}, {phases}; {two['training_minutes']:.0f} training minutes "
+        "on this 2-core CPU) | "
         f"**{two['psnr']:.2f}** | {two['frames_psnr']:.2f} | {two['steps']} | same |",
         f"| … end of its frame phase | {frame_end['clips_psnr']:.2f} | {frame_end['frames_psnr']:.2f} | "
         f"{frame_end['step']} | same |",
@@ -211,7 +212,8 @@ def export_quality() -> str:
         rows += ["", "Same compression on both Apple paths, same held-out latents (worst clip): Core AI predicted on "
                  "its Linux reference runtime, Core ML reconstructed at the weight level (Core ML predicts on macOS "
                  "only).", "",
-                 "| compression | Core AI vs fp32 dB | Core ML (weights) vs fp32 dB | Core AI vs Core ML dB |", "|---|---|---|---|"]
+                 "| compression | Core AI vs fp32 dB | Core ML (weights) vs fp32 dB | Core AI vs Core ML dB |",
+                 "|---|---|---|---|"]
         rows += [f"| {a['precision']} | {a['coreai_vs_fp32']:.1f} | {a['coreml_weights_vs_fp32']:.1f} | "
                  f"{a['coreai_vs_coreml_weights']:.1f} |" for a in r["apple_paths"]]
     lat = r["host_latency"]

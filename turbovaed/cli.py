@@ -103,8 +103,16 @@ def info(target: Annotated[Optional[str], typer.Argument(
             help="preset name (family, optionally -mini/-base/-turbo: ltx, wan21-base) or checkpoint folder; "
                  "none: the whole preset ladder")] = None,
          size: Annotated[str, typer.Option(help="output HEIGHTxWIDTH")] = "256x256",
-         frames: Annotated[int, typer.Option(help="output frames")] = 17) -> None:
-    """Parameters, MACs per frame, compression and frame rule of a student (or of every preset)."""
+         frames: Annotated[int, typer.Option(help="output frames")] = 17,
+         decoder: Annotated[Optional[Path], typer.Option(
+             help="a decoder weight file people already use (TAEHV/TAEW .safetensors or .pth)")] = None,
+         variant: Annotated[Optional[str], typer.Option(help="with --decoder: the variant, where a layout fits "
+                                                             "several (e.g. taehv vs taew2_1)")] = None) -> None:
+    """Parameters, MACs per frame, compression and frame rule of a student (or of every preset), or of a
+    decoder file (--decoder)."""
+    if decoder is not None:
+        out.print(decoder_table(decoder, variant))
+        return
     if target is None:
         table = Table(title="student presets: nano (CPU-sized), base (~TAEHV MACs), turbo (Turbo-VAED layout); "
                             "mini is for tests")
@@ -137,6 +145,24 @@ def info(target: Annotated[Optional[str], typer.Argument(
                  ("GMACs per decode", f"{macs / 1e9:.2f}"), ("GMACs per output frame", f"{macs / 1e9 / frames:.3f}")]:
         table.add_row(k, v)
     out.print(table)
+
+
+def decoder_table(path: Path, variant: str | None) -> Table:
+    from turbovaed import decoders
+
+    d = decoders.load(path, variant).describe()
+    table = Table(title=f"decoder {path}")
+    table.add_column("property")
+    table.add_column("value", justify="right")
+    rows = [("family / variant", f"{d['family']} / {d['variant']}"), ("decodes latents of", d["decodes"]),
+            ("parameters", f"{d['params']:,}"), *((f"GMACs per output frame, {k}", f"{v:.2f}")
+                                                   for k, v in d["gmacs_per_frame"].items()),
+            ("frame rule", d["frame_rule"]), ("spatial ratio", f"{d['spatial_ratio']}x"), ("input", d["latents"]),
+            ("output", d["output"]), ("weights sha256", d["sha256"][:16]),
+            ("file tensors not used by the decoder", str(d["skipped_tensors"])), *(("note", n) for n in d["notes"])]
+    for k, v in rows:
+        table.add_row(k, v)
+    return table
 
 
 def student_latent_norm(checkpoint: str) -> dict | None:

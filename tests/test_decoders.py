@@ -1,0 +1,162 @@
+"""Decoders people already use, loaded from local files. No real weight file is on this machine: every file
+here has exactly the published tensor names and shapes (../shared/decoders/taehv_state_dicts.json, from
+madebyollin/taehv's model definition) with random values, which is what the loader reads."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from turbovaed.decoders import load
+from turbovaed.decoders.taehv import SUPER, VARIANTS, MemBlock, TAEHVDecoder, TGrow
+from turbovaed.io import CheckpointError, InputError
+
+LAYOUTS = Path(__file__).resolve().parents[2] / "shared" / "decoders" / "taehv_state_dicts.json"
+pytestmark = pytest.mark.skipif(not LAYOUTS.is_file(), reason="needs ../shared/decoders/taehv_state_dicts.json")
+
+
+def layouts() -> dict:
+    return json.loads(LAYOUTS.read_text())
+
+
+def random_file(name: str, folder: Path, fmt: str = "safetensors", stem: str | None = None, **override) -> Path:
+    """A weight file with the published names and shapes of `name` (encoder included), random values."""
+    entry = layouts()[name]
+    gen = torch.Generator().manual_seed(0)
+    sd = {k: torch.randn(s, generator=gen) * 0.05 for part in ("decoder_keys", "encoder_keys")
+          for k, s in entry[part].items()}
+    sd.update(override)
+    path = folder / f"{stem or name}.{fmt}"
+    if fmt == "safetensors":
+        save_file(sd, path)
+    else:
+        torch.save(sd, path)
+    return path
+
+
+@pytest.mark.parametrize("name", [n for n in VARIANTS])
+def test_every_published_variant_builds_the_published_layout_and_loads_strictly(tmp_path, name):
+    entry = layouts()[name]
+    model = TAEHVDecoder(VARIANTS[name])
+    assert {k: list(t.shape) for k, t in model.state_dict().items()} == entry["decoder_keys"]
+    assert model.num_parameters() == entry["decoder_params"]
+    v = VARIANTS[name]
+    assert (v.latent_channels, v.patch_size, v.t_upscale, v.frames_to_trim) == (
+        entry["latent_channels"], entry["patch_size"], entry["t_upscale"], entry["frames_to_trim"])
+    for fmt in ("safetensors", "pth"):
+        path = random_file(name, tmp_path, fmt)
+        loaded = load(path)
+        assert loaded.variant.name == name and loaded.family == "taehv"
+        sd = torch.load(path, weights_only=True) if fmt == "pth" else load_file(path)
+        got = loaded.module.state_dict()
+        assert all(torch.equal(got[k], sd[k]) for k in got)  # every parameter filled from the file
+        assert len(loaded.skipped) == len(entry["encoder_keys"])  # the encoder is recognised, not used
+
+
+def test_super_variants_are_recognised_and_refused_clearly(tmp_path):
+    for name in SUPER:
+        with pytest.raises(InputError, match="'super' decoder .* not supported yet"):
+            load(random_file(name, tmp_path))
+
+
+def test_layouts_shared_by_several_variants_need_the_file_name_or_variant(tmp_path):
+    path = random_file("taehv", tmp_path, stem="weights")
+    with pytest.raises(InputError, match="fits taehv, taew2_1, taecvx, taeos1_3 .* --variant"):
+        load(path)
+    assert load(path, variant="taew2_1").variant.name == "taew2_1"
+    assert load(random_file("taew2_1", tmp_path)).variant.name == "taew2_1"  # the published name breaks the tie
+    with pytest.raises(InputError, match="variant taew2_2 takes 48"):
+        load(path, variant="taew2_2")
+
+
+def test_tgrow_quirk_keeps_the_last_rows_like_the_published_loader(tmp_path):
+    wide = torch.randn(512, 256, 1, 1)  # a TGrow trained with time upscaling; taehv's first stage has none
+    loaded = load(random_file("taehv", tmp_path, **{"decoder.7.conv.weight": wide}))
+    assert torch.equal(loaded.module.state_dict()["decoder.7.conv.weight"], wide[-256:])
+    assert any("decoder.7.conv.weight" in n for n in loaded.notes)
+
+
+def sequential(model: TAEHVDecoder, z: torch.Tensor) -> torch.Tensor:
+    """The published causal order, written independently: one latent frame at a time through every layer,
+    each MemBlock remembering its previous input, a TGrow splitting into frames taken in order."""
+    layers, memory, out = model.decoder, {}, []
+
+    def run(x: torch.Tensor, i: int) -> None:
+        while i < len(layers):
+            b = layers[i]
+            if isinstance(b, MemBlock):
+                past = memory.get(i, torch.zeros_like(x))
+                memory[i] = x
+                x = b(x, past)
+            elif isinstance(b, TGrow):
+                for chunk in b.conv(x).chunk(b.stride, 1):
+                    run(chunk, i + 1)
+                return
+            else:
+                x = b(x)
+            i += 1
+        out.append(x)
+
+    for t in range(z.shape[1]):
+        run(z[:, t], 0)
+    frames = torch.stack(out, 1)
+    p = model.variant.patch_size
+    frames = torch.stack([F.pixel_shuffle(f, p) if p > 1 else f for f in frames.unbind(1)], 1).clamp(0, 1)
+    keep_all = model.variant.name == "taecvx" and z.shape[1] % 2 == 0
+    return frames if keep_all else frames[:, model.variant.frames_to_trim:]
+
+
+@pytest.mark.parametrize("name,t", [("taehv", 3), ("taecvx", 2), ("taecvx", 3), ("taew2_2", 2), ("taeltx_2", 2)])
+def test_forward_follows_the_published_frame_rule_memory_and_range(tmp_path, name, t):
+    model = load(random_file(name, tmp_path)).module
+    v = model.variant
+    z = torch.randn(1, t, v.latent_channels, 3, 4) * 4  # large values: the input Clamp matters
+    with torch.no_grad():  # float64: random weights make large activations, and the two orders sum differently
+        y, ref = model.double()(z.double()), sequential(model, z.double())
+    assert y.shape == (1, v.output_frames(t), 3, 3 * 8 * v.patch_size, 4 * 8 * v.patch_size)
+    assert y.shape[1] == (t * v.t_upscale if name == "taecvx" and t % 2 == 0 else t * v.t_upscale - v.frames_to_trim)
+    assert torch.allclose(y, ref, atol=1e-9) and y.min() >= 0 and y.max() <= 1
+    with pytest.raises(ValueError, match=f"{v.latent_channels} channels"):
+        model(torch.randn(1, t, v.latent_channels + 1, 3, 4, dtype=torch.float64))
+
+
+class Arbitrary:
+    """Loading this needs arbitrary code: weights_only refuses it."""
+
+
+def test_bad_files_get_one_clear_error(tmp_path):
+    torch.save({"decoder.1.weight": Arbitrary()}, tmp_path / "pickle.pth")  # a class weights_only refuses
+    with pytest.raises(CheckpointError, match="not a weights-only pickle"):
+        load(tmp_path / "pickle.pth")
+    save_file({"blocks.0.weight": torch.zeros(2)}, tmp_path / "other.safetensors")
+    with pytest.raises(InputError, match="matches no known decoder layout \\(closest: TAEHV"):
+        load(tmp_path / "other.safetensors")
+    missing = random_file("taehv", tmp_path)
+    sd = load_file(missing)
+    del sd["decoder.20.weight"]
+    save_file(sd, tmp_path / "taehv_missing.safetensors")
+    with pytest.raises(InputError, match="'decoder.20.weight' is missing"):
+        load(tmp_path / "taehv_missing.safetensors")
+    sd = load_file(missing)
+    sd["decoder.8.weight"] = torch.zeros(128, 256, 1, 1)
+    save_file(sd, tmp_path / "taehv_bad.safetensors")
+    with pytest.raises(InputError, match="decoder.8.weight has shape \\[128, 256, 1, 1\\], taehv takes \\[128, 256, 3, 3\\]"):
+        load(tmp_path / "taehv_bad.safetensors")
+    (tmp_path / "x.bin").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="expected a .safetensors, .pth or .pt"):
+        load(tmp_path / "x.bin")
+
+
+def test_info_describes_a_decoder_file(tmp_path):
+    import subprocess
+    import sys
+
+    path = random_file("taew2_2", tmp_path)
+    result = subprocess.run([sys.executable, "-m", "turbovaed", "info", "--decoder", str(path)], capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    for needed in ("taew2_2", "Wan 2.2 5B", "9,923,532", "4T - 3", "raw VAE latents", "512x512", "720p"):
+        assert needed in result.stdout, (needed, result.stdout)

@@ -1,0 +1,132 @@
+"""The TAEHV / TAEW family of tiny video decoders (madebyollin/taehv), written from the published definition:
+facts carry over (layer order, tensor names, the per-variant patch size, latent channels, time upscale and
+trimmed frames), the code is ours.
+
+The decoder is a sequence of 2D layers over N*T frames: Clamp (tanh(x/3)*3), a 3x3 conv, then three stages
+of [3 MemBlocks, nearest 2x upsample, TGrow, 3x3 conv], ReLU and a 3x3 conv to 3*patch^2 channels, pixel
+shuffle, clamp to [0, 1]. A MemBlock sees its own input one frame earlier (zeros before the first frame);
+a TGrow with stride 2 doubles the frames (a 1x1 conv to 2C channels read as two consecutive frames). The
+first t_upscale - 1 output frames are dropped (taecvx keeps them when T is even). Input NTCHW raw latents of
+the variant's VAE, output NTCHW RGB in [0, 1]."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+C = (256, 128, 64, 64)  # channels of the three stages and the head
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    latent_channels: int
+    patch_size: int
+    time_upscale: tuple[bool, bool, bool]  # per decoder stage
+    vae: str  # whose latents it decodes
+    convention: str  # what the latents must be
+
+    @property
+    def t_upscale(self) -> int:
+        return 2 ** sum(self.time_upscale)
+
+    @property
+    def frames_to_trim(self) -> int:
+        return self.t_upscale - 1
+
+    def output_frames(self, latent_frames: int) -> int:
+        """Output frames for T latent frames: T * t_upscale, minus the trimmed start (taecvx keeps it for even T)."""
+        keep_all = self.name == "taecvx" and latent_frames % 2 == 0
+        return latent_frames * self.t_upscale - (0 if keep_all else self.frames_to_trim)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "t_upscale": self.t_upscale, "frames_to_trim": self.frames_to_trim}
+
+
+RAW = "raw VAE latents (no mean/std normalisation), NTCHW"
+VARIANTS = {v.name: v for v in (
+    Variant("taehv", 16, 1, (False, True, True), "HunyuanVideo", RAW),
+    Variant("taew2_1", 16, 1, (False, True, True), "Wan 2.1 (also Wan 2.2 14B, Qwen Image)", RAW),
+    Variant("taecvx", 16, 1, (False, True, True), "CogVideoX", RAW),
+    Variant("taeos1_3", 16, 1, (False, True, True), "Open-Sora 1.3", RAW),
+    Variant("taew2_2", 48, 2, (False, True, True), "Wan 2.2 5B", RAW),
+    Variant("taehv1_5", 32, 2, (False, True, True), "HunyuanVideo 1.5", RAW),
+    Variant("taeh3", 24, 2, (False, True, True), "Hunyuan (24-channel)", RAW),
+    Variant("taeltx_2", 128, 4, (True, True, True), "LTX-Video 2", RAW),
+    Variant("taeltx2_3", 128, 4, (True, True, True), "LTX-Video 2.3", RAW),
+)}
+SUPER = ("taew2_2_super", "taehv1_5_super")  # a different decoder block: recognised, not built yet
+
+
+def conv(n_in: int, n_out: int, bias: bool = True) -> nn.Conv2d:
+    return nn.Conv2d(n_in, n_out, 3, padding=1, bias=bias)
+
+
+class Clamp(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(x / 3) * 3
+
+
+class MemBlock(nn.Module):
+    """conv(cat(x, past)) -> ReLU -> conv -> ReLU -> conv, plus a skip, then ReLU."""
+
+    def __init__(self, n: int):
+        super().__init__()
+        self.conv = nn.Sequential(conv(2 * n, n), nn.ReLU(), conv(n, n), nn.ReLU(), conv(n, n))
+        self.act = nn.ReLU()
+
+    def forward(self, x: torch.Tensor, past: torch.Tensor) -> torch.Tensor:
+        return self.act(self.conv(torch.cat([x, past], 1)) + x)
+
+
+class TGrow(nn.Module):
+    """1x1 conv to stride*C channels, read as `stride` consecutive frames of C channels."""
+
+    def __init__(self, n: int, stride: int):
+        super().__init__()
+        self.stride = stride
+        self.conv = nn.Conv2d(n, n * stride, 1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        nt, c, h, w = x.shape
+        return self.conv(x).reshape(nt * self.stride, c, h, w)
+
+
+class TAEHVDecoder(nn.Module):
+    """The published TAEHV decoder for one variant; `forward(latents NTCHW) -> frames NTCHW in [0, 1]`."""
+
+    def __init__(self, variant: Variant):
+        super().__init__()
+        self.variant = variant
+        layers: list[nn.Module] = [Clamp(), conv(variant.latent_channels, C[0]), nn.ReLU()]
+        for stage, grow in enumerate(variant.time_upscale):
+            n = C[stage]
+            layers += [MemBlock(n), MemBlock(n), MemBlock(n), nn.Upsample(scale_factor=2),
+                       TGrow(n, 2 if grow else 1), conv(n, C[stage + 1], bias=False)]
+        layers += [nn.ReLU(), conv(C[3], 3 * variant.patch_size ** 2)]
+        self.decoder = nn.Sequential(*layers)
+
+    def forward(self, latents: torch.Tensor) -> torch.Tensor:
+        if latents.ndim != 5 or latents.shape[2] != self.variant.latent_channels:
+            raise ValueError(f"{self.variant.name} takes NTCHW latents with {self.variant.latent_channels} channels, "
+                             f"got shape {tuple(latents.shape)}")
+        n, t = latents.shape[:2]
+        x = latents.reshape(n * t, *latents.shape[2:])
+        for layer in self.decoder:
+            if isinstance(layer, MemBlock):
+                frames = x.reshape(n, -1, *x.shape[1:])
+                past = F.pad(frames, (0, 0, 0, 0, 0, 0, 1, 0))[:, :-1].reshape(x.shape)  # one frame earlier
+                x = layer(x, past)
+            else:
+                x = layer(x)
+        if self.variant.patch_size > 1:
+            x = F.pixel_shuffle(x, self.variant.patch_size)
+        x = x.clamp(0, 1).reshape(n, -1, *x.shape[1:])
+        keep_all = self.variant.name == "taecvx" and t % 2 == 0
+        return x if keep_all else x[:, self.variant.frames_to_trim:]
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())

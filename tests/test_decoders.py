@@ -160,3 +160,7 @@ def test_info_describes_a_decoder_file(tmp_path):
     assert result.returncode == 0, result.stderr
     for needed in ("taew2_2", "Wan 2.2 5B", "9,923,532", "4T - 3", "raw VAE latents", "512x512", "720p"):
         assert needed in result.stdout, (needed, result.stdout)
+    from turbovaed.decoders import load as load_decoder
+
+    published = load_decoder(random_file("taehv", tmp_path)).describe()["gmacs_per_frame"]["512x512"]
+    assert abs(published - 52.5) < 0.1  # TAEHV's published cost per frame at 512x512

@@ -28,7 +28,7 @@ from turbovaed.recipes import build, load_toml
 from turbovaed.student import StudentDecoder
 
 REPO = Path(__file__).resolve().parents[1]
-BASE = {"executorch": "fp32", "onnx": "fp32", "litert": "fp32", "coreml": "fp16", "coreai": "fp32"}
+BASE = {"executorch": "fp32", "onnx": "fp32", "litert": "fp32", "coreml": "fp16", "coreai": "fp16"}
 APPLE_PAIRS = ("int8", "palettize4")  # compressions both Core ML and Core AI offer
 
 

@@ -26,8 +26,9 @@ def random_file(name: str, folder: Path, fmt: str = "safetensors", stem: str | N
     """A weight file with the published names and shapes of `name` (encoder included), random values."""
     entry = layouts()[name]
     gen = torch.Generator().manual_seed(0)
-    sd = {k: torch.randn(s, generator=gen) * 0.05 for part in ("decoder_keys", "encoder_keys")
-          for k, s in entry[part].items()}
+    # variance-preserving scale (1/sqrt(fan-in)), so activations stay in a trained net's range
+    sd = {k: torch.randn(s, generator=gen) * (0.01 if len(s) == 1 else (s[1] * s[2] * s[3]) ** -0.5)
+          for part in ("decoder_keys", "encoder_keys") for k, s in entry[part].items()}
     sd.update(override)
     path = folder / f"{stem or name}.{fmt}"
     if fmt == "safetensors":
@@ -164,3 +165,80 @@ def test_info_describes_a_decoder_file(tmp_path):
 
     published = load_decoder(random_file("taehv", tmp_path)).describe()["gmacs_per_frame"]["512x512"]
     assert abs(published - 52.5) < 0.1  # TAEHV's published cost per frame at 512x512
+
+
+BACKENDS = [("onnx", "fp32"), ("executorch", "fp32"), ("litert", "fp32"), ("coreml", "fp16"), ("coreai", "fp16"),
+            ("onnx", "int8")]
+
+
+@pytest.mark.parametrize("backend,precision", BACKENDS)
+def test_a_decoder_file_exports_and_verifies_on_every_backend(tmp_path, backend, precision):
+    """TAEHV is 2D already: its published forward is the graph. Each backend's artifact is run (Core ML: weight
+    level) on held-out latents against the eager decoder."""
+    from test_export import recipe_for
+
+    from turbovaed.export.core import export
+
+    if backend == "coreai":
+        pytest.importorskip("coreai_opt", reason="the coreai extra is not installed")
+    manifest = export(recipe_for(backend, precision), random_file("taew2_1", tmp_path), tmp_path / "out")
+    n = manifest["numerics"]
+    assert n["status"] in ("pass", "pass-weights") and n["psnr_db"] >= n["min_psnr_db"], n
+    assert manifest["decoder"]["variant"] == "taew2_1" and manifest["layout"] == "btchw"
+    assert manifest["inputs"][0]["shape"] == [1, 2, 16, 4, 4] and manifest["outputs"][0]["range"] == "[0, 1]"
+    assert manifest["outputs"][0]["shape"] == [1, 5, 3, 32, 32]  # 2 latent frames -> 4*2 - 3
+    assert "eager taew2_1" in n["against"] and "student" not in manifest
+
+
+def test_a_decoder_file_calibrates_on_real_clips_through_a_teacher_of_its_geometry(tmp_path):
+    """taew2_1 takes Wan 2.1-geometry latents (16 channels, 8x, 4x): the shipped reference teacher makes such
+    latents of real clips, which calibrate and verify the int8 artifact."""
+    from test_export import recipe_for
+
+    from turbovaed.export.core import export
+
+    recipe = recipe_for("onnx", "int8", teacher="reference", teacher_tiny=False,
+                        calibration={"synthetic": False, "clips": 2, "verify_clips": 1})
+    manifest = export(recipe, random_file("taew2_1", tmp_path), tmp_path / "out")
+    assert manifest["calibration"]["source"].startswith("reference teacher latents of") and \
+        "real videos" in manifest["calibration"]["source"]
+    assert manifest["numerics"]["status"] == "pass"
+
+
+def test_decoder_export_and_decode_refuse_what_does_not_apply(tmp_path):
+    from test_export import recipe_for
+
+    from turbovaed.export.core import export
+
+    path = random_file("taehv", tmp_path)
+    for extra, message in (({"input_latents": "normalized"}, "ships no latent statistics"),
+                           ({"shape": {"latent_frames": 2, "height": 32, "width": 32, "stream_chunk": 1}},
+                            "streaming step graphs of decoder files are not built yet")):
+        with pytest.raises(InputError, match=message):
+            export(recipe_for("onnx", "fp32", **extra), path, tmp_path / "out")
+    with pytest.raises(InputError, match="--bundle for decoder files"):
+        export(recipe_for("onnx", "fp32"), path, tmp_path / "out", bundle=True)
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_decodes_taehv_layout_latents_with_a_decoder_file(tmp_path):
+    import subprocess
+    import sys
+
+    path = random_file("taehv", tmp_path)
+    z = torch.randn(1, 3, 16, 4, 5)  # (N, T, C, h, w), as TAEHV users save them
+    save_file({"latents": z}, tmp_path / "z.safetensors", metadata={"layout": "btchw"})
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "turbovaed", "decode", "--decoder", str(path), "--latents",
+                               str(tmp_path / "z.safetensors"), *args], capture_output=True, text=True, timeout=300)
+
+    ok = run("--out", str(tmp_path / "v.mp4"))
+    assert ok.returncode == 0, ok.stderr
+    assert "9 frames 32x40" in ok.stdout and (tmp_path / "v.mp4").stat().st_size > 0
+    bad = run("--out", str(tmp_path / "w.mp4"), "--normalized")
+    assert bad.returncode == 2 and "ships no latent statistics" in bad.stderr and not (tmp_path / "w.mp4").exists()
+    wrong = subprocess.run([sys.executable, "-m", "turbovaed", "decode", "--decoder", str(random_file("taew2_2", tmp_path)),
+                            "--latents", str(tmp_path / "z.safetensors"), "--out", str(tmp_path / "x.mp4")],
+                           capture_output=True, text=True, timeout=300)
+    assert wrong.returncode == 2 and "48" in wrong.stderr and "16" in wrong.stderr

@@ -205,12 +205,21 @@ def decode(out_path: Annotated[Path, typer.Option("--out", help="output .mp4 (a 
                help="axis order of --latents: 'bcthw' = (B, C, T, H, W) as diffusers pipelines return; 'btchw' = "
                     "(N, T, C, H, W) as TAEHV and ComfyUI use. Default: the file's metadata, else bcthw; a file "
                     "that fits both must say")] = None,
+           decoder: Annotated[Optional[Path], typer.Option(
+               help="decode --latents with a decoder file people already use (TAEHV/TAEW .safetensors or .pth)")] = None,
+           variant: Annotated[Optional[str], typer.Option(help="with --decoder: the variant where a layout fits several"
+                                                               )] = None,
            normalized: Annotated[Optional[bool], typer.Option(
                "--normalized/--raw", help="--normalized: --latents are a diffusion pipeline's output "
                "(output_type='latent'), normalised by the VAE's latents_mean/std; --raw: the raw latents a VAE decoder "
                "takes. Default: what the file's metadata states, else --raw (what turbovaed's encode writes)")] = None,
            ) -> None:
     """Decode latents (or a video's teacher latents) with the teacher and/or a student; write mp4 + PNG."""
+    if decoder is not None:
+        if latents is None or any(x is not None for x in (video, student, teacher, artifact)) or stream or tile:
+            raise InputError("--decoder decodes --latents FILE on its own (no --video, --student, --teacher, "
+                             "--artifact, --stream or --tile)")
+        return decode_with_file(decoder, variant, LatentFile(latents, layout=layout), normalized, out_path, fps)
     if (latents is None) == (video is None):
         raise InputError("give exactly one of --latents FILE or --video FILE")
     if student is None and teacher is None and artifact is None:
@@ -296,6 +305,20 @@ def decode(out_path: Annotated[Path, typer.Option("--out", help="output .mp4 (a 
     data.write_video(out_path, main, fps)
     png = data.save_comparison(out_path.with_suffix(".png"), rows)
     out.print(f"wrote {out_path} ({main.shape[1]} frames {main.shape[2]}x{main.shape[3]}) and {png}")
+
+
+def decode_with_file(path: Path, variant: str | None, source: LatentFile, normalized: bool | None, out_path: Path,
+                     fps: float) -> None:
+    from turbovaed import decoders
+
+    stated = source.stated_normalized()
+    loaded = decoders.load(path, variant)
+    t0 = time.perf_counter()
+    frames = decoders.decode_file(loaded, source, bool(stated if normalized is None else normalized))
+    console.print(f"{loaded.variant.name}: {time.perf_counter() - t0:.2f} s")
+    data.write_video(out_path, frames, fps)
+    out.print(f"wrote {out_path} ({frames.shape[1]} frames {frames.shape[2]}x{frames.shape[3]}, decoded by "
+              f"{loaded.variant.name} from {path.name})")
 
 
 QUICKSTART_EXPORTS = ("host-executorch-fp32", "android-executorch-int8", "android-executorch-int4", "host-onnx-fp32",
@@ -495,7 +518,11 @@ def export_cmd(recipes: Annotated[Optional[list[Path]], typer.Argument(
                height: Annotated[Optional[int], typer.Option(help="override output height")] = None,
                width: Annotated[Optional[int], typer.Option(help="override output width")] = None,
                bundle: Annotated[bool, typer.Option(help="also write sample latents + reference frames: an app "
-                                                         "bundle the device apps load")] = False) -> None:
+                                                         "bundle the device apps load")] = False,
+               decoder: Annotated[Optional[Path], typer.Option(
+                   help="export a decoder file people already use (TAEHV/TAEW) instead of --checkpoint")] = None,
+               variant: Annotated[Optional[str], typer.Option(help="with --decoder: the variant where a layout fits "
+                                                                   "several")] = None) -> None:
     """Build verified mobile artifacts (ExecuTorch, Core ML, Core AI, LiteRT, ONNX) with manifests."""
     from turbovaed.export.core import ExportRecipe, export
     from turbovaed.recipes import load_toml
@@ -508,7 +535,9 @@ def export_cmd(recipes: Annotated[Optional[list[Path]], typer.Argument(
     if not paths:
         raise InputError("name export recipes (e.g. export/android-executorch-int8.toml) or pass --all")
     loaded = [load_toml(ExportRecipe, p) for p in paths]  # every recipe checked before any work
-    table = Table(title=f"export of {checkpoint}")
+    if decoder is not None and not decoder.is_file():
+        raise InputError(f"--decoder {decoder} is not a file (a .safetensors, .pth or .pt of a decoder)")
+    table = Table(title=f"export of {decoder or checkpoint}")
     for col in ("artifact", "precision", "bytes", "PSNR vs fp32", "status", "delegated / total ops"):
         table.add_column(col, justify="right")
     for recipe in loaded:
@@ -519,7 +548,7 @@ def export_cmd(recipes: Annotated[Optional[list[Path]], typer.Argument(
         recipe.shape.height = height or recipe.shape.height
         recipe.shape.width = width or recipe.shape.width
         console.print(f"[bold]{recipe.name}[/] ({recipe.backend} {recipe.precision})")
-        m = export(recipe, checkpoint, out_dir, bundle=bundle)
+        m = export(recipe, decoder or checkpoint, out_dir, bundle=bundle, variant=variant)
         n, ops = m["numerics"], m["ops"]
         delegated = f"{ops['delegated']} / {ops['delegated'] + ops['not_delegated']}" if "delegated" in ops else \
             f"- / {ops.get('total', '-')}"
@@ -673,7 +702,7 @@ def main() -> None:
     try:
         app()
     except TurboVAEDError as err:
-        console.print(f"[red]error:[/] {err}")
+        console.print(f"[red]error:[/] {err}", soft_wrap=True)
         sys.exit(2)
 
 

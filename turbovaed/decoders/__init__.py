@@ -142,3 +142,17 @@ def load(path: str | Path, variant: str | None = None) -> LoadedDecoder:
         raise InputError(f"{path.name}: tensor {unused[0]!r} is not part of the {v.name} decoder")
     module.load_state_dict({k: t.float() for k, t in decoder.items()}, strict=True)
     return LoadedDecoder("taehv", v, module, path, hashlib.sha256(path.read_bytes()).hexdigest(), skipped, notes)
+
+
+def decode_file(loaded: LoadedDecoder, latents, normalized: bool = False) -> torch.Tensor:
+    """Decode a LatentFile (read as (B, C, T, h, w) whatever its stored layout) with a loaded decoder; returns
+    the first clip as (3, T', H, W) in [-1, 1], what turbovaed's video writer takes."""
+    v = loaded.variant
+    if normalized:
+        raise InputError(f"{v.name} takes {v.convention} and ships no latent statistics to undo a normalisation: "
+                         f"de-normalise with the {v.vae} VAE's latents_mean / latents_std first, then pass --raw")
+    latents.check_channels(v.latent_channels, f"decoder {v.name}")
+    z = latents.read()
+    with torch.no_grad():
+        frames = loaded.module(z.permute(0, 2, 1, 3, 4).contiguous())  # NTCHW in [0, 1]
+    return frames[0].permute(1, 0, 2, 3) * 2 - 1

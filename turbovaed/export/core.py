@@ -244,39 +244,149 @@ def write_bundle(folder: Path, manifest: dict, latents: torch.Tensor, frames: to
     return bundle
 
 
-def export(recipe: ExportRecipe, checkpoint: str | Path, out_dir: str | Path, bundle: bool = False) -> dict:
+class StudentSource:
+    """A distilled student checkpoint: its 2D mobile graph (or streaming step), latents of the recipe's teacher
+    (normalised where the recipe folds de-normalisation in), verified against the fp32 student."""
+
+    def __init__(self, recipe: ExportRecipe, checkpoint: str | Path, backend):
+        self.recipe, self.checkpoint = recipe, checkpoint
+        self.student = StudentDecoder.from_pretrained(checkpoint).float().eval()
+        self.model, self.example, self.io = graph(self.student, recipe, backend)
+        self.chunk = recipe.shape.stream_chunk
+
+    def latents(self) -> tuple[list[torch.Tensor], list[torch.Tensor], str, str, dict]:
+        """(calibration, verification) latents as the graph takes them (raw), their source, what verification
+        ran on, and the latent normalisation the manifest states."""
+        calib, verify, source, teacher, verified_on = calibration_latents(self.recipe, self.student, self.checkpoint)
+        self.feed = (lambda z: z) if self.recipe.input_latents == "raw" else teacher.norm.normalize
+        if self.recipe.input_latents == "normalized":
+            (self.model.decoder if self.chunk else self.model).fold_denormalization(
+                teacher.norm.mean, teacher.norm.std, teacher.norm.scale)
+        return calib, verify, source, verified_on, {**teacher.norm.to_dict(), "teacher": self.recipe.teacher}
+
+    def calibration_inputs(self, calib: list[torch.Tensor]) -> list[tuple]:
+        """Graph inputs to calibrate on: whole clips, or every chunk of real streams for a step graph."""
+        inputs: list[tuple] = []
+        for z in calib:
+            z = self.feed(z)
+            if self.chunk:
+                self.model.stream(z, self.chunk, run=lambda *xs: inputs.append(xs) or self.model(*xs))
+            else:
+                inputs.append((z,))
+        return inputs
+
+    def reference(self, z: torch.Tensor) -> torch.Tensor:
+        return self.student(z)
+
+    def run(self, run, z: torch.Tensor) -> torch.Tensor:
+        return run_clip(self.model, run, self.feed(z), self.chunk)
+
+    def describe(self) -> dict:
+        cfg = self.student.config
+        return {"frame_rule": {"temporal_ratio": cfg.temporal_ratio, "first_frame": cfg.first_frame,
+                               "spatial_ratio": cfg.spatial_ratio},
+                "student": {"checkpoint": str(Path(self.checkpoint).resolve()), "params": self.student.num_parameters(),
+                            "sha256": sha256(Path(self.checkpoint) / WEIGHTS_NAME), "config": cfg.to_dict()},
+                "against": "the fp32 reference student decoding each whole clip" + (
+                    f" (artifact streamed {self.chunk} latent frame(s) per call)" if self.chunk else ""),
+                "output_range": "[-1, 1]", "layout": "bcthw"}
+
+
+class DecoderSource:
+    """A decoder file people already use (turbovaed.decoders): its published forward is already 2D; it takes
+    NTCHW raw latents of its VAE and returns NTCHW frames in [0, 1]. Calibrated and verified on the recipe
+    teacher's latents of real clips where that teacher makes latents of this decoder's geometry, else on
+    synthetic N(0, 1) latents (said so in the manifest); verified against its eager published forward."""
+
+    def __init__(self, recipe: ExportRecipe, path: str | Path, variant: str | None):
+        from turbovaed import decoders
+
+        self.recipe, self.loaded = recipe, decoders.load(path, variant)
+        v, s = self.loaded.variant, recipe.shape
+        if s.stream_chunk:
+            raise InputError(f"{v.name}: streaming step graphs of decoder files are not built yet; export a recipe "
+                             "without shape.stream_chunk")
+        if recipe.input_latents != "raw":
+            raise InputError(f"{v.name} takes {v.convention} and ships no latent statistics to fold in: "
+                             "input_latents = 'normalized' does not apply (de-normalise before feeding it)")
+        f = 8 * v.patch_size
+        if s.height % f or s.width % f:
+            raise InputError(f"{v.name} outputs {f}x its latent size: height and width must be multiples of {f}")
+        self.model = self.loaded.module.float().eval()
+        self.example = (torch.zeros(1, s.latent_frames, v.latent_channels, s.height // f, s.width // f),)
+        self.io = {"inputs": ["latents"], "outputs": ["frames"]}
+
+    def latents(self) -> tuple[list[torch.Tensor], list[torch.Tensor], str, str, dict]:
+        v, s, c = self.loaded.variant, self.recipe.shape, self.recipe.calibration
+        teacher = None if c.synthetic else teachers.load(self.recipe.teacher, self.recipe.teacher_path,
+                                                          tiny=self.recipe.teacher_tiny)
+        fits = teacher is not None and teacher.latent_channels == v.latent_channels and \
+            teacher.spec.spatial == 8 * v.patch_size and teacher.spec.temporal == v.t_upscale
+        norm = {"convention": v.convention, "statistics": None}
+        if not fits:
+            g = torch.Generator().manual_seed(c.seed)
+            latents = [torch.randn(self.example[0].shape, generator=g) for _ in range(c.clips + c.verify_clips)]
+            why = "synthetic N(0, 1) latents (no teacher of this decoder's latent geometry on this machine)"
+            return latents[:c.clips], latents[c.clips:], why, why, norm
+        videos = data.list_videos(c.videos) if c.videos else (
+            data.list_videos(data.shared_videos_dir()) if data.shared_videos_dir() else data.bundled_videos())
+        frames = teacher.spec.frames_for(s.latent_frames)
+        sampler = data.ClipSampler(videos, frames, (s.height, s.width), seed=c.seed, resize=min(s.height, s.width))
+        latents = [teacher.encode(sampler.clip(i)[0][None]).permute(0, 2, 1, 3, 4).contiguous()
+                   for i in range(c.clips + c.verify_clips)]  # BCTHW -> NTCHW
+        source = (f"{teacher.spec.name} teacher latents of {len(videos)} real videos (the {v.vae} VAE's own latents "
+                  f"would be the real thing; this teacher shares its geometry)")
+        return latents[:c.clips], latents[c.clips:], source, "clips of the calibration videos", norm
+
+    def calibration_inputs(self, calib: list[torch.Tensor]) -> list[tuple]:
+        return [(z,) for z in calib]
+
+    def reference(self, z: torch.Tensor) -> torch.Tensor:
+        return self.model(z)
+
+    def run(self, run, z: torch.Tensor) -> torch.Tensor:
+        return run(z)[0]
+
+    def describe(self) -> dict:
+        d, v = self.loaded.describe(), self.loaded.variant
+        return {"frame_rule": {"temporal_ratio": v.t_upscale, "trimmed_start_frames": v.frames_to_trim,
+                               "spatial_ratio": 8 * v.patch_size, "rule": d["frame_rule"]},
+                "decoder": {"path": str(self.loaded.path.resolve()), "family": d["family"], "variant": v.name,
+                            "decodes": v.vae, "params": d["params"], "sha256": d["sha256"], "notes": d["notes"]},
+                "against": f"the eager {v.name} decoder (published forward) decoding each whole clip",
+                "output_range": "[0, 1]", "layout": "btchw"}
+
+
+def export(recipe: ExportRecipe, checkpoint: str | Path, out_dir: str | Path, bundle: bool = False,
+           variant: str | None = None) -> dict:
     """Build, verify and describe one artifact; everything lands in out_dir/<recipe.name>/ or nowhere.
-    `bundle=True` also writes sample latents + reference frames so the device apps can load the folder."""
+    `checkpoint` is a student folder, or a decoder file people already use (TAEHV/TAEW; `variant` where its
+    layout fits several). `bundle=True` also writes sample latents + reference frames for the device apps."""
     backend = backend_module(recipe.backend)
-    student = StudentDecoder.from_pretrained(checkpoint).float().eval()
-    model, example, io = graph(student, recipe, backend)
-    chunk = recipe.shape.stream_chunk
-    calib, verify, source, teacher, verified_on = calibration_latents(recipe, student, checkpoint)
-    feed = (lambda z: z) if recipe.input_latents == "raw" else teacher.norm.normalize  # what the graph is given
-    if recipe.input_latents == "normalized":
-        (model.decoder if chunk else model).fold_denormalization(teacher.norm.mean, teacher.norm.std, teacher.norm.scale)
-        calib = [feed(z) for z in calib]
-    calib_inputs: list[tuple] = []
-    for z in calib:  # a streaming graph calibrates on the inputs of every chunk of real streams
-        if chunk:
-            model.stream(z, chunk, run=lambda *xs: calib_inputs.append(xs) or model(*xs))
-        else:
-            calib_inputs.append((z,))
+    src = DecoderSource(recipe, checkpoint, variant) if Path(checkpoint).is_file() else \
+        StudentSource(recipe, checkpoint, backend)
+    if bundle and isinstance(src, DecoderSource):
+        raise InputError("--bundle for decoder files is not built yet (the apps read [-1, 1] BCTHW frames)")
+    model, example, io = src.model, src.example, src.io
+    calib, verify, source, verified_on, norm = src.latents()
+    calib_inputs = src.calibration_inputs(calib)
     t0 = time.perf_counter()
     with atomic_dir(Path(out_dir) / recipe.name) as tmp:
         info = backend.convert(model, example, recipe, calib_inputs, tmp, names=(io["inputs"], io["outputs"]))
         artifact = tmp / info["artifact"]
         with torch.no_grad():
-            expected = [student(z) for z in verify]
+            expected = [src.reference(z) for z in verify]
         run = backend.runner(artifact, model=model, recipe=recipe)
-        got = None if run is None else [run_clip(model, run, feed(z), chunk) for z in verify]
+        got = None if run is None else [src.run(run, z) for z in verify]
+        described = src.describe()
         numerics = {"verified_by": info.get("verified_by", "runtime"), "clips": len(verify), "verified_on": verified_on,
-                    "against": "the fp32 reference student decoding each whole clip" + (
-                        f" (artifact streamed {chunk} latent frame(s) per call)" if chunk else "")}
+                    "against": described.pop("against")}
         if got is None:
             numerics["status"] = "not run: no runtime for this artifact on this machine"
         else:
-            scores = [psnr(g, e) for g, e in zip(got, expected)]
+            # PSNR on the output's own range: frames in [0, 1] are mapped to [-1, 1] first (same dB scale)
+            scale = 2.0 if described["output_range"] == "[0, 1]" else 1.0
+            scores = [psnr(g * scale, e * scale) for g, e in zip(got, expected)]
             numerics.update({
                 "psnr_db": min(scores), "psnr_db_mean": sum(scores) / len(scores),
                 "max_abs_error": max((g - e).abs().max().item() for g, e in zip(got, expected)),
@@ -286,10 +396,10 @@ def export(recipe: ExportRecipe, checkpoint: str | Path, out_dir: str | Path, bu
             # a weight-level check (Core ML here) is not a run of the artifact: its own status says so
             numerics["status"] = ("pass-weights" if info.get("weights_only_check") else "pass") if passed \
                 else "below target"
-        cfg = student.config
         with torch.no_grad():
             outputs = model(*example)
         outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+        output_range = described.pop("output_range")
         manifest = {
             "name": recipe.name, "backend": recipe.backend, "precision": recipe.precision, "target": recipe.target,
             "precision_meaning": precision_meaning(recipe.backend, recipe.precision, recipe.delegate),
@@ -298,15 +408,10 @@ def export(recipe: ExportRecipe, checkpoint: str | Path, out_dir: str | Path, bu
             "inputs": [{"name": n, "shape": list(x.shape), "dtype": "float32", **t} for n, x, t in
                        zip(io["inputs"], example, info.get("io", {}).get("inputs", [{}] * len(example)))],
             "outputs": [{"name": n, "shape": list(y.shape), "dtype": "float32", **t,
-                         **({"range": "[-1, 1]"} if n == "frames" else {})} for n, y, t in
+                         **({"range": output_range} if n == "frames" else {})} for n, y, t in
                         zip(io["outputs"], outputs, info.get("io", {}).get("outputs", [{}] * len(outputs)))],
-            **({"stream": io["stream"]} if chunk else {}),
-            "frame_rule": {"temporal_ratio": cfg.temporal_ratio, "first_frame": cfg.first_frame,
-                           "spatial_ratio": cfg.spatial_ratio},
-            "input_latents": recipe.input_latents,
-            "latent_normalisation": {**teacher.norm.to_dict(), "teacher": recipe.teacher},
-            "student": {"checkpoint": str(Path(checkpoint).resolve()), "params": student.num_parameters(),
-                        "sha256": sha256(Path(checkpoint) / WEIGHTS_NAME), "config": cfg.to_dict()},
+            **({"stream": io["stream"]} if "stream" in io else {}),
+            "input_latents": recipe.input_latents, "latent_normalisation": norm, **described,
             "calibration": {"source": source, "clips": len(calib)},
             "numerics": numerics, "ops": info.get("ops", {}), "not_checked_here": info.get("not_checked_here", []),
             "notes": info.get("notes", []), "tool_versions": tool_versions(),
@@ -314,5 +419,5 @@ def export(recipe: ExportRecipe, checkpoint: str | Path, out_dir: str | Path, bu
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
         if bundle:
-            write_bundle(tmp, manifest, feed(verify[0]), expected[0], source)
+            write_bundle(tmp, manifest, src.feed(verify[0]), expected[0], source)
     return manifest

@@ -241,3 +241,35 @@ def test_export_and_profile_keep_third_party_output_off_the_terminal(tmp_path, s
     loud = run("-v", "export", recipes[0], *tiny, "--out", str(tmp_path / "loud"))
     assert loud.returncode == 0 and not (tmp_path / "loud" / "turbovaed.log").exists()
     assert any(n in loud.stdout + loud.stderr for n in NOISE)
+
+
+def test_latent_files_as_they_come(tmp_path):
+    """A Wan-style (1, 16, 16, h, w) file fits both layouts and is refused until its layout is said; torch.save
+    latents (.pt: a bare tensor, or a dict with 'latents'/'latent'/'z') load weights-only; `latents convert`
+    writes a self-describing safetensors file that later runs read without flags."""
+    from turbovaed.io import InputError, LatentFile, convert_latents
+
+    z = torch.randn(1, 16, 16, 4, 5)  # (N, T, C, h, w): 16 frames of 16 channels
+    torch.save(z.to(torch.bfloat16), tmp_path / "bare.pt")
+    torch.save({"z": z, "layout": "btchw"}, tmp_path / "dict.pth")
+    with pytest.raises(InputError, match="fit both .* --layout bcthw or --layout btchw"):
+        LatentFile(tmp_path / "bare.pt").check_channels(16, "decoder")
+    stated = LatentFile(tmp_path / "dict.pth")  # the dict's string entry states the layout
+    assert stated.layout == "btchw" and torch.equal(stated.read(), z.transpose(1, 2))
+    assert torch.allclose(LatentFile(tmp_path / "bare.pt", layout="btchw").read(), z.transpose(1, 2), atol=0.05)
+    with pytest.raises(InputError, match="--normalized .* or --raw"):
+        convert_latents(tmp_path / "dict.pth", tmp_path / "c.safetensors", None, None)
+    with pytest.raises(InputError, match="say its axis order"):
+        convert_latents(tmp_path / "bare.pt", tmp_path / "c.safetensors", None, True)
+    assert not (tmp_path / "c.safetensors").exists()
+    result = run("latents", "convert", str(tmp_path / "bare.pt"), str(tmp_path / "c.safetensors"), "--layout", "btchw",
+                 "--normalized")
+    assert result.returncode == 0, result.stderr
+    converted = LatentFile(tmp_path / "c.safetensors")
+    assert converted.layout_known and converted.stated_normalized() is True and converted.shape == (1, 16, 16, 4, 5)
+    converted.check_channels(16, "decoder")  # no flags needed any more
+    assert converted.dtype == "BF16"
+
+    (tmp_path / "junk.pt").write_bytes(b"not a torch file")
+    with pytest.raises(Exception, match="not a weights-only torch file"):
+        LatentFile(tmp_path / "junk.pt")

@@ -184,7 +184,9 @@ def denormalizer(stats: dict | None, what: str):
 @app.command()
 @logged(lambda a: a["out_path"].parent)
 def decode(out_path: Annotated[Path, typer.Option("--out", help="output .mp4 (a .png comparison is written beside it)")],
-           latents: Annotated[Optional[Path], typer.Option(help="latents .safetensors ('latents': (B,C,T,h,w))")] = None,
+           latents: Annotated[Optional[Path], typer.Option(
+               help="latents: .safetensors ('latents' tensor) or torch.save .pt/.pth (a tensor, or a dict with "
+                    "'latents'/'latent'/'z'; loaded weights-only)")] = None,
            video: Annotated[Optional[Path], typer.Option(help="a video to encode with the teacher first")] = None,
            teacher: Annotated[Optional[str], typer.Option(help=f"teacher: {', '.join(teachers.TEACHERS)}")] = None,
            teacher_path: Annotated[Optional[Path], typer.Option(help="local diffusers folder of the teacher")] = None,
@@ -696,6 +698,25 @@ def report_cmd(exports: Annotated[Path, typer.Option(help="artifacts folder")] =
     paths = report.write_report(exports, out_dir, results, video)
     out.print(f"wrote {paths['markdown']} and {paths['html']}")
     out.print(paths["table"])
+
+
+latents_app = typer.Typer(no_args_is_help=True, help="Latent files: convert to a self-describing safetensors file.")
+app.add_typer(latents_app, name="latents")
+
+
+@latents_app.command("convert")
+def latents_convert(source: Annotated[Path, typer.Argument(help="latents: .safetensors, or .pt/.pth (weights-only)")],
+                    target: Annotated[Path, typer.Argument(help="output .safetensors")],
+                    layout: Annotated[Optional[str], typer.Option(help="axis order of SOURCE: bcthw or btchw "
+                                                                       "(needed unless its metadata states it)")] = None,
+                    normalized: Annotated[Optional[bool], typer.Option(
+                        "--normalized/--raw", help="whether SOURCE holds a pipeline's normalised latents or raw VAE "
+                        "latents (needed unless its metadata states it)")] = None) -> None:
+    """Write SOURCE as (B, C, T, h, w) safetensors whose metadata states layout and normalisation, so later
+    runs need no flags."""
+    from turbovaed.io import convert_latents
+
+    out.print(convert_latents(source, target, layout, normalized))
 
 
 def main() -> None:

@@ -137,22 +137,13 @@ class LatentFile:
     (a (1, 16, 16, h, w) Wan file): decoding it the wrong way round would be silent garbage."""
 
     def __init__(self, path: str | Path, name: str = "latents", layout: str | None = None) -> None:
-        from safetensors import SafetensorError, safe_open
-
         if layout is not None and layout not in LAYOUTS:
             raise InputError(f"unknown latent layout {layout!r}; expected one of {sorted(LAYOUTS)}")
         self.path = Path(path)
-        _check_safetensors(self.path)
-        try:
-            self._file = safe_open(str(self.path), framework="pt")
-            names = list(self._file.keys())
-            if name not in names:
-                raise InputError(f"{self.path} has no '{name}' tensor (has {sorted(names)})")
-            self._slice = self._file.get_slice(name)
-            shape = tuple(self._slice.get_shape())
-            self.metadata = self._file.metadata() or {}
-        except (SafetensorError, OSError) as err:
-            raise CheckpointError(f"{self.path} is not a readable safetensors file (truncated or corrupt?): {err}") from err
+        if self.path.suffix in (".pt", ".pth"):
+            self._slice, shape, dtype, self.metadata = self._open_torch(name)
+        else:
+            self._slice, shape, dtype, self.metadata = self._open_safetensors(name)
         stated = self.metadata.get("layout")
         if stated is not None and layout is not None and stated != layout:
             raise InputError(f"{self.path} states layout {stated!r} in its metadata but {layout!r} was asked for")
@@ -163,11 +154,52 @@ class LatentFile:
         if len(shape) not in (4, 5):
             raise InputError(f"{self.path}: '{name}' must be {LAYOUTS[layout]} (or without the batch axis), "
                              f"got shape {shape}")
-        dtype = self._slice.get_dtype()
+        self.dtype = dtype
         if dtype not in ("F16", "BF16", "F32", "F64"):
             raise InputError(f"{self.path}: latents must be floating point, got {dtype}")
         self.batched, self.stored_shape = len(shape) == 5, shape
         self._use(layout)
+
+    def _open_safetensors(self, name: str) -> tuple:
+        """A memory-mapped slice of the tensor, its shape, dtype and the file's metadata."""
+        from safetensors import SafetensorError, safe_open
+
+        _check_safetensors(self.path)
+        try:
+            handle = safe_open(str(self.path), framework="pt")
+            names = list(handle.keys())
+            if name not in names:
+                raise InputError(f"{self.path} has no '{name}' tensor (has {sorted(names)})")
+            tensor = handle.get_slice(name)
+            self._file = handle  # the slice reads through it
+            return tensor, tuple(tensor.get_shape()), tensor.get_dtype(), handle.metadata() or {}
+        except (SafetensorError, OSError) as err:
+            raise CheckpointError(f"{self.path} is not a readable safetensors file (truncated or corrupt?): {err}") from err
+
+    def _open_torch(self, name: str) -> tuple:
+        """A torch.save'd tensor, or a dict holding one under 'latents' / 'latent' / 'z' (string entries of the
+        dict, e.g. 'layout', act as metadata), loaded weights-only and memory-mapped."""
+        import pickle
+
+        if not self.path.is_file():
+            raise CheckpointError(f"{self.path} does not exist")
+        try:
+            obj = torch.load(self.path, map_location="cpu", weights_only=True, mmap=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
+            raise CheckpointError(f"{self.path} is not a weights-only torch file of latents (it needs arbitrary code "
+                                  f"to load, or is truncated): {str(err).splitlines()[0]}") from err
+        metadata = {}
+        if isinstance(obj, dict):
+            metadata = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, str)}
+            key = next((k for k in (name, "latents", "latent", "z") if torch.is_tensor(obj.get(k))), None)
+            if key is None:
+                raise InputError(f"{self.path} holds a dict without a '{name}', 'latent' or 'z' tensor "
+                                 f"(keys: {sorted(map(str, obj))})")
+            obj = obj[key]
+        if not torch.is_tensor(obj):
+            raise InputError(f"{self.path} holds a {type(obj).__name__}, not a latent tensor")
+        dtypes = {torch.float16: "F16", torch.bfloat16: "BF16", torch.float32: "F32", torch.float64: "F64"}
+        return obj, tuple(obj.shape), dtypes.get(obj.dtype, str(obj.dtype)), metadata
 
     def _use(self, layout: str) -> None:
         full = self.stored_shape if self.batched else (1, *self.stored_shape)
@@ -210,3 +242,28 @@ class LatentFile:
         else:
             z = (self._slice[:, start:stop] if self.batched else self._slice[start:stop][None]).transpose(1, 2)
         return z.float().contiguous()
+
+
+def convert_latents(source: str | Path, target: str | Path, layout: str | None, normalized: bool | None) -> str:
+    """SOURCE (any layout, .safetensors or weights-only .pt/.pth) -> TARGET .safetensors in (B, C, T, h, w),
+    stored dtype kept, with metadata {"layout": "bcthw", "latents": "raw" | "normalized"}; written atomically."""
+    from safetensors.torch import save_file
+
+    target = Path(target)
+    if target.suffix != ".safetensors":
+        raise InputError(f"the converted file must be a .safetensors path, got {target}")
+    src = LatentFile(source, layout=layout)
+    if not src.layout_known:
+        raise InputError(f"{source}: say its axis order with --layout bcthw ({LAYOUTS['bcthw']}) or --layout btchw "
+                         f"({LAYOUTS['btchw']}); stored shape {src.stored_shape}")
+    stated = src.stated_normalized()
+    if normalized is None and stated is None:
+        raise InputError(f"{source}: say whether the latents are --normalized (a pipeline's output) or --raw "
+                         "(what a VAE decoder takes)")
+    if None not in (normalized, stated) and normalized != stated:
+        raise InputError(f"{source} states {'normalized' if stated else 'raw'} latents in its metadata")
+    state = "normalized" if (stated if normalized is None else normalized) else "raw"
+    dtype = {"F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}.get(src.dtype, torch.float32)
+    with atomic_file(target) as tmp:
+        save_file({"latents": src.read().to(dtype).contiguous()}, str(tmp), metadata={"layout": "bcthw", "latents": state})
+    return f"wrote {target}: latents {tuple(src.shape)} (B, C, T, h, w), {state}, {src.dtype}"

@@ -37,18 +37,19 @@ def options(verbose: Annotated[bool, typer.Option("-v", "--verbose", help="show 
 
 
 def logged(folder):
-    """Run the command with third-party output captured into FOLDER/turbovaed.log (`folder` maps the command's
-    arguments to its output folder); the log is named at the end when anything was written to it."""
+    """Run the command with third-party output captured (`folder` maps the command's arguments to its output
+    folder, where the log lands as turbovaed.log on success); the log is named at the end when anything was
+    written to it."""
     def wrap(command):
         @functools.wraps(command)
         def run(**kwargs):
-            log = Path(folder(kwargs)) / "turbovaed.log"
-            with logs.capture(log, VERBOSE["on"]) as captured:
-                try:
+            captured = logs.Captured()
+            try:
+                with logs.capture(Path(folder(kwargs)) / "turbovaed.log", VERBOSE["on"]) as captured:
                     return command(**kwargs)
-                finally:
-                    if logs.written(captured):
-                        logs.say(f"third-party output: {captured}")
+            finally:
+                if captured.path is not None:
+                    logs.say(f"third-party output: {captured.path}")
         return run
     return wrap
 

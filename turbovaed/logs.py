@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
@@ -59,34 +60,60 @@ def say(message: str) -> None:
     print(message, file=STDERR, flush=True)
 
 
+class Captured:
+    """Where the captured output ended up (None while capturing, or when nothing was written)."""
+
+    path: Path | None = None
+
+
 @contextlib.contextmanager
-def capture(log: Path | None, verbose: bool = False) -> Iterator[Path | None]:
-    """Send fd 1 and 2 to `log` (appended) for the duration; turbovaed's own output keeps the terminal.
-    Nested captures and `verbose` (or no log) leave everything as it is."""
+def capture(log: Path | None, verbose: bool = False) -> Iterator[Captured]:
+    """Send fd 1 and 2 to a temporary log for the duration; turbovaed's own output keeps the terminal. On
+    success a non-empty log is appended to `log` (the command's output folder); after a failure it stays in
+    the temp folder, so a failed command leaves nothing in its output folder. Nested captures, `verbose` or
+    no `log` leave everything as it is."""
+    result = Captured()
     if verbose or log is None or _terminal:
-        yield None
+        yield result
         return
-    log.parent.mkdir(parents=True, exist_ok=True)
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
+    fd, name = tempfile.mkstemp(prefix="turbovaed-", suffix=".log")
     saved = {"out": os.dup(1), "err": os.dup(2)}
-    with open(log, "a", buffering=1) as sink:
-        for which, fd in (("out", 1), ("err", 2)):
+    ok = False
+    try:
+        for which, target in (("out", 1), ("err", 2)):
             stream = sys.stdout if which == "out" else sys.stderr
-            real = _fileno(stream) == fd  # a stand-in stream (e.g. a test's buffer) never reaches the fd
+            real = _fileno(stream) == target  # a stand-in stream (e.g. a test's buffer) never reaches the fd
             _terminal[which] = os.fdopen(os.dup(saved[which]), "w", buffering=1) if real else stream
-            os.dup2(sink.fileno(), fd)
-        try:
-            yield log
-        finally:
-            for stream in (sys.stdout, sys.stderr):
-                stream.flush()
-            for which, fd in (("out", 1), ("err", 2)):
-                os.dup2(saved[which], fd)
-                os.close(saved[which])
-                term = _terminal.pop(which)
-                if term not in (sys.stdout, sys.stderr):
-                    term.close()
+            os.dup2(fd, target)
+        yield result
+        ok = True
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        for which, target in (("out", 1), ("err", 2)):
+            os.dup2(saved[which], target)
+            os.close(saved[which])
+            term = _terminal.pop(which, None)
+            if term is not None and term not in (sys.stdout, sys.stderr):
+                term.close()
+        os.close(fd)
+        result.path = _keep(Path(name), log if ok else None)
+
+
+def _keep(temp: Path, log: Path | None) -> Path | None:
+    """An empty capture is deleted; a successful one is appended to `log`; a failed one stays where it is."""
+    if temp.stat().st_size == 0:
+        temp.unlink()
+        return None
+    if log is None:
+        return temp
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as sink:
+        sink.write(temp.read_bytes())
+    temp.unlink()
+    return log
 
 
 def _fileno(stream) -> int | None:
@@ -94,8 +121,3 @@ def _fileno(stream) -> int | None:
         return stream.fileno()
     except (AttributeError, OSError, ValueError):
         return None
-
-
-def written(log: Path | None) -> bool:
-    """Whether the log holds anything (the CLI names it only then)."""
-    return log is not None and log.is_file() and log.stat().st_size > 0

@@ -66,7 +66,8 @@ def test_base_rung_costs_about_taehvs_macs_per_frame(spatial, temporal, channels
     base = family_preset(channels, spatial, temporal, size="base")
     side = 512 // spatial
     ours = module_macs(StudentDecoder(base), (1, channels, 5, side, side)) / base.frames_for(5)
-    theirs = module_macs(taehv, (1, channels, 5, side, side)) / 17  # TAEHV: 4x in time, 5 -> 17 frames
+    frames = taehv.net.variant.output_frames(5)  # 17 (4x in time), or 33 for the LTX variant (8x)
+    theirs = module_macs(taehv, (1, channels, 5, side, side)) / frames
     assert 0.7 <= ours / theirs <= 1.3, (ours / 1e9, theirs / 1e9)
 
 
@@ -119,3 +120,22 @@ def test_upper_rungs_export_through_every_backend(tmp_path, size, backend, preci
         assert ops["conv_3d"] == 0 and ops["flex_or_custom"] == 0
     if backend == "coreml":
         assert ops["max_rank"] <= 5
+
+
+def test_taehv_peer_is_the_real_architecture_and_takes_published_weights(tmp_path):
+    """benchmarks/peers/taehv.py wraps turbovaed.decoders.taehv: a published file (random values, the published
+    names and shapes) loads into it, and it decodes (B, C, T, h, w) to what the loaded decoder gives, in [-1, 1]."""
+    from test_decoders import LAYOUTS, random_file
+
+    from turbovaed.decoders import load
+
+    if not LAYOUTS.is_file():
+        pytest.skip("needs ../shared/decoders/taehv_state_dicts.json")
+    path = random_file("taew2_1", tmp_path)
+    peer, published = TAEHVDecoder(16, weights=path).eval(), load(path).module
+    assert peer.num_parameters() == published.num_parameters() == 9_844_611
+    z = torch.randn(1, 16, 3, 4, 4)
+    with torch.no_grad():
+        frames, features = peer(z, return_features=True)
+        assert torch.equal(frames, published(z.transpose(1, 2)).transpose(1, 2) * 2 - 1)
+    assert frames.shape == (1, 3, 9, 32, 32) and len(features) == 3 and features[0].shape[:3] == (1, 256, 3)

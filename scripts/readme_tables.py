@@ -339,27 +339,34 @@ def render(text: str) -> tuple[str, list[str]]:
     return PATTERN.sub(fill, text), changed
 
 
+DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]  # the files whose blocks are generated
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--check", action="store_true")
-    p.add_argument("--readme", type=Path, default=REPO / "README.md")
+    p.add_argument("--readme", type=Path, nargs="*", default=DOCS, help="markdown files (default: README + docs/)")
     args = p.parse_args()
-    try:
-        new, changed = render(args.readme.read_text())
-    except MissingResults as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    stale = []
+    for doc in args.readme:
+        try:
+            new, changed = render(doc.read_text())
+        except MissingResults as err:
+            print(f"error: {doc.name}: {err}", file=sys.stderr)
+            return 1
+        if changed and not args.check:
+            tmp = doc.with_suffix(".md.tmp")
+            tmp.write_text(new)
+            tmp.replace(doc)
+        stale += [f"{doc.name}:{name}" for name in changed]
     if args.check:
-        if changed:
-            print(f"README blocks out of date with their results files: {', '.join(changed)} "
+        if stale:
+            print(f"blocks out of date with their results files: {', '.join(stale)} "
                   "(run python scripts/readme_tables.py)", file=sys.stderr)
             return 1
-        print("README tables match their results files")
+        print("README and docs tables match their results files")
         return 0
-    tmp = args.readme.with_suffix(".md.tmp")
-    tmp.write_text(new)
-    tmp.replace(args.readme)
-    print(f"regenerated: {', '.join(changed) or 'nothing changed'}")
+    print(f"regenerated: {', '.join(stale) or 'nothing changed'}")
     return 0
 
 

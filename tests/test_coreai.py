@@ -2,6 +2,7 @@
 Core AI runtime that coreai-core's Linux wheel carries; streaming step graphs too; bad inputs are one clear
 error. Skips, saying why, where the coreai extra is absent."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -63,6 +64,12 @@ def test_core_ai_bad_inputs_are_one_clear_error(tmp_path, student_dir):
         run(torch.zeros(1, 4, 2, 4, 4), torch.zeros(1))
     with pytest.raises(InputError, match=r"input 'latents' takes shape \[1, 4, 2, 4, 4\], got \[1, 4, 3, 4, 4\]"):
         run(torch.zeros(1, 4, 3, 4, 4))
+    folder = tmp_path / "out" / manifest["name"]
+    described = json.loads((folder / "manifest.json").read_text())
+    described["inputs"][0]["shape"] = [1, 4, 3, 4, 4]
+    (folder / "manifest.json").write_text(json.dumps(described))
+    with pytest.raises(InputError, match="do not belong together"):
+        coreai_backend.runner(folder / manifest["artifact"])
     with pytest.raises(InputError, match="has no precision 'int2'"):
         export(recipe_for("coreai", "int2"), student_dir, tmp_path / "bad")
     assert not (tmp_path / "bad").exists() or list((tmp_path / "bad").iterdir()) == []

@@ -177,6 +177,21 @@ class Loaded:
         self.inputs, self.outputs = list(self._fn.desc.input_names), list(self._fn.desc.output_names)
         self._wants = {n: self._fn.desc.input_descriptor(n) for n in self.inputs}
         weakref.finalize(self, Loaded._close, self._loop, self._session)
+        self._check_manifest()
+
+    def _check_manifest(self) -> None:
+        """An asset beside a manifest must take exactly the inputs the manifest describes (names and shapes):
+        apps and profilers build their inputs from the manifest."""
+        import json
+
+        path = self.artifact.parent / "manifest.json"
+        if not path.is_file():
+            return  # during export the manifest is written after verification
+        described = [(i["name"], list(i["shape"])) for i in json.loads(path.read_text()).get("inputs", [])]
+        actual = [(n, list(self._wants[n].shape)) for n in self.inputs]
+        if described != actual:
+            raise InputError(f"{self.artifact} takes inputs {actual} but its manifest describes {described}: "
+                             "the asset and manifest.json do not belong together (re-export the recipe)")
 
     def feed(self, *xs: torch.Tensor) -> dict:
         from coreai.runtime import NDArray

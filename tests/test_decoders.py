@@ -242,3 +242,22 @@ def test_cli_decodes_taehv_layout_latents_with_a_decoder_file(tmp_path):
                             "--latents", str(tmp_path / "z.safetensors"), "--out", str(tmp_path / "x.mp4")],
                            capture_output=True, text=True, timeout=300)
     assert wrong.returncode == 2 and "48" in wrong.stderr and "16" in wrong.stderr
+
+
+def test_decoder_artifacts_are_profiled_like_students_keyed_by_the_files_sha256(tmp_path):
+    """`turbovaed profile` measures a decoder file's artifacts beside its eager published forward, records keyed
+    by the weight file's sha256; device estimates (a student cost model) are skipped, saying so."""
+    import hashlib
+
+    from test_export import recipe_for
+
+    from turbovaed.export.core import export
+    from turbovaed.profile.host import profile
+
+    path = random_file("taehv", tmp_path)
+    export(recipe_for("onnx", "fp32"), path, tmp_path / "exports")
+    result = profile(tmp_path / "exports", runs=2, warmup=0, threads=1, results_dir=tmp_path / "profiles")
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert {r.artifact for r in result["measured"]} == {"t-onnx-fp32", "eager"}
+    assert all(r.model_sha256 == sha and r.model == path.name and r.status == "ok" for r in result["measured"])
+    assert result["estimates"] == [] and any("decoder files" in s for s in result["skipped"])

@@ -244,6 +244,18 @@ def write_bundle(folder: Path, manifest: dict, latents: torch.Tensor, frames: to
     return bundle
 
 
+def model_of(manifest: dict) -> dict:
+    """What an artifact was exported from, whatever kind: kind ("student" | "decoder"), path (checkpoint folder
+    or decoder file), name, sha256 of its weights (records are keyed by it), config (students only)."""
+    if "decoder" in manifest:
+        d = manifest["decoder"]
+        return {"kind": "decoder", "path": d["path"], "name": Path(d["path"]).name, "sha256": d["sha256"],
+                "config": None, "variant": d["variant"]}
+    s = manifest["student"]
+    return {"kind": "student", "path": s["checkpoint"], "name": Path(s["checkpoint"]).name,
+            "sha256": s.get("sha256", ""), "config": s["config"]}
+
+
 class StudentSource:
     """A distilled student checkpoint: its 2D mobile graph (or streaming step), latents of the recipe's teacher
     (normalised where the recipe folds de-normalisation in), verified against the fp32 student."""

@@ -277,7 +277,10 @@ def side_by_side(manifests: list[dict], path: Path, video: Path | None) -> tuple
 
 def write_report(exports: Path, out_dir: Path, results: Path | None = None, video: Path | None = None) -> dict:
     """Write report.md, report.html, plots and frames into out_dir (atomically); return their paths."""
-    manifests = find_manifests(exports)
+    manifests = [m for m in find_manifests(exports) if "student" in m]  # decoder files: `profile` measures them
+    if not manifests:
+        raise InputError(f"{exports} holds no student artifacts: the report covers distilled students (decoder "
+                         "files are measured by `turbovaed profile`)")
     catalog = load_catalog()
     records = load_all(results or RESULTS_DIR, set(catalog))
     students = {m["student"]["sha256"] for m in manifests}

@@ -212,8 +212,8 @@ def test_decoder_export_and_decode_refuse_what_does_not_apply(tmp_path):
 
     path = random_file("taehv", tmp_path)
     for extra, message in (({"input_latents": "normalized"}, "ships no latent statistics"),
-                           ({"shape": {"latent_frames": 2, "height": 32, "width": 32, "stream_chunk": 1}},
-                            "streaming step graphs of decoder files are not built yet")):
+                           ({"shape": {"latent_frames": 2, "height": 32, "width": 32, "stream_chunk": 2}},
+                            "streams one latent frame per call")):
         with pytest.raises(InputError, match=message):
             export(recipe_for("onnx", "fp32", **extra), path, tmp_path / "out")
     with pytest.raises(InputError, match="--bundle for decoder files"):
@@ -261,3 +261,32 @@ def test_decoder_artifacts_are_profiled_like_students_keyed_by_the_files_sha256(
     assert {r.artifact for r in result["measured"]} == {"t-onnx-fp32", "eager"}
     assert all(r.model_sha256 == sha and r.model == path.name and r.status == "ok" for r in result["measured"])
     assert result["estimates"] == [] and any("decoder files" in s for s in result["skipped"])
+
+
+@pytest.mark.parametrize("name", ["taehv", "taew2_2", "taeltx_2"])
+def test_streaming_step_equals_the_whole_clip_forward(tmp_path, name):
+    """TAEHV's memory as explicit state: one latent frame per call from zero states, trimmed like the published
+    stream, gives the whole-clip frames (float64: exact up to summation order)."""
+    from turbovaed.decoders.taehv import TAEHVStep
+
+    model = load(random_file(name, tmp_path)).module.double()
+    z = torch.randn(1, 3, model.variant.latent_channels, 3, 4, dtype=torch.float64)
+    step = TAEHVStep(model)
+    with torch.no_grad():
+        assert torch.allclose(step.stream(z), model(z), atol=1e-12)
+    assert len(step.initial_states(z)) == 9
+
+
+@pytest.mark.parametrize("backend,precision", [("onnx", "fp32"), ("executorch", "fp32"), ("litert", "fp32")])
+def test_a_decoder_files_step_graph_exports_and_streams_on_the_runtime(tmp_path, backend, precision):
+    from test_export import recipe_for
+
+    from turbovaed.export.core import export
+
+    recipe = recipe_for(backend, precision, shape={"latent_frames": 3, "height": 32, "width": 32, "stream_chunk": 1})
+    manifest = export(recipe, random_file("taew2_1", tmp_path), tmp_path / "out")
+    n, stream = manifest["numerics"], manifest["stream"]
+    assert n["status"] == "pass" and "streamed 1 latent frame per call" in n["against"], n
+    assert stream["states"] == 9 and stream["first_chunk_drop_frames"] == 3
+    assert [i["name"] for i in manifest["inputs"]][:2] == ["latents", "state_0"]
+    assert manifest["inputs"][0]["shape"] == [1, 1, 16, 4, 4] and manifest["outputs"][0]["shape"] == [1, 4, 3, 32, 32]

@@ -130,3 +130,62 @@ class TAEHVDecoder(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+class TAEHVStep(nn.Module):
+    """One latent frame per call, TAEHV's causal memory as explicit state: forward(latent (N, 1, C, h, w),
+    *states) -> (frames (N, t_upscale, 3, H, W) in [0, 1], *new states). A state is a MemBlock's input one frame
+    earlier at its stage; a stream starts from zero states (`initial_states`), exactly like the whole-clip
+    forward, and the caller drops the first `frames_to_trim` frames of the stream (taecvx: none, like the
+    published streaming decoder). Every op is 2D or a reshape: it exports like the whole-clip graph."""
+
+    def __init__(self, decoder: TAEHVDecoder):
+        super().__init__()
+        self.net = decoder
+        self.variant = decoder.variant
+        self.memblocks = [i for i, m in enumerate(decoder.decoder) if isinstance(m, MemBlock)]
+
+    @property
+    def frames_to_trim(self) -> int:
+        return 0 if self.variant.name == "taecvx" else self.variant.frames_to_trim
+
+    def forward(self, latent: torch.Tensor, *states: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        n = latent.shape[0]
+        x = latent.reshape(n, *latent.shape[2:])
+        new_states = []
+        for layer in self.net.decoder:
+            if isinstance(layer, MemBlock):
+                frames = x.reshape(n, -1, *x.shape[1:])  # this step's frames at this stage
+                state = states[len(new_states)]
+                past = torch.cat([state[:, None], frames[:, :-1]], 1).reshape(x.shape)
+                new_states.append(frames[:, -1])
+                x = layer(x, past)
+            else:
+                x = layer(x)
+        if self.variant.patch_size > 1:
+            x = F.pixel_shuffle(x, self.variant.patch_size)
+        return (x.clamp(0, 1).reshape(n, -1, *x.shape[1:]), *new_states)
+
+    @torch.no_grad()
+    def initial_states(self, latent: torch.Tensor) -> list[torch.Tensor]:
+        """Zero states of the right shapes for this latent size (found by a dry run)."""
+        shapes: list[torch.Size] = []
+        hooks = [self.net.decoder[i].register_forward_pre_hook(lambda _m, args: shapes.append(args[0].shape))
+                 for i in self.memblocks]
+        try:
+            self.net(latent[:, :1])
+        finally:
+            for h in hooks:
+                h.remove()
+        return [torch.zeros(latent.shape[0], *s[1:], dtype=latent.dtype) for s in shapes]
+
+    @torch.no_grad()
+    def stream(self, latents: torch.Tensor, run=None) -> torch.Tensor:
+        """Decode NTCHW latents one frame per call through `run` (default: this module; or an exported
+        artifact's runner), carrying the states; the stream's first frames are trimmed as published."""
+        run = run or self
+        states, out = self.initial_states(latents), []
+        for t in range(latents.shape[1]):
+            frames, *states = run(latents[:, t:t + 1], *states)
+            out.append(frames)
+        return torch.cat(out, 1)[:, self.frames_to_trim:]

@@ -312,21 +312,33 @@ class DecoderSource:
 
     def __init__(self, recipe: ExportRecipe, path: str | Path, variant: str | None):
         from turbovaed import decoders
+        from turbovaed.decoders.taehv import TAEHVStep
 
         self.recipe, self.loaded = recipe, decoders.load(path, variant)
         v, s = self.loaded.variant, recipe.shape
-        if s.stream_chunk:
-            raise InputError(f"{v.name}: streaming step graphs of decoder files are not built yet; export a recipe "
-                             "without shape.stream_chunk")
+        if s.stream_chunk not in (0, 1):
+            raise InputError(f"{v.name} streams one latent frame per call: shape.stream_chunk must be 1 (or 0 for "
+                             f"the whole-clip graph), got {s.stream_chunk}")
         if recipe.input_latents != "raw":
             raise InputError(f"{v.name} takes {v.convention} and ships no latent statistics to fold in: "
                              "input_latents = 'normalized' does not apply (de-normalise before feeding it)")
         f = 8 * v.patch_size
         if s.height % f or s.width % f:
             raise InputError(f"{v.name} outputs {f}x its latent size: height and width must be multiples of {f}")
-        self.model = self.loaded.module.float().eval()
-        self.example = (torch.zeros(1, s.latent_frames, v.latent_channels, s.height // f, s.width // f),)
+        clip = torch.zeros(1, s.latent_frames, v.latent_channels, s.height // f, s.width // f)
+        self.step = TAEHVStep(self.loaded.module.float().eval()).eval() if s.stream_chunk else None
+        self.model = self.step or self.loaded.module.float().eval()
+        self.example = (clip,)
         self.io = {"inputs": ["latents"], "outputs": ["frames"]}
+        if self.step is not None:  # one latent frame per call, the MemBlocks' memory as explicit state
+            states = self.step.initial_states(clip)
+            names = [f"state_{i}" for i in range(len(states))]
+            self.example = (clip[:, :1], *states)
+            self.io = {"inputs": ["latents", *names], "outputs": ["frames", *[f"{n}_out" for n in names]],
+                       "stream": {"chunk_latent_frames": 1, "states": len(states),
+                                  "first_chunk_drop_frames": self.step.frames_to_trim,
+                                  "protocol": "call with zero states, then the previous call's state outputs; "
+                                              "drop first_chunk_drop_frames frames from the start of the stream"}}
 
     def latents(self) -> tuple[list[torch.Tensor], list[torch.Tensor], str, str, dict]:
         v, s, c = self.loaded.variant, self.recipe.shape, self.recipe.calibration
@@ -351,13 +363,18 @@ class DecoderSource:
         return latents[:c.clips], latents[c.clips:], source, "clips of the calibration videos", norm
 
     def calibration_inputs(self, calib: list[torch.Tensor]) -> list[tuple]:
-        return [(z,) for z in calib]
+        if self.step is None:
+            return [(z,) for z in calib]
+        inputs: list[tuple] = []
+        for z in calib:  # every call of real streams
+            self.step.stream(z, run=lambda *xs: inputs.append(xs) or self.step(*xs))
+        return inputs
 
     def reference(self, z: torch.Tensor) -> torch.Tensor:
-        return self.model(z)
+        return self.loaded.module(z)
 
     def run(self, run, z: torch.Tensor) -> torch.Tensor:
-        return run(z)[0]
+        return self.step.stream(z, run=run) if self.step is not None else run(z)[0]
 
     def describe(self) -> dict:
         d, v = self.loaded.describe(), self.loaded.variant
@@ -365,7 +382,8 @@ class DecoderSource:
                                "spatial_ratio": 8 * v.patch_size, "rule": d["frame_rule"]},
                 "decoder": {"path": str(self.loaded.path.resolve()), "family": d["family"], "variant": v.name,
                             "decodes": v.vae, "params": d["params"], "sha256": d["sha256"], "notes": d["notes"]},
-                "against": f"the eager {v.name} decoder (published forward) decoding each whole clip",
+                "against": f"the eager {v.name} decoder (published forward) decoding each whole clip" + (
+                    " (artifact streamed 1 latent frame per call)" if self.step is not None else ""),
                 "output_range": "[0, 1]", "layout": "btchw"}
 
 

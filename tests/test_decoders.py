@@ -184,9 +184,9 @@ def test_a_decoder_file_exports_and_verifies_on_every_backend(tmp_path, backend,
     manifest = export(recipe_for(backend, precision), random_file("taew2_1", tmp_path), tmp_path / "out")
     n = manifest["numerics"]
     assert n["status"] in ("pass", "pass-weights") and n["psnr_db"] >= n["min_psnr_db"], n
-    assert manifest["decoder"]["variant"] == "taew2_1" and manifest["layout"] == "btchw"
-    assert manifest["inputs"][0]["shape"] == [1, 2, 16, 4, 4] and manifest["outputs"][0]["range"] == "[0, 1]"
-    assert manifest["outputs"][0]["shape"] == [1, 5, 3, 32, 32]  # 2 latent frames -> 4*2 - 3
+    assert manifest["decoder"]["variant"] == "taew2_1" and manifest["layout"] == "bcthw"  # turbovaed's I/O
+    assert manifest["inputs"][0]["shape"] == [1, 16, 2, 4, 4] and manifest["outputs"][0]["range"] == "[-1, 1]"
+    assert manifest["outputs"][0]["shape"] == [1, 3, 5, 32, 32]  # 2 latent frames -> 4*2 - 3
     assert "eager taew2_1" in n["against"] and "student" not in manifest
 
 
@@ -216,9 +216,26 @@ def test_decoder_export_and_decode_refuse_what_does_not_apply(tmp_path):
                             "streams one latent frame per call")):
         with pytest.raises(InputError, match=message):
             export(recipe_for("onnx", "fp32", **extra), path, tmp_path / "out")
-    with pytest.raises(InputError, match="--bundle for decoder files"):
-        export(recipe_for("onnx", "fp32"), path, tmp_path / "out", bundle=True)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_decoder_files_bundle_is_what_the_apps_load(tmp_path):
+    """The graph takes turbovaed's (B, C, T, h, w) latents and gives [-1, 1] frames, so --bundle writes the
+    same bundle a student's export does: sample latents and the eager decoder's frames for them."""
+    import numpy as np
+    import onnxruntime as ort
+    from test_export import recipe_for
+
+    from turbovaed.export.core import export
+
+    manifest = export(recipe_for("onnx", "fp32"), random_file("taehv", tmp_path), tmp_path / "out", bundle=True)
+    folder = tmp_path / "out" / manifest["name"]
+    meta = json.loads((folder / "bundle.json").read_text())
+    z = np.fromfile(folder / meta["latents"]["file"], "<f4").reshape(meta["latents"]["shape"])
+    ref = np.fromfile(folder / meta["reference_frames"]["file"], "<f4").reshape(meta["reference_frames"]["shape"])
+    got = ort.InferenceSession(str(folder / manifest["artifact"])).run(None, {"latents": z})[0]
+    assert meta["reference_frames"]["range"] == "[-1, 1]" and ref.shape == got.shape == (1, 3, 5, 32, 32)
+    assert np.abs(got - ref).max() < 1e-4 and ref.min() >= -1 and ref.max() <= 1
 
 
 def test_cli_decodes_taehv_layout_latents_with_a_decoder_file(tmp_path):
@@ -289,4 +306,17 @@ def test_a_decoder_files_step_graph_exports_and_streams_on_the_runtime(tmp_path,
     assert n["status"] == "pass" and "streamed 1 latent frame per call" in n["against"], n
     assert stream["states"] == 9 and stream["first_chunk_drop_frames"] == 3
     assert [i["name"] for i in manifest["inputs"]][:2] == ["latents", "state_0"]
-    assert manifest["inputs"][0]["shape"] == [1, 1, 16, 4, 4] and manifest["outputs"][0]["shape"] == [1, 4, 3, 32, 32]
+    assert manifest["inputs"][0]["shape"] == [1, 16, 1, 4, 4] and manifest["outputs"][0]["shape"] == [1, 3, 4, 32, 32]
+
+
+def test_a_decoder_files_step_graph_is_profiled_too(tmp_path):
+    from test_export import recipe_for
+
+    from turbovaed.export.core import export
+    from turbovaed.profile.host import profile
+
+    recipe = recipe_for("onnx", "fp32", shape={"latent_frames": 2, "height": 32, "width": 32, "stream_chunk": 1})
+    export(recipe, random_file("taehv", tmp_path), tmp_path / "exports")
+    result = profile(tmp_path / "exports", runs=2, warmup=0, threads=1, results_dir=tmp_path / "profiles")
+    assert {r.artifact for r in result["measured"]} == {"t-onnx-fp32", "eager"}
+    assert all(r.status == "ok" for r in result["measured"]), [r.error for r in result["measured"]]

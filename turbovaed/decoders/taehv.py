@@ -189,3 +189,19 @@ class TAEHVStep(nn.Module):
             frames, *states = run(latents[:, t:t + 1], *states)
             out.append(frames)
         return torch.cat(out, 1)[:, self.frames_to_trim:]
+
+
+class Canonical(nn.Module):
+    """TAEHV (or its step) with turbovaed's I/O: (B, C, T, h, w) raw latents in, (B, 3, T', H, W) frames in
+    [-1, 1] out, so its artifacts drop into bundles, apps and profilers like a student's. The conversion is a
+    transpose and an affine map inside the graph; any states pass through unchanged."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, latents: torch.Tensor, *states: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        out = self.inner(latents.transpose(1, 2), *states)
+        frames, rest = (out[0], out[1:]) if isinstance(out, tuple) else (out, ())
+        frames = frames.transpose(1, 2) * 2 - 1
+        return (frames, *rest) if states else frames

@@ -305,14 +305,15 @@ class StudentSource:
 
 
 class DecoderSource:
-    """A decoder file people already use (turbovaed.decoders): its published forward is already 2D; it takes
-    NTCHW raw latents of its VAE and returns NTCHW frames in [0, 1]. Calibrated and verified on the recipe
-    teacher's latents of real clips where that teacher makes latents of this decoder's geometry, else on
-    synthetic N(0, 1) latents (said so in the manifest); verified against its eager published forward."""
+    """A decoder file people already use (turbovaed.decoders): its published forward is already 2D. The graph
+    takes turbovaed's (B, C, T, h, w) raw latents and returns (B, 3, T', H, W) frames in [-1, 1] (TAEHV's own
+    NTCHW and [0, 1] are converted inside it), so bundles and apps take it like a student's. Calibrated and
+    verified on the recipe teacher's latents of real clips where that teacher makes latents of this decoder's
+    geometry, else on synthetic N(0, 1) latents (said so); verified against its eager published forward."""
 
     def __init__(self, recipe: ExportRecipe, path: str | Path, variant: str | None):
         from turbovaed import decoders
-        from turbovaed.decoders.taehv import TAEHVStep
+        from turbovaed.decoders.taehv import Canonical, TAEHVStep
 
         self.recipe, self.loaded = recipe, decoders.load(path, variant)
         v, s = self.loaded.variant, recipe.shape
@@ -325,15 +326,17 @@ class DecoderSource:
         f = 8 * v.patch_size
         if s.height % f or s.width % f:
             raise InputError(f"{v.name} outputs {f}x its latent size: height and width must be multiples of {f}")
-        clip = torch.zeros(1, s.latent_frames, v.latent_channels, s.height // f, s.width // f)
+        clip = torch.zeros(1, v.latent_channels, s.latent_frames, s.height // f, s.width // f)
+        self.eager = Canonical(self.loaded.module.float().eval()).eval()
         self.step = TAEHVStep(self.loaded.module.float().eval()).eval() if s.stream_chunk else None
-        self.model = self.step or self.loaded.module.float().eval()
+        self.model = Canonical(self.step).eval() if self.step is not None else self.eager
         self.example = (clip,)
         self.io = {"inputs": ["latents"], "outputs": ["frames"]}
+        self.feed = lambda z: z  # raw latents, as the graph takes them
         if self.step is not None:  # one latent frame per call, the MemBlocks' memory as explicit state
-            states = self.step.initial_states(clip)
+            states = self.step.initial_states(clip.transpose(1, 2))
             names = [f"state_{i}" for i in range(len(states))]
-            self.example = (clip[:, :1], *states)
+            self.example = (clip[:, :, :1], *states)
             self.io = {"inputs": ["latents", *names], "outputs": ["frames", *[f"{n}_out" for n in names]],
                        "stream": {"chunk_latent_frames": 1, "states": len(states),
                                   "first_chunk_drop_frames": self.step.frames_to_trim,
@@ -356,8 +359,7 @@ class DecoderSource:
             data.list_videos(data.shared_videos_dir()) if data.shared_videos_dir() else data.bundled_videos())
         frames = teacher.spec.frames_for(s.latent_frames)
         sampler = data.ClipSampler(videos, frames, (s.height, s.width), seed=c.seed, resize=min(s.height, s.width))
-        latents = [teacher.encode(sampler.clip(i)[0][None]).permute(0, 2, 1, 3, 4).contiguous()
-                   for i in range(c.clips + c.verify_clips)]  # BCTHW -> NTCHW
+        latents = [teacher.encode(sampler.clip(i)[0][None]) for i in range(c.clips + c.verify_clips)]
         source = (f"{teacher.spec.name} teacher latents of {len(videos)} real videos (the {v.vae} VAE's own latents "
                   f"would be the real thing; this teacher shares its geometry)")
         return latents[:c.clips], latents[c.clips:], source, "clips of the calibration videos", norm
@@ -367,24 +369,35 @@ class DecoderSource:
             return [(z,) for z in calib]
         inputs: list[tuple] = []
         for z in calib:  # every call of real streams
-            self.step.stream(z, run=lambda *xs: inputs.append(xs) or self.step(*xs))
+            self.stream(z, lambda *xs: inputs.append(xs) or self.model(*xs))
         return inputs
 
+    def stream(self, z: torch.Tensor, run) -> torch.Tensor:
+        """(B, C, T, h, w) latents one frame per call through `run` (the step graph's I/O), states carried,
+        the stream's first frames trimmed as published."""
+        states, out = self.step.initial_states(z.transpose(1, 2)), []
+        for t in range(z.shape[2]):
+            frames, *states = run(z[:, :, t:t + 1], *states)
+            out.append(frames)
+        return torch.cat(out, 2)[:, :, self.step.frames_to_trim:]
+
     def reference(self, z: torch.Tensor) -> torch.Tensor:
-        return self.loaded.module(z)
+        return self.eager(z)
 
     def run(self, run, z: torch.Tensor) -> torch.Tensor:
-        return self.step.stream(z, run=run) if self.step is not None else run(z)[0]
+        return self.stream(z, run) if self.step is not None else run(z)[0]
 
     def describe(self) -> dict:
         d, v = self.loaded.describe(), self.loaded.variant
         return {"frame_rule": {"temporal_ratio": v.t_upscale, "trimmed_start_frames": v.frames_to_trim,
                                "spatial_ratio": 8 * v.patch_size, "rule": d["frame_rule"]},
                 "decoder": {"path": str(self.loaded.path.resolve()), "family": d["family"], "variant": v.name,
-                            "decodes": v.vae, "params": d["params"], "sha256": d["sha256"], "notes": d["notes"]},
+                            "decodes": v.vae, "params": d["params"], "sha256": d["sha256"], "notes": d["notes"],
+                            "graph_io": f"(B, C, T, h, w) {v.convention.split(',')[0]} in, (B, 3, T', H, W) in "
+                                        f"[-1, 1] out; the published NTCHW / [0, 1] are converted inside the graph"},
                 "against": f"the eager {v.name} decoder (published forward) decoding each whole clip" + (
                     " (artifact streamed 1 latent frame per call)" if self.step is not None else ""),
-                "output_range": "[0, 1]", "layout": "btchw"}
+                "output_range": "[-1, 1]", "layout": "bcthw"}
 
 
 def export(recipe: ExportRecipe, checkpoint: str | Path, out_dir: str | Path, bundle: bool = False,
@@ -395,8 +408,6 @@ def export(recipe: ExportRecipe, checkpoint: str | Path, out_dir: str | Path, bu
     backend = backend_module(recipe.backend)
     src = DecoderSource(recipe, checkpoint, variant) if Path(checkpoint).is_file() else \
         StudentSource(recipe, checkpoint, backend)
-    if bundle and isinstance(src, DecoderSource):
-        raise InputError("--bundle for decoder files is not built yet (the apps read [-1, 1] BCTHW frames)")
     model, example, io = src.model, src.example, src.io
     calib, verify, source, verified_on, norm = src.latents()
     calib_inputs = src.calibration_inputs(calib)
@@ -414,9 +425,7 @@ def export(recipe: ExportRecipe, checkpoint: str | Path, out_dir: str | Path, bu
         if got is None:
             numerics["status"] = "not run: no runtime for this artifact on this machine"
         else:
-            # PSNR on the output's own range: frames in [0, 1] are mapped to [-1, 1] first (same dB scale)
-            scale = 2.0 if described["output_range"] == "[0, 1]" else 1.0
-            scores = [psnr(g * scale, e * scale) for g, e in zip(got, expected)]
+            scores = [psnr(g, e) for g, e in zip(got, expected)]
             numerics.update({
                 "psnr_db": min(scores), "psnr_db_mean": sum(scores) / len(scores),
                 "max_abs_error": max((g - e).abs().max().item() for g, e in zip(got, expected)),

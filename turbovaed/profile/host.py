@@ -96,7 +96,7 @@ def start_memory_window() -> float:
 def example_inputs(manifest: dict, seed: int = 0) -> tuple[torch.Tensor, ...]:
     g = torch.Generator().manual_seed(seed)
     xs = [torch.randn(i["shape"], generator=g) for i in manifest["inputs"]]
-    if "stream" in manifest:  # a later chunk of a stream: first = 0, carried states
+    if "stream" in manifest and manifest["inputs"][1]["name"] == "first":  # a later chunk: first = 0, carried states
         xs[1] = torch.zeros(1)
     return tuple(xs)
 
@@ -105,10 +105,12 @@ def _load(manifest: dict):
     """A callable running one artifact (or, for `_eager`, the student in PyTorch) on this machine."""
     if manifest.get("_eager"):
         source = model_of(manifest)
-        if source["kind"] == "decoder":
+        if source["kind"] == "decoder":  # with the artifact's I/O: turbovaed's layout and range
             from turbovaed import decoders
+            from turbovaed.decoders.taehv import Canonical, TAEHVStep
 
-            net = decoders.load(source["path"], source["variant"]).module
+            module = decoders.load(source["path"], source["variant"]).module.eval()
+            net = Canonical(TAEHVStep(module) if "stream" in manifest else module).eval()
             return lambda *xs: net(*xs)
         model = StudentDecoder.from_pretrained(source["path"]).float().eval()
         net = StreamingStep(model.to_mobile().eval()) if "stream" in manifest else model

@@ -18,7 +18,7 @@ from turbovaed.export.core import BACKENDS, MIN_PSNR, export  # noqa: E402
 from turbovaed.io import CheckpointError, InputError  # noqa: E402
 
 
-@pytest.mark.parametrize("precision", BACKENDS["coreai"])
+@pytest.mark.parametrize("precision", list(BACKENDS["coreai"].precisions))
 def test_every_core_ai_precision_runs_on_the_core_ai_runtime(tmp_path, student_dir, precision):
     manifest = export(recipe_for("coreai", precision), student_dir, tmp_path)
     n = manifest["numerics"]

@@ -74,7 +74,7 @@ def test_every_shipped_recipe_parses():
     names = set()
     for path in sorted((REPO / "export").glob("*.toml")):
         recipe = load_toml(ExportRecipe, path)
-        assert recipe.precision in BACKENDS[recipe.backend] and recipe.name == path.stem
+        assert recipe.precision in BACKENDS[recipe.backend].precisions and recipe.name == path.stem
         names.add(path.stem)
     assert {"iphone-coreml-fp16", "iphone-coreml-int4", "android-executorch-int8", "android-executorch-int4",
             "android-litert-int8", "web-onnx-fp16"} <= names

@@ -4,7 +4,6 @@ verify against the fp32 student on held-out latents -> artifact + manifest.json,
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import platform
 import random
@@ -16,25 +15,15 @@ import torch
 
 from turbovaed import data, teachers
 from turbovaed.evaluate import never_trained_on
-from turbovaed.io import InputError, TurboVAEDError, atomic_dir
+from turbovaed.export import backends
+from turbovaed.export.backends import BACKENDS, MissingDependency  # noqa: F401 - re-exported
+from turbovaed.io import InputError, atomic_dir
 from turbovaed.lowering import latent_shape, mobile_graph
 from turbovaed.metrics import psnr
 from turbovaed.student import WEIGHTS_NAME, StreamingStep, StudentDecoder, dropped_frames
 
-BACKENDS = {  # backend -> precisions it builds
-    "executorch": ("fp32", "int8", "int4"),
-    "coreml": ("fp16", "int8", "int4", "palettize4"),
-    "litert": ("fp32", "fp16", "int8-dynamic", "int8", "int4"),
-    "onnx": ("fp32", "fp16", "int8", "int4"),
-    "coreai": ("fp32", "fp16", "int8", "int4", "palettize4"),
-}
 # Verification floor (PSNR dB against the fp32 student's frames) per precision.
 MIN_PSNR = {"fp32": 60.0, "fp16": 45.0, "int8": 40.0, "int8-dynamic": 40.0, "int4": 34.0, "palettize4": 34.0}
-EXTRAS = {"coreai": "coreai"}  # backends whose packages come in their own extra (default: export)
-
-
-class MissingDependency(TurboVAEDError):
-    pass
 
 
 @dataclass
@@ -75,11 +64,9 @@ class ExportRecipe:
     def __post_init__(self) -> None:
         if self.input_latents not in ("raw", "normalized"):
             raise InputError(f"input_latents must be 'raw' or 'normalized', got {self.input_latents!r}")
-        if self.backend not in BACKENDS:
-            raise InputError(f"unknown backend {self.backend!r}; expected one of {sorted(BACKENDS)}")
-        if self.precision not in BACKENDS[self.backend]:
-            raise InputError(f"backend {self.backend} has no precision {self.precision!r}; "
-                             f"expected one of {BACKENDS[self.backend]}")
+        precisions = tuple(backends.get(self.backend).precisions)
+        if self.precision not in precisions:
+            raise InputError(f"backend {self.backend} has no precision {self.precision!r}; expected one of {precisions}")
         if self.backend == "executorch" and self.delegate not in ("xnnpack", "coreml"):
             raise InputError(f"executorch delegate must be xnnpack or coreml, got {self.delegate!r}")
         if self.backend != "executorch" and self.delegate != "xnnpack":
@@ -87,20 +74,13 @@ class ExportRecipe:
 
 
 def backend_module(name: str):
-    """Import the backend lazily; a missing optional dependency gets one clear message."""
-    try:
-        return importlib.import_module(f"turbovaed.export.{name}_backend")
-    except ImportError as err:
-        extra = EXTRAS.get(name, "export")
-        raise MissingDependency(f"the {name} exporter needs the {extra} extras: pip install 'turbovaed[{extra}]' "
-                                f"(missing: {err.name})") from err
+    """The backend's convert / runner module (imported lazily; a missing optional dependency is one message)."""
+    return backends.get(name).module()
 
 
 def precision_meaning(backend: str, precision: str, delegate: str = "xnnpack") -> str:
     """What a precision means on this backend, in weight/activation bits (W8A8, W4A16 weight-only, ...)."""
-    if backend == "executorch" and delegate == "coreml":
-        return "fp32 weights; the Core ML delegate computes in fp16 on GPU/ANE (W32A16)"
-    return backend_module(backend).PRECISION_MEANING[precision]
+    return backends.get(backend).meaning(precision, delegate)
 
 
 def calibration_latents(recipe: ExportRecipe, student: StudentDecoder, checkpoint: str | Path
@@ -170,7 +150,7 @@ def graph(student: StudentDecoder, recipe: ExportRecipe, backend) -> tuple[torch
     output (`first` = 1.0 on the first chunk; then drop the first r_t - 1 output frames)."""
     s, cfg = recipe.shape, student.config
     shape = latent_shape(cfg, s.latent_frames, s.height, s.width)
-    mobile = mobile_graph(student, linear_pointwise=getattr(backend, "LINEAR_POINTWISE", {}).get(recipe.precision, False))
+    mobile = mobile_graph(student, linear_pointwise=recipe.precision in backends.get(recipe.backend).linear_pointwise)
     check_keep_float(recipe.keep_float, mobile)
     if not s.stream_chunk:
         return mobile, (torch.zeros(shape),), {"inputs": ["latents"], "outputs": ["frames"]}

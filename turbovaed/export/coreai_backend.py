@@ -21,17 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from turbovaed.export.backends import BACKENDS
 from turbovaed.io import CheckpointError, InputError
-
-PRECISION_MEANING = {
-    "fp32": "W32A32 (fp32 weights and compute)",
-    "fp16": "W16A16 (fp16 weights and compute)",
-    "int8": "W8A16 weight-only (int8 per-channel weights, fp16 compute)",
-    "int4": "W4A16 weight-only (4-bit weights in blocks of 32, fp16 compute)",
-    "palettize4": "W4A16 weight-only (4-bit k-means palette per 16 output channels, fp16 compute; convs whose "
-                  "output channels are not a multiple of 16 keep fp16 weights)",
-}
-RUNTIME = "coreai (Linux CPU reference runtime, coreai-core)"
 
 for _package in ("coreai_torch", "coreai_opt", "coreai"):  # the coreai extra: one clear message when absent
     if importlib.util.find_spec(_package) is None:
@@ -106,7 +97,7 @@ def convert(model: torch.nn.Module, example: tuple, recipe, calib: list[tuple], 
         "ops": {"op_types": ops, "total": sum(ops.values()), "storage_types": dict(_pairs(summary.storage_types)),
                 "compute_types": list(summary.compute_types)},
         "minimum_deployment_target": f"iOS / macOS {summary._compatibility_version}",
-        "verified_by": f"prediction on {RUNTIME} {_version()}",
+        "verified_by": f"prediction on {BACKENDS['coreai'].host_runtime}, {_version()}",
         "not_checked_here": ["Neural Engine / GPU specialisation (macOS 27 and iOS 27 only)",
                              "on-device speed: the Linux runtime is a CPU correctness runtime"],
         "notes": ["streaming state is explicit inputs/outputs (the state_* tensors), not Core AI states"]

@@ -16,9 +16,6 @@ import torch
 
 # Weights/activations per precision (what the estimates and profile records state): Core ML computes in
 # fp16 on GPU and ANE whatever the weight format.
-PRECISION_MEANING = {"fp16": "W16A16", "int8": "W8A16 weight-only (int8 weights, fp16 compute)",
-                     "int4": "W4A16 weight-only (4-bit per-block weights, fp16 compute)",
-                     "palettize4": "W4A16 weight-only (4-bit k-means palette, fp16 compute)"}
 
 # MIL ops that run on the Neural Engine in mlprogram form for these graphs; anything else is flagged.
 ANE_FRIENDLY = {"const", "conv", "add", "mul", "sub", "rsqrt", "silu", "sigmoid", "reshape", "transpose", "concat",

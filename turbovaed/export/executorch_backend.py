@@ -7,11 +7,7 @@ from pathlib import Path
 
 import torch
 
-LINEAR_POINTWISE = {"int4": True}  # torchao's int4 path quantizes nn.Linear only
 # Weights/activations per precision (what the estimates and profile records state).
-PRECISION_MEANING = {"fp32": "W32A32", "int8": "W8A8 static (per-channel weights, calibrated activations)",
-                     "int4": "W4A8 dynamic (4-bit groupwise pointwise weights, int8 activations per call; "
-                             "depthwise convs fp32)"}
 
 
 def _quantize_int8(model: torch.nn.Module, example: tuple, calib: list[tuple], keep: list[str]):

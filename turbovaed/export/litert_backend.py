@@ -11,10 +11,6 @@ import numpy as np
 import torch
 
 # Weights/activations per precision (what the estimates and profile records state).
-PRECISION_MEANING = {"fp32": "W32A32", "fp16": "W16A32 weight-only (fp16 weights, fp32 compute on CPU)",
-                     "int8": "W8A8 full-integer static (int8 inputs/outputs)",
-                     "int8-dynamic": "W8A8 dynamic (int8 weights, activations quantized per call)",
-                     "int4": "W4A32 weight-only (4-bit channel-wise weights, float compute)"}
 
 
 def _pt2e(model: torch.nn.Module, example: tuple, calib: list[tuple], dynamic: bool, keep: list[str]):

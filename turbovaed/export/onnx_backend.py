@@ -12,9 +12,6 @@ from turbovaed.export.core import in_modules
 from turbovaed.io import TurboVAEDError
 
 # Weights/activations per precision (what the estimates and profile records state).
-PRECISION_MEANING = {"fp32": "W32A32", "fp16": "W16A16 (fp32 graph inputs/outputs)",
-                     "int8": "W8A8 static QDQ (per-channel weights, calibrated activations)",
-                     "int4": "W4A16 QDQ (4-bit weights, 16-bit activations)"}
 
 OPSET = 21
 

@@ -34,7 +34,7 @@ from torch import nn
 
 from turbovaed.io import InputError
 from turbovaed.profile.devices import Device, Unit, load_catalog
-from turbovaed.profile.estimate import roofline, traced_costs
+from turbovaed.profile.estimate import calibration_class, roofline, traced_costs  # noqa: F401 - re-exported
 from turbovaed.resources import data_dir
 
 POINTS_DIR = data_dir("calibration")
@@ -152,12 +152,10 @@ def seeded_net(name: str) -> nn.Module:
 
 def export_net(name: str, chw: tuple[int, int, int], backend: str, precision: str, out: Path) -> Path:
     """The net exported by our own backend (the convert() our artifacts go through); returns the artifact."""
-    from types import SimpleNamespace
-
-    from turbovaed.export.core import backend_module
+    from turbovaed.export.core import ExportRecipe, backend_module
 
     out.mkdir(parents=True)
-    recipe = SimpleNamespace(precision=precision, keep_float=[], delegate="xnnpack", group_size=32)
+    recipe = ExportRecipe(name=f"calibration-{name}", backend=backend, precision=precision)
     calib = [(torch.rand(1, *chw),) for _ in range(4)]
     info = backend_module(backend).convert(seeded_net(name), calib[0], recipe, calib, out, (["x"], ["y"]))
     return out / info["artifact"]
@@ -190,19 +188,6 @@ class Point:
     @property
     def label(self) -> str:
         return f"{self.net} {'x'.join(map(str, self.input[1:]))} {self.device} {self.unit} {self.compute} {self.runtime}"
-
-
-# CPU speed depends on the kernel library as much as on the chip: XNNPACK (ExecuTorch, LiteRT), ONNX Runtime's
-# MLAS and Core ML get a fit each; GPUs one per runtime (LiteRT's delegate, Core ML). NPUs (QNN) and the Neural
-# Engine (Core ML) are reached by one stack each here.
-CPU_LIBRARIES = {"executorch": "xnnpack", "litert": "xnnpack", "onnx": "onnxruntime", "onnxruntime": "onnxruntime"}
-
-
-def calibration_class(unit: str, compute: str, runtime: str) -> str:
-    """The fit an estimate uses (it may have no points yet: then the estimate is a labelled bound)."""
-    if unit == "cpu":
-        return f"cpu-{compute}-{CPU_LIBRARIES.get(runtime, runtime)}"
-    return f"gpu-{compute}-{runtime}" if unit == "gpu" else f"{unit}-{compute}"
 
 
 def load_points(*directories: Path) -> list[Point]:

@@ -33,12 +33,11 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from turbovaed.export import backends
 from turbovaed.export.core import precision_meaning
 from turbovaed.io import InputError
 from turbovaed.profile.schema import Latency, Ops, Record
 
-RUNNERS = {"litert": "benchmark_model", "executorch": "executor_runner"}
-UNITS = {"litert": ("cpu", "gpu"), "executorch": ("cpu",)}
 ADB_TIMEOUT_S = 900
 
 
@@ -313,11 +312,12 @@ def time_calls(call, runs: int, warmup: int) -> dict:
 
 def require_runner(phone: Phone, backend: str, runner_dir: str) -> str:
     """The runner's path on the phone; one clear error if it is not there."""
-    runner = f"{runner_dir.rstrip('/')}/{RUNNERS[backend]}"
+    tool = backends.get(backend).phone_runner
+    runner = f"{runner_dir.rstrip('/')}/{tool}"
     if adb(["shell", f"ls {runner} >/dev/null 2>&1 && echo found || echo missing"], phone.serial).strip() != "found":
         source = "LiteRT (tensorflow/lite/tools/benchmark)" if backend == "litert" else \
             "ExecuTorch (examples/portable/executor_runner, XNNPACK on)"
-        raise InputError(f"{RUNNERS[backend]} is not on the phone at {runner}: build it for android-arm64 from "
+        raise InputError(f"{tool} is not on the phone at {runner}: build it for android-arm64 from "
                          f"{source} and `adb push` it there (or pass --runner-dir)")
     return runner
 
@@ -352,7 +352,7 @@ def calibrate_device(device_id: str, unit: str = "cpu", serial: str | None = Non
     backend = "coreml" if coreml else "litert"
     if coreml:
         _require_mac(unit, runs, warmup)
-    elif unit not in UNITS["litert"]:
+    elif unit not in backends.get("litert").phone_units:
         raise InputError(f"phones are calibrated here on LiteRT's cpu or gpu, not {unit}")
     unknown = sorted(set(nets or []) - set(calibration.NETS))
     if unknown:
@@ -399,11 +399,12 @@ def profile_device(artifact_dir: Path, device_id: str, serial: str | None = None
         return profile_coreml_mac(artifact_dir, device_id, unit, runs, warmup)
     if backend == "coreai":
         return profile_coreai_mac(artifact_dir, device_id, unit, runs, warmup)
-    if backend not in RUNNERS or manifest["recipe"].get("delegate", "xnnpack") != "xnnpack":
+    spec = backends.get(backend)
+    if spec.phone_runner is None or manifest["recipe"].get("delegate", "xnnpack") != "xnnpack":
         raise InputError(f"{manifest['name']} is a {backend} artifact; phones are measured here with LiteRT "
                          "(.tflite) and ExecuTorch XNNPACK (.pte) artifacts")
-    if unit not in UNITS[backend]:
-        raise InputError(f"{backend} artifacts run on {', '.join(UNITS[backend])} here, not {unit}")
+    if unit not in spec.phone_units:
+        raise InputError(f"{backend} artifacts run on {', '.join(spec.phone_units)} here, not {unit}")
     if runs < 2 or warmup < 0 or threads < 1:
         raise InputError("--runs must be >= 2, --warmup >= 0 and --threads >= 1")
     phone = connect(serial)
@@ -417,7 +418,7 @@ def profile_device(artifact_dir: Path, device_id: str, serial: str | None = None
         model=Path(manifest["student"]["checkpoint"]).name, model_sha256=manifest["student"].get("sha256", ""),
         artifact=manifest["name"], artifact_sha256=manifest["sha256"], device=device_id,
         runtime="litert" if backend == "litert" else "executorch",
-        runtime_version=f"{RUNNERS[backend]} on the phone (converter: " + manifest["tool_versions"].get(
+        runtime_version=f"{spec.phone_runner} on the phone (converter: " + manifest["tool_versions"].get(
             "ai-edge-litert" if backend == "litert" else "executorch", "?") + ")",
         precision=manifest["precision"], precision_meaning=precision_meaning(backend, manifest["precision"]),
         compute_unit="gpu" if unit == "gpu" else "cpu/xnnpack", input_shape=manifest["inputs"][0]["shape"],

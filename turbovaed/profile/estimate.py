@@ -36,12 +36,6 @@ def weight_activation_bits(runtime: str, precision: str, unit: str) -> tuple[flo
     return w_bits, a_bits
 
 
-# Runtimes whose W8A8 artifacts run on a phone NPU through a vendor delegate (Qualcomm QNN: LiteRT's QNN
-# delegate, ONNX Runtime's QNN execution provider).
-NPU_RUNTIMES = ("litert", "onnx")
-# Which compute units each runtime's artifacts can use on a device.
-RUNTIME_UNITS = {"coreml": ("ane", "gpu", "cpu"), "coreai": ("ane", "gpu", "cpu"), "executorch": ("cpu",),
-                 "litert": ("cpu", "gpu"), "onnx": ("cpu",), "pytorch": ("cpu",)}
 
 
 class Costs(list):
@@ -148,13 +142,23 @@ def roofline(costs: list[dict], unit: Unit, w_bits: float, a_bits: int) -> dict:
             "unit_source": unit.source}
 
 
+def calibration_class(unit: str, compute: str, runtime: str) -> str:
+    """The fit an estimate uses (it may have no points yet: then the estimate is a labelled bound). CPU speed
+    depends on the kernel library as much as on the chip (XNNPACK, ONNX Runtime's MLAS, Core ML each get a fit);
+    GPUs one per runtime; NPUs and the Neural Engine are reached by one stack each."""
+    from turbovaed.export.backends import BACKENDS
+
+    if unit == "cpu":
+        library = next((b.cpu_library for b in BACKENDS.values() if runtime in (b.name, b.runtime)), runtime)
+        return f"cpu-{compute}-{library}"
+    return f"gpu-{compute}-{runtime}" if unit == "gpu" else f"{unit}-{compute}"
+
+
 def estimate(costs: list[dict], unit: Unit, w_bits: float, a_bits: int, unit_name: str, runtime: str,
              fits: dict, dynamic: bool = False, device_id: str = "") -> dict:
     """Seconds per call: the roofline through the unit's calibration (per-call + per-op cost + roofline factor,
     fitted on measured conv nets) where one exists, else the bare roofline, labelled uncalibrated. Dynamic-
     activation kernels (quantizing per call) are unlike the static W8A8 ones the int8 classes were fitted on."""
-    from turbovaed.profile.calibration import calibration_class
-
     est = roofline(costs, unit, w_bits, a_bits)
     cls = calibration_class(unit_name, est["compute"], runtime)
     fit = None if dynamic else fits.get(f"{cls}@{device_id}") or fits.get(cls)  # the device's own fit first
@@ -167,12 +171,13 @@ def device_estimates(device: Device, costs: list[dict], runtime: str, precision:
     """Estimate per compute unit of `device` that `runtime` can use (none if the device lacks the runtime)."""
     if runtime not in device.runtimes:
         return {}
-    units = list(RUNTIME_UNITS.get(runtime, ("cpu",)))
-    w_bits, a_bits = weight_activation_bits(runtime, precision, "npu")
-    if runtime in NPU_RUNTIMES and ((w_bits, a_bits) == (8, 8) or w_bits >= 16):
-        units.append("npu")  # NPU delegates (QNN for LiteRT, the QNN EP for ONNX) run W8A8 and float graphs
-    from turbovaed.export.core import precision_meaning
+    from turbovaed.export.backends import get
 
-    dynamic = "dynamic" in precision_meaning(runtime, precision)
+    backend = get(runtime)
+    units = list(backend.device_units)
+    w_bits, a_bits = weight_activation_bits(runtime, precision, "npu")
+    if backend.npu and ((w_bits, a_bits) == (8, 8) or w_bits >= 16):
+        units.append("npu")  # NPU delegates (QNN for LiteRT, the QNN EP for ONNX) run W8A8 and float graphs
+    dynamic = "dynamic" in backend.meaning(precision)
     return {u: estimate(costs, device.units[u], *weight_activation_bits(runtime, precision, u), u, runtime, fits, dynamic,
                         device.id) for u in units if u in device.units}

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from turbovaed.export import backends
 from turbovaed.export.core import ExportRecipe, backend_module, model_of, precision_meaning
 from turbovaed.io import InputError, TurboVAEDError
 from turbovaed.profile import devices as catalog_mod
@@ -28,17 +29,10 @@ from turbovaed.profile.schema import Latency, Ops, Record, save
 from turbovaed.recipes import build
 from turbovaed.student import StreamingStep, StudentConfig, StudentDecoder
 
-RUNTIME = {"executorch": "executorch", "onnx": "onnxruntime", "litert": "litert", "coreml": "coreml", "coreai": "coreai"}
-# Host runtimes that are not what a device runs: their measured records say so (never device speed).
-HOST_RUNTIME = {"coreai": "coreai (Linux CPU reference runtime)"}
-UNIT = {"executorch": "cpu/xnnpack", "onnx": "cpu", "litert": "cpu/xnnpack", "coreml": "ane", "coreai": "cpu"}
 MEMORY_METHOD = ("peak RSS (VmHWM, reset at the load; ru_maxrss where it cannot be reset) of a process that loads "
                  "only this artifact, from the load through the first call and warm-up, minus its RSS before the load "
                  "(runtime imported)")
 WORKER_START_S = 600  # a worker that has not loaded its artifact by then is recorded as failed
-# Imported by a worker before it starts the load clock: importing a runtime is not loading an artifact.
-RUNTIME_MODULES = {"executorch": "executorch.runtime", "onnx": "onnxruntime", "litert": "ai_edge_litert.interpreter",
-                   "coreai": "coreai.runtime"}
 # Idle workers wait for their next turn; OpenMP threads that spin meanwhile would steal the cores of the
 # worker being timed (measured: an eager call 11 ms alone, 790 ms beside five spinning workers).
 WORKER_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
@@ -126,8 +120,9 @@ def _worker(conn, manifest: dict, threads: int, warmup: int) -> None:
     try:
         torch.set_num_threads(threads)
         if not manifest.get("_eager"):
-            backend_module(manifest["backend"])
-            importlib.import_module(RUNTIME_MODULES[manifest["backend"]])
+            backend = backends.get(manifest["backend"])
+            backend.module()
+            importlib.import_module(backend.runtime_module)  # importing a runtime is not loading an artifact
         inputs = example_inputs(manifest)
         with torch.no_grad():
             gc.collect()
@@ -254,10 +249,10 @@ def _record(m: dict, device: str, runs: int, warmup: int, threads: int, ident: d
     return Record(
         model=model_of(m)["name"], model_sha256=model_of(m)["sha256"],
         artifact="eager" if eager_run else m["name"], artifact_sha256="" if eager_run else m["sha256"],
-        device=device, runtime="pytorch" if eager_run else HOST_RUNTIME.get(m["backend"], RUNTIME[m["backend"]]),
+        device=device, runtime="pytorch" if eager_run else backends.get(m["backend"]).host_runtime,
         runtime_version=torch.__version__ if eager_run else m["tool_versions"].get(
-            {"onnx": "onnxruntime", "litert": "ai-edge-litert", "coreai": "coreai-core"}.get(m["backend"], m["backend"]), ""),
-        precision=m["precision"], compute_unit="cpu" if eager_run else UNIT[m["backend"]],
+            backends.get(m["backend"]).version_package, ""),
+        precision=m["precision"], compute_unit="cpu" if eager_run else backends.get(m["backend"]).host_unit,
         precision_meaning="W32A32 (PyTorch eager)" if eager_run else
         precision_meaning(m["backend"], m["precision"], m["recipe"].get("delegate", "xnnpack")),
         input_shape=m["inputs"][0]["shape"], frames=frames, latency=latency,
@@ -287,7 +282,7 @@ def estimate_records(manifests: list[dict], devices: dict, fits: dict | None = N
                 s = est.pop("seconds")
                 out.append(Record(
                     model=Path(m["student"]["checkpoint"]).name, model_sha256=m["student"].get("sha256", ""),
-                    artifact=m["name"], artifact_sha256=m["sha256"], device=dev.id, runtime=RUNTIME[m["backend"]],
+                    artifact=m["name"], artifact_sha256=m["sha256"], device=dev.id, runtime=backends.get(m["backend"]).runtime,
                     runtime_version="", precision=m["precision"], compute_unit=unit,
                     precision_meaning=precision_meaning(m["backend"], m["precision"],
                                                         m["recipe"].get("delegate", "xnnpack")),

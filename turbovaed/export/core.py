@@ -8,7 +8,7 @@ import json
 import platform
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -17,60 +17,15 @@ from turbovaed import data, teachers
 from turbovaed.evaluate import never_trained_on
 from turbovaed.export import backends
 from turbovaed.export.backends import BACKENDS, MissingDependency  # noqa: F401 - re-exported
+from turbovaed.export.lowering import latent_shape, mobile_graph
+from turbovaed.export.quantize import check_keep_float, in_modules, outside_modules  # noqa: F401 - re-exported
+from turbovaed.export.recipe import CalibrationSection, ExportRecipe, ShapeSection  # noqa: F401 - re-exported
 from turbovaed.io import InputError, atomic_dir
-from turbovaed.lowering import latent_shape, mobile_graph
 from turbovaed.metrics import psnr
 from turbovaed.student import WEIGHTS_NAME, StreamingStep, StudentDecoder, dropped_frames
 
 # Verification floor (PSNR dB against the fp32 student's frames) per precision.
 MIN_PSNR = {"fp32": 60.0, "fp16": 45.0, "int8": 40.0, "int8-dynamic": 40.0, "int4": 34.0, "palettize4": 34.0}
-
-
-@dataclass
-class ShapeSection:
-    latent_frames: int = 3  # of the calibration / verification clips (and of the graph, unless streaming)
-    height: int = 128  # output pixels
-    width: int = 128
-    stream_chunk: int = 0  # > 0: export the streaming step graph taking this many latent frames per call
-
-
-@dataclass
-class CalibrationSection:
-    videos: list[str] = field(default_factory=list)  # default: ../shared/videos, else the bundled clips
-    synthetic: bool = False
-    clips: int = 8  # calibration clips (teacher latents of real video)
-    verify_clips: int = 3  # held-out clips the artifact is checked on
-    seed: int = 0
-
-
-@dataclass
-class ExportRecipe:
-    name: str
-    backend: str
-    precision: str
-    target: str = ""  # the device class this recipe is for (documentation)
-    delegate: str = "xnnpack"  # executorch: xnnpack | coreml
-    teacher: str = "reference"  # produces the calibration latents
-    teacher_path: str | None = None
-    teacher_tiny: bool = False
-    keep_float: list[str] = field(default_factory=list)  # module-name prefixes kept unquantized (mixed precision)
-    group_size: int = 32  # int4 block size where the backend takes one
-    shape: ShapeSection = field(default_factory=ShapeSection)
-    calibration: CalibrationSection = field(default_factory=CalibrationSection)
-    # "raw": the graph takes the raw latents a VAE decoder takes; "normalized": de-normalisation is folded into
-    # the graph, so an app feeds a diffusion pipeline's (normalised) output directly
-    input_latents: str = "raw"
-
-    def __post_init__(self) -> None:
-        if self.input_latents not in ("raw", "normalized"):
-            raise InputError(f"input_latents must be 'raw' or 'normalized', got {self.input_latents!r}")
-        precisions = tuple(backends.get(self.backend).precisions)
-        if self.precision not in precisions:
-            raise InputError(f"backend {self.backend} has no precision {self.precision!r}; expected one of {precisions}")
-        if self.backend == "executorch" and self.delegate not in ("xnnpack", "coreml"):
-            raise InputError(f"executorch delegate must be xnnpack or coreml, got {self.delegate!r}")
-        if self.backend != "executorch" and self.delegate != "xnnpack":
-            raise InputError(f"delegate applies to the executorch backend only (recipe {self.name!r} is {self.backend})")
 
 
 def backend_module(name: str):
@@ -167,31 +122,6 @@ def graph(student: StudentDecoder, recipe: ExportRecipe, backend) -> tuple[torch
                                       "protocol": "call with first=[1.0] and zero states, then first=[0.0] and the "
                                                   "previous call's state outputs; drop first_chunk_drop_frames from "
                                                   "the first output"}}
-
-
-def check_keep_float(keep: list[str], mobile: torch.nn.Module) -> None:
-    """Every keep_float entry must name a module of the graph (a name prefix at a dot boundary): a typo
-    would otherwise quantize what the user meant to keep."""
-    names = [n for n, _ in mobile.named_modules() if n]
-    for k in keep:
-        if not in_modules(names, [k]):
-            top = sorted({n.split(".")[0] for n in names})
-            raise InputError(f"keep_float names an unknown module {k!r}; the graph's modules are dotted names under "
-                             f"{', '.join(top)} (e.g. {names[len(names) // 2]!r}; StudentDecoder.named_modules())")
-
-
-def in_modules(scopes: list[str], keep: list[str]) -> bool:
-    """Whether a graph node recorded under these module scopes belongs to a keep_float module."""
-    return any(s == k or s.startswith(k + ".") for s in scopes for k in keep)
-
-
-def outside_modules(keep: list[str]):
-    """PT2E node filter: True for FX nodes outside every keep_float module (by the nn_module_stack the
-    exporter records), i.e. the nodes a quantizer may annotate."""
-    def allowed(node) -> bool:
-        stack = node.meta.get("nn_module_stack") or {}
-        return not in_modules([path for path, _ in stack.values()], keep)
-    return allowed
 
 
 def run_clip(model: torch.nn.Module, run, z: torch.Tensor, chunk: int) -> torch.Tensor:

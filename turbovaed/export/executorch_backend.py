@@ -14,7 +14,7 @@ def _quantize_int8(model: torch.nn.Module, example: tuple, calib: list[tuple], k
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import XNNPACKQuantizer, get_symmetric_quantization_config
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    from turbovaed.export.core import outside_modules
+    from turbovaed.export.quantize import outside_modules
 
     quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
     if keep:  # mixed precision: leave these modules in fp32 (set_module_name(name, None) is refused by XNNPACK's)

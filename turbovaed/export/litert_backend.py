@@ -18,7 +18,7 @@ def _pt2e(model: torch.nn.Module, example: tuple, calib: list[tuple], dynamic: b
     from litert_torch.quantize.quant_config import QuantConfig
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    from turbovaed.export.core import outside_modules
+    from turbovaed.export.quantize import outside_modules
 
     class KeepFloat(PT2EQuantizer):
         """The global config on every node outside the keep_float modules. (PT2EQuantizer's own

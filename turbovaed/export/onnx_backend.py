@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from turbovaed.export.core import in_modules
+from turbovaed.export.quantize import in_modules
 from turbovaed.io import TurboVAEDError
 
 # Weights/activations per precision (what the estimates and profile records state).

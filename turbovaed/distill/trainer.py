@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from turbovaed import data, logs, teachers
+from turbovaed.distill.cache import LatentCache, dequantize
 from turbovaed.distill.checkpoint import checkpoint_meta, has_checkpoint, load_training_state, save_training_state
 from turbovaed.distill.losses import FeatureAlignment, PatchDiscriminator3d, adaptive_gan_weight, hinge_d_loss, msssim_grad_loss
 from turbovaed.distill.recipe import DistillRecipe
@@ -299,7 +300,7 @@ def _videos(recipe: DistillRecipe, work: Path, rank: int, show_progress: bool
 
 
 # ----------------------------------------------------------------------------- 2. cache
-def fill_cache(run: Run, generation: int = 0) -> data.LatentCache:
+def fill_cache(run: Run, generation: int = 0) -> LatentCache:
     """Each rank encodes its own clips of this generation (i % world == rank) in parallel, decoding in
     DataLoader workers; the teacher runs in fp32. A video that fails is replaced (ClipSampler) and counted.
     Generation g holds clips g*clips .. (g+1)*clips - 1: with data.refresh_every each generation brings new
@@ -308,7 +309,7 @@ def fill_cache(run: Run, generation: int = 0) -> data.LatentCache:
     if d.clips < run.world:
         raise InputError(f"data.clips = {d.clips} leaves some of the {run.world} ranks without clips")
     folder = run.work / "cache" / f"gen-{generation:05d}"
-    cache = data.LatentCache(folder)
+    cache = LatentCache(folder)
     cache.check_identity(run.cache_identity)
     first = generation * d.clips
     todo = len(range(run.rank, d.clips, run.world)) - len(cache.items(run.rank, run.world, d.clips, first))
@@ -325,7 +326,7 @@ def fill_cache(run: Run, generation: int = 0) -> data.LatentCache:
     for old in sorted((run.work / "cache").glob("gen-*")):
         if old != folder and run.rank == 0:
             shutil.rmtree(old, ignore_errors=True)
-    cache = data.LatentCache(folder)  # every rank's parts
+    cache = LatentCache(folder)  # every rank's parts
     replaced, bad = cache.replacements()
     stats = run.data_stats.setdefault("generations", {})
     stats[str(generation)] = {"clips": d.clips, "replaced_clips": replaced, "bad_videos": bad[:20],
@@ -334,7 +335,7 @@ def fill_cache(run: Run, generation: int = 0) -> data.LatentCache:
 
 
 class _Items(torch.utils.data.Dataset):
-    def __init__(self, cache: data.LatentCache) -> None:
+    def __init__(self, cache: LatentCache) -> None:
         self.cache = cache
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
@@ -359,7 +360,7 @@ class _StepBatches:
                 yield [rng.choice(self.items) for _ in range(self.batch)]
 
 
-def _batches(run: Run, cache: data.LatentCache, start: int):
+def _batches(run: Run, cache: LatentCache, start: int):
     """Micro-batches from `start` to the end of start's cache generation (or of training)."""
     t, d = run.recipe.train, run.recipe.data
     generation = run.generation(start)
@@ -389,7 +390,7 @@ class Models:
     optimizers: dict = field(default_factory=dict)
 
 
-def build_models(run: Run, cache: data.LatentCache, resume: bool,
+def build_models(run: Run, cache: LatentCache, resume: bool,
                  make_student: Callable[[], nn.Module] | None = None) -> Models:
     """Student, EMA, alignment heads sized from one probe item, optional discriminator, optimizers;
     restored from the checkpoint on resume; wrapped for DDP and torch.compile. `make_student` swaps in
@@ -563,7 +564,7 @@ def _losses(run: Run, m: Models, batch: dict[str, torch.Tensor], step: int, micr
     """(total loss, its parts as device tensors, the student's frames, the ground truth) for one micro-batch."""
     r, dev = run.recipe, run.device
     z = _latents(run, batch, step, micro)
-    x, xt = data.dequantize(batch["frames"]), data.dequantize(batch["teacher"])
+    x, xt = dequantize(batch["frames"]), dequantize(batch["teacher"])
     teacher_feats = None
     if m.align is not None:  # the only teacher pass per step: autocast at teacher.dtype (the cache is fp32)
         with torch.autocast(dev.type, dtype=run.teacher_dtype, enabled=run.teacher_dtype != torch.float32):
@@ -598,7 +599,7 @@ def _optimizers(m: Models) -> list[torch.optim.Optimizer]:
     return [o for o in (m.opt, m.opt_align) if o is not None]
 
 
-def train_loop(run: Run, m: Models, cache: data.LatentCache, evalset: list[EvalClip] | None,
+def train_loop(run: Run, m: Models, cache: LatentCache, evalset: list[EvalClip] | None,
                log: Logger) -> int | None:
     """Train to recipe.train.steps (or the time budget); returns the step it stopped at early, if any.
 

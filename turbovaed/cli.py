@@ -16,7 +16,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from turbovaed import data, logs, teachers
+from turbovaed import data, logs, presets, teachers
 from turbovaed.io import InputError, LatentFile, TurboVAEDError, atomic_file
 from turbovaed.resources import data_dir, data_file
 from turbovaed.stream import ArtifactStreamer, Streamer, decode_tiled, stream_to_video
@@ -61,7 +61,7 @@ def resolve_student(target: str) -> tuple[StudentConfig, StudentDecoder | None, 
         model = StudentDecoder.from_pretrained(path)
         return model.config, model, f"checkpoint {path}"
     try:
-        name, size = teachers.parse_preset(target)
+        name, size = presets.parse_preset(target)
     except InputError as err:
         raise InputError(f"{target!r} is not a checkpoint folder, and {err}") from None
     return teachers.get_spec(name).student_config(size=size), None, f"preset {target}"
@@ -80,7 +80,7 @@ def parse_size(size: str) -> tuple[int, int]:
 def ladder_rows(families: list[str] | None = None) -> list[dict]:
     """Teacher family x ladder rung: parameters and GMACs per output frame at 512x512 and 720p (the height
     rounded up to the family's spatial multiple, e.g. 736 for 32x), over 5 latent frames."""
-    from turbovaed.student import SIZES
+    from turbovaed.presets import SIZES
 
     rows = []
     for name in families or list(teachers.TEACHERS):

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from turbovaed.io import CheckpointError, InputError
-from turbovaed.student import SIZES, StudentConfig, check_latents, family_preset
+from turbovaed.student import StudentConfig, check_latents
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,8 @@ class TeacherSpec:
 
     def student_config(self, mini: bool = False, latent_channels: int | None = None, size: str = "nano"
                        ) -> StudentConfig:
+        from turbovaed.presets import family_preset  # the ladder is its own module; teachers only describe VAEs
+
         return family_preset(latent_channels or self.latent_channels, self.spatial, self.temporal,
                              first_frame=self.first_frame, mini=mini, size=size)
 
@@ -118,18 +120,6 @@ NOT_VIDEO: dict[str, str] = {
         "MiniMaxMusic3Vocoder"]},
     "RFD4ProteinaAutoencoder": "protein structure autoencoder",
 }
-
-
-def parse_preset(name: str) -> tuple[str, str]:
-    """'wan21' -> ('wan21', 'nano'); 'wan21-base' -> ('wan21', 'base'); InputError for anything else."""
-    family, _, size = name.rpartition("-")
-    if not (family in TEACHERS and size in SIZES):
-        family, size = name, "nano"
-    if family not in TEACHERS:
-        names = sorted(TEACHERS)
-        raise InputError(f"unknown student preset {name!r}; presets are a teacher family ({', '.join(names)}), "
-                         f"optionally with a size suffix -{'/-'.join(SIZES)} (e.g. wan21-base)")
-    return family, size
 
 
 def get_spec(name: str) -> TeacherSpec:
@@ -450,3 +440,12 @@ def load(name: str, path: str | Path | None = None, tiny: bool = False, dtype: t
     except (OSError, ValueError, RuntimeError) as err:
         raise CheckpointError(f"cannot load {spec.cls} from {path}: {err}") from err
     return Teacher(spec, vae)
+
+
+def __getattr__(name: str):
+    """parse_preset moved to turbovaed.presets; the old name still works."""
+    if name == "parse_preset":
+        from turbovaed.presets import parse_preset
+
+        return parse_preset
+    raise AttributeError(f"module 'turbovaed.teachers' has no attribute {name!r}")

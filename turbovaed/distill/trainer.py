@@ -29,7 +29,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from turbovaed import data, logs, teachers
+from turbovaed import data, logs, presets, teachers
 from turbovaed.distill.cache import LatentCache, dequantize
 from turbovaed.distill.checkpoint import checkpoint_meta, has_checkpoint, load_training_state, save_training_state
 from turbovaed.distill.losses import FeatureAlignment, PatchDiscriminator3d, adaptive_gan_weight, hinge_d_loss, msssim_grad_loss
@@ -62,7 +62,7 @@ class StudentWithHeads(nn.Module):
 def student_config(recipe: DistillRecipe, teacher: teachers.Teacher) -> StudentConfig:
     s = recipe.student
     if s.preset:
-        name, size = teachers.parse_preset(s.preset)
+        name, size = presets.parse_preset(s.preset)
         config = teachers.get_spec(name).student_config(mini=s.mini, size=size)
     else:
         config = teacher.student_config(mini=s.mini, size=s.size)

@@ -1,0 +1,92 @@
+"""Student presets: the ladder of layouts per teacher compression (mini / nano / base / turbo), and preset
+names as the CLI and recipes spell them (a teacher family, optionally with a size suffix)."""
+
+from __future__ import annotations
+
+from turbovaed.io import InputError
+from turbovaed.student import StudentConfig
+
+# Presets: a ladder per teacher compression. Every rung is the same block vocabulary (so each lowers
+# exactly to 2D and exports to every backend); they differ in where the work sits.
+#   mini  - ~16x smaller than nano: tests and CPU smoke runs.
+#   nano  - the CPU-sized students: all work at or near latent resolution, 4x4 depth-to-space out.
+#   base  - about TAEHV's MACs per frame at 512x512: wider latent stages and a stage at 1/2 resolution.
+#   turbo - Turbo-VAED's layout: ~40M parameters, 5x5x5 depthwise-separable blocks at latent resolution,
+#           dense 3D convs (and dense shuffles) in the upsampled stages, work at 1/2 and full resolution.
+#           Frames are trimmed once at the output (Turbo-VAED trims after each temporal shuffle), so one
+#           static step graph serves every streamed chunk.
+SIZES = ("mini", "nano", "base", "turbo")
+
+# size -> spatial ratio -> (channels, blocks, dense, spatial shuffles, patch)
+_LADDER: dict[str, dict[int, tuple]] = {
+    "nano": {
+        8: ((384, 160), (4, 3), (False, False), (2,), 4),
+        16: ((384, 192, 96), (3, 3, 1), (False,) * 3, (2, 2), 4),
+        32: ((512, 256, 128, 64), (3, 3, 2, 0), (False,) * 4, (2, 2, 2), 4),
+    },
+    # TAEHV-style decoders at 512x512 (benchmarks/peers): 52.5 GMACs/frame for 8x latents (patch 1), 13.6 for
+    # 16x (patch 2, Wan 2.2), 3.8 for 32x (patch 4, LTX). base: 47.4, 14.1 and 4.2.
+    "base": {
+        8: ((512, 320, 160, 32), (6, 4, 2, 1), (False, False, False, True), (2, 2, 2), 1),
+        16: ((512, 384, 192, 32), (5, 3, 2, 1), (False, False, False, True), (2, 2, 2), 2),
+        32: ((768, 512, 256, 96, 32), (5, 3, 2, 2, 1), (False,) * 5, (2, 2, 2, 2), 2),
+    },
+    # Turbo-VAED (benchmarks/peers): 40.7M parameters for 8x latents, 41.9M for LTX. turbo: 41.2, 40.0, 41.4M.
+    "turbo": {
+        8: ((384, 256, 32, 16), (9, 4, 4, 4), (False, True, True, True), (2, 2, 2), 1),
+        16: ((384, 224, 96, 24, 12), (9, 4, 3, 3, 3), (False, True, True, True, True), (2, 2, 2, 2), 1),
+        32: ((320, 256, 128, 64, 16, 8), (2, 3, 2, 3, 1, 1), (False, True, True, True, True, True),
+             (2, 2, 2, 2, 2), 1),
+    },
+}
+
+
+def _temporal_split(temporal: int, shuffles: int, early: bool) -> tuple[list[int], int]:
+    """Temporal factor per shuffle and the rest for the output conv. `early` puts every factor of 2 (then a
+    3) in the first shuffles (Turbo-VAED); otherwise 2x goes to the first shuffles only while more than 2x
+    would remain, the rest to the output conv (nano, where the output conv is the cheap place)."""
+    factors, rest = [1] * shuffles, temporal
+    for i in range(shuffles):
+        for f in (2, 3) if early else (2,):
+            if rest % f == 0 and (early or rest > 2):
+                factors[i], rest = f, rest // f
+                break
+    return factors, rest
+
+
+def family_preset(latent_channels: int, spatial: int, temporal: int, first_frame: bool = True,
+                  mini: bool = False, temporal_padding: str = "causal", size: str = "nano") -> StudentConfig:
+    """Student layout for a teacher's compression at one rung of the ladder (SIZES); `mini=True` is
+    size="mini", a ~16x smaller nano for CPU work."""
+    size = "mini" if mini else size
+    if size not in SIZES:
+        raise InputError(f"unknown student size {size!r}; expected one of {', '.join(SIZES)}")
+    ladder = _LADDER["nano" if size == "mini" else size]
+    if spatial not in ladder:
+        raise InputError(f"no student layout for {spatial}x spatial compression; have {sorted(ladder)}")
+    channels, blocks, dense, spatial_ups, patch = ladder[spatial]
+    temporal_ups, rest = _temporal_split(temporal, len(spatial_ups), early=size in ("base", "turbo"))
+    if size == "mini":
+        channels = tuple(max(c // 4, 16) for c in channels)
+        blocks = tuple(min(b, 1) for b in blocks)
+    turbo = size == "turbo"
+    return StudentConfig(
+        latent_channels=latent_channels, channels=channels, blocks=blocks, dense=dense,
+        upsample=tuple(zip(temporal_ups, spatial_ups)), patch=patch, final_temporal=rest,
+        temporal_padding=temporal_padding, first_frame=first_frame, kernel_dw=5 if turbo else None,
+        dense_upsample=tuple(dense[1:]) if turbo else None,
+    )
+
+
+def parse_preset(name: str) -> tuple[str, str]:
+    """'wan21' -> ('wan21', 'nano'); 'wan21-base' -> ('wan21', 'base'); InputError for anything else."""
+    family, _, size = name.rpartition("-")
+    from turbovaed.teachers import TEACHERS
+
+    if not (family in TEACHERS and size in SIZES):
+        family, size = name, "nano"
+    if family not in TEACHERS:
+        names = sorted(TEACHERS)
+        raise InputError(f"unknown student preset {name!r}; presets are a teacher family ({', '.join(names)}), "
+                         f"optionally with a size suffix -{'/-'.join(SIZES)} (e.g. wan21-base)")
+    return family, size

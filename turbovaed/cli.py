@@ -324,11 +324,6 @@ def decode_with_file(path: Path, variant: str | None, source: LatentFile, normal
               f"{loaded.variant.name} from {path.name})")
 
 
-QUICKSTART_EXPORTS = ("host-executorch-fp32", "android-executorch-int8", "android-executorch-int4", "host-onnx-fp32",
-                      "web-onnx-int8", "host-litert-fp32", "android-litert-int8", "iphone-coreml-fp16",
-                      "iphone-coreml-int4", "iphone-coreai-fp16")
-
-
 @app.command()
 @logged(lambda a: a["out_dir"])
 def quickstart(video: Annotated[Optional[list[Path]], typer.Option(help="videos to train on (default: real clips)")] = None,
@@ -339,23 +334,23 @@ def quickstart(video: Annotated[Optional[list[Path]], typer.Option(help="videos 
     """The main job on the embedded default: the shipped reference teacher encodes real clips, a small
     student is distilled (distill/quickstart.toml), exported to ExecuTorch / ONNX / LiteRT / Core ML / Core AI
     at fp32, fp16, int8 and int4, each artifact verified; ends with where everything is and the headline table."""
-    from turbovaed.distill.recipe import DistillRecipe
-    from turbovaed.distill.trainer import distill as run_distill
-    from turbovaed.export.core import ExportRecipe, export
-    from turbovaed.recipes import load_toml
+    from turbovaed import quickstart as job
 
-    recipe = load_toml(DistillRecipe, data_file("distill", "quickstart.toml"))
-    recipe.output = str(out_dir / "student")
-    if video:
-        recipe.data.videos = [str(v) for v in video]
-    if steps:
-        recipe.train.steps = steps
-    t0 = time.perf_counter()
-    work = Path(recipe.output + ".work")
-    from turbovaed.distill.checkpoint import has_checkpoint
+    summary = job.run(out_dir, video, steps, export_recipes, progress=lambda stage: console.print(f"[bold]{stage}[/]"))
+    out.print(quality_table(summary["metrics"]))
+    if summary["artifacts"]:
+        out.print(artifacts_table(summary["artifacts"]))
+        out.print(host_table(summary["measured"], "quickstart: host latency (interleaved, median of 10)"))
+        out.print(summary["paths"]["table"])
+    out.print(f"done in {summary['minutes']:.1f} min")
+    out.print(f"student checkpoint: {summary['student']} (model card: {Path(summary['student']) / 'README.md'})")
+    if summary["artifacts"]:
+        out.print(f"artifacts + manifest.json each: {summary['exports']}")
+        out.print(f"profile records: {summary['profiles']}; report: {summary['paths']['markdown']} and "
+                  f"{summary['paths']['html']}")
 
-    student_dir = run_distill(recipe, resume=has_checkpoint(work / "checkpoint"))
-    report = json.loads((student_dir / "metrics.json").read_text())
+
+def quality_table(report: dict) -> Table:
     m = report["mean"]
     table = Table(title="quickstart: distilled student on held-out clips")
     for col in ("model", "params", "PSNR dB", "SSIM", "MS-SSIM"):
@@ -365,46 +360,19 @@ def quickstart(video: Annotated[Optional[list[Path]], typer.Option(help="videos 
     table.add_row("student (EMA)", f"{report['student_params']:,}", f"{m['student_psnr']:.2f}",
                   f"{m['student_ssim']:.4f}", f"{m['student_msssim']:.4f}")
     table.add_row("per-frame bicubic (baseline)", "-", f"{m['bicubic_psnr']:.2f}", "-", "-")
-    out.print(table)
-    rows = []
-    if export_recipes:
-        for name in QUICKSTART_EXPORTS:
-            r = load_toml(ExportRecipe, data_file("export", f"{name}.toml"))
-            console.print(f"[bold]export[/] {name}")
-            manifest = export(r, student_dir, out_dir / "exports")
-            rows.append(manifest)
-        table = Table(title="quickstart: verified artifacts (PSNR against the fp32 student on held-out real latents)")
-        for col in ("artifact", "precision", "bytes", "PSNR dB", "status", "delegated / total ops"):
-            table.add_column(col, justify="right")
-        for mf in rows:
-            n, ops = mf["numerics"], mf["ops"]
-            deleg = f"{ops['delegated']} / {ops['delegated'] + ops['not_delegated']}" if "delegated" in ops else "-"
-            table.add_row(f"{mf['name']}/{mf['artifact']}", mf["precision"], f"{mf['bytes']:,}",
-                          f"{n['psnr_db']:.1f}" if "psnr_db" in n else "-", n["status"], deleg)
-        out.print(table)
-        from turbovaed.profile import report as report_mod
-        from turbovaed.profile.host import profile
+    return table
 
-        console.print("[bold]profile[/] host runtimes (interleaved) + device estimates")
-        prof = profile(out_dir / "exports", runs=10, warmup=2, threads=torch.get_num_threads(),
-                       results_dir=out_dir / "profiles")
-        table = host_table(prof["measured"], "quickstart: host latency (interleaved, median of 10)")
-        out.print(table)
-        console.print("[bold]report[/]")
-        paths = report_mod.write_report(out_dir / "exports", out_dir / "report", out_dir / "profiles")
-        out.print(paths["table"])
-    minutes = (time.perf_counter() - t0) / 60
-    summary = {"minutes": minutes, "threads": torch.get_num_threads(), "student": str(student_dir),
-               "metrics": report, "steps": recipe.train.steps,
-               "artifacts": [{k: mf[k] for k in ("name", "backend", "precision", "precision_meaning", "bytes", "numerics",
-                                                 "ops")} for mf in rows]}
-    with atomic_file(out_dir / "summary.json") as tmp:  # benchmarks/quickstart.py turns it into README figures
-        tmp.write_text(json.dumps(summary, indent=1, default=str))
-    out.print(f"done in {minutes:.1f} min")
-    out.print(f"student checkpoint: {student_dir} (model card: {student_dir / 'README.md'})")
-    if rows:
-        out.print(f"artifacts + manifest.json each: {out_dir / 'exports'}")
-        out.print(f"profile records: {out_dir / 'profiles'}; report: {paths['markdown']} and {paths['html']}")
+
+def artifacts_table(manifests: list[dict]) -> Table:
+    table = Table(title="quickstart: verified artifacts (PSNR against the fp32 student on held-out real latents)")
+    for col in ("artifact", "precision", "bytes", "PSNR dB", "status", "delegated / total ops"):
+        table.add_column(col, justify="right")
+    for mf in manifests:
+        n, ops = mf["numerics"], mf["ops"]
+        deleg = f"{ops['delegated']} / {ops['delegated'] + ops['not_delegated']}" if "delegated" in ops else "-"
+        table.add_row(mf["name"], mf["precision"], f"{mf['bytes']:,}",
+                      f"{n['psnr_db']:.1f}" if "psnr_db" in n else "-", n["status"], deleg)
+    return table
 
 
 @app.command()

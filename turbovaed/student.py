@@ -406,5 +406,10 @@ def module_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     return total
 
 
-# The preset ladder lives in turbovaed.presets; these names stay importable from here.
-from turbovaed.presets import SIZES, family_preset  # noqa: E402,F401
+def __getattr__(name: str):
+    """The preset ladder lives in turbovaed.presets; SIZES and family_preset stay importable from here."""
+    if name in ("SIZES", "family_preset"):
+        from turbovaed import presets
+
+        return getattr(presets, name)
+    raise AttributeError(f"module 'turbovaed.student' has no attribute {name!r}")

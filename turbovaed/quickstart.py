@@ -1,0 +1,69 @@
+"""The main job on the embedded default: the shipped reference teacher encodes real clips, a small student
+is distilled (distill/quickstart.toml), exported to ExecuTorch / ONNX / LiteRT / Core ML / Core AI at fp32,
+fp16, int8 and int4 (each artifact verified), profiled on this machine and reported. Returns a summary; the
+CLI prints it. `progress(stage)` is told each stage as it starts."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from turbovaed.io import atomic_file
+from turbovaed.resources import data_file
+
+EXPORTS = ("host-executorch-fp32", "android-executorch-int8", "android-executorch-int4", "host-onnx-fp32",
+           "web-onnx-int8", "host-litert-fp32", "android-litert-int8", "iphone-coreml-fp16", "iphone-coreml-int4",
+           "iphone-coreai-fp16")
+
+
+def run(out_dir: Path, videos: list[Path] | None = None, steps: int | None = None, export: bool = True,
+        progress: Callable[[str], None] = lambda stage: None) -> dict:
+    """Distil, export, profile and report into out_dir; returns the summary (also written to summary.json)."""
+    from turbovaed.distill.checkpoint import has_checkpoint
+    from turbovaed.distill.recipe import DistillRecipe
+    from turbovaed.distill.trainer import distill
+    from turbovaed.recipes import load_toml
+
+    recipe = load_toml(DistillRecipe, data_file("distill", "quickstart.toml"))
+    recipe.output = str(out_dir / "student")
+    if videos:
+        recipe.data.videos = [str(v) for v in videos]
+    if steps:
+        recipe.train.steps = steps
+    t0 = time.perf_counter()
+    progress("distill")
+    student_dir = distill(recipe, resume=has_checkpoint(Path(recipe.output + ".work") / "checkpoint"))
+    summary: dict = {"student": str(student_dir), "steps": recipe.train.steps, "threads": torch.get_num_threads(),
+                     "metrics": json.loads((student_dir / "metrics.json").read_text()), "artifacts": []}
+    if export:
+        summary.update(export_profile_report(student_dir, out_dir, progress))
+    summary["minutes"] = (time.perf_counter() - t0) / 60
+    with atomic_file(out_dir / "summary.json") as tmp:  # benchmarks/quickstart.py turns it into README figures
+        tmp.write_text(json.dumps({k: v for k, v in summary.items() if k not in ("measured", "paths")}, indent=1,
+                                  default=str))
+    return summary
+
+
+def export_profile_report(student_dir: Path, out_dir: Path, progress: Callable[[str], None]) -> dict:
+    from turbovaed.export.core import ExportRecipe, export
+    from turbovaed.profile import report
+    from turbovaed.profile.host import profile
+    from turbovaed.recipes import load_toml
+
+    manifests = []
+    for name in EXPORTS:
+        progress(f"export {name}")
+        manifests.append(export(load_toml(ExportRecipe, data_file("export", f"{name}.toml")), student_dir,
+                                out_dir / "exports"))
+    progress("profile host runtimes (interleaved) + device estimates")
+    prof = profile(out_dir / "exports", runs=10, warmup=2, threads=torch.get_num_threads(),
+                   results_dir=out_dir / "profiles")
+    progress("report")
+    paths = report.write_report(out_dir / "exports", out_dir / "report", out_dir / "profiles")
+    keep = ("name", "backend", "precision", "precision_meaning", "bytes", "numerics", "ops")
+    return {"artifacts": [{k: m[k] for k in keep} for m in manifests], "measured": prof["measured"],
+            "paths": paths, "exports": str(out_dir / "exports"), "profiles": str(out_dir / "profiles")}

@@ -15,6 +15,7 @@ import torch
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from typer.core import TyperGroup
 
 from turbovaed import data, logs, presets, teachers
 from turbovaed.io import InputError, LatentFile, TurboVAEDError, atomic_file
@@ -550,86 +551,104 @@ def host_table(records: list, title: str) -> Table:
     return table
 
 
-@app.command("profile")
+class HostByDefault(TyperGroup):
+    """`turbovaed profile DIR` means `turbovaed profile host DIR` (the everyday case keeps its short form)."""
+
+    def parse_args(self, ctx, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            args = ["host", *args]
+        return super().parse_args(ctx, args)
+
+
+profile_app = typer.Typer(cls=HostByDefault, no_args_is_help=True, help="Measure artifacts here, on a phone or a "
+                          "Mac, calibrate estimates, import device-app records.")
+app.add_typer(profile_app, name="profile")
+Runs = Annotated[int, typer.Option(help="timed runs per artifact (after warm-up)")]
+Warmup = Annotated[int, typer.Option(help="untimed warm-up runs")]
+Threads = Annotated[int, typer.Option(help="CPU threads for every runtime")]
+Results = Annotated[Optional[Path], typer.Option(help="records folder (default profiles/results)")]
+Serial = Annotated[Optional[str], typer.Option(help="adb serial (several phones attached)")]
+RunnerDir = Annotated[str, typer.Option(help="folder on the phone holding benchmark_model / executor_runner")]
+
+
+@profile_app.command("host")
 @logged(lambda a: a["results"] or Path("profiles"))
-def profile_cmd(target: Annotated[str, typer.Argument(help="artifacts folder (from `turbovaed export`), 'import', "
-                                                            "'device' or 'calibrate'")],
-                file: Annotated[Optional[Path], typer.Argument(help="with 'import': a record JSON from a device app; "
-                                                                    "with 'device': one artifact folder")] = None,
-                runs: Annotated[int, typer.Option(help="timed runs per artifact (after warm-up)")] = 10,
-                warmup: Annotated[int, typer.Option(help="untimed warm-up runs")] = 2,
-                threads: Annotated[int, typer.Option(help="CPU threads for every runtime")] = 2,
-                results: Annotated[Optional[Path], typer.Option(help="records folder (default profiles/results)")] = None,
-                device: Annotated[Optional[str], typer.Option(help="with 'device': the phone's id in profiles/devices")] = None,
-                serial: Annotated[Optional[str], typer.Option(help="with 'device': adb serial (several attached)")] = None,
-                unit: Annotated[str, typer.Option(help="with 'device': cpu (XNNPACK) or gpu (LiteRT GPU delegate); "
-                                                       "Core ML / Core AI artifacts on a Mac: ane, gpu or cpu")] = "cpu",
-                runner_dir: Annotated[str, typer.Option(help="with 'device': folder on the phone holding benchmark_model / "
-                                                             "executor_runner")] = "/data/local/tmp",
-                nets: Annotated[Optional[str], typer.Option(help="with 'calibrate': comma-separated calibration nets "
-                                                                 "(default: all)")] = None,
-                coreml: Annotated[bool, typer.Option(help="with 'calibrate': time Core ML packages on this Mac "
-                                                          "(--unit ane, gpu or cpu) instead of LiteRT on a phone")] = False,
-                ) -> None:
-    """Time artifacts on this host (isolated, interleaved) + roofline estimates per device; measure one artifact on
-    an Android phone over adb ('device'); or import device-app records ('import')."""
+def profile_host(artifacts: Annotated[Path, typer.Argument(help="artifacts folder (from `turbovaed export`)")],
+                 runs: Runs = 10, warmup: Warmup = 2, threads: Threads = 2, results: Results = None) -> None:
+    """Time every artifact with a runtime here (isolated processes, interleaved runs) beside the eager model,
+    and estimate every catalog device."""
     from turbovaed.profile import schema
-    from turbovaed.profile.devices import load_catalog
-
-    results = results or schema.RESULTS_DIR
-    if target == "import":
-        if file is None:
-            raise InputError("usage: turbovaed profile import RECORD.json")
-        records = schema.load_file(file, set(load_catalog()))
-        for r in records:
-            if r.source != "measured-device-app":
-                raise InputError(f"{file}: imported records must have source 'measured-device-app', got {r.source!r}")
-        path = schema.save(records, f"import-{file.stem}-{records[0].record_id}", results)
-        out.print(f"imported {len(records)} record(s) into {path}")
-        return
-    if target == "calibrate":
-        from turbovaed.profile import calibration
-        from turbovaed.profile.device import calibrate_device
-        from turbovaed.profile.devices import get_device
-
-        if device is None:
-            raise InputError("usage: turbovaed profile calibrate --device ID [--unit cpu|gpu] [--coreml] (an id from "
-                             "profiles/devices)")
-        get_device(device)
-        path = calibrate_device(device, unit, serial, runs, warmup, threads, runner_dir,
-                                nets.split(",") if nets else None, coreml=coreml)
-        out.print(f"wrote calibration points for {device} {unit}: {path}")
-        for row in calibration.leave_one_out():
-            if row["device"] == device:
-                loo = f"{row['loo_ms']:.3f} ms ({row['loo_ratio']:.2f}x)" if row["loo_ms"] else "-"
-                out.print(f"  {row['point']}: measured {row['measured_ms']:.3f} ms, leave-one-out {loo} [{row['class']}]")
-        return
-    if target == "device":
-        from turbovaed.profile.device import profile_device
-        from turbovaed.profile.devices import get_device
-
-        if file is None or device is None:
-            raise InputError("usage: turbovaed profile device ARTIFACT_DIR --device ID (an id from profiles/devices)")
-        get_device(device)
-        record = profile_device(file, device, serial, unit, runs, warmup, threads, runner_dir)
-        path = schema.save([record], f"device-{device}-{record.artifact}-{record.record_id}", results)
-        out.print(f"{record.artifact} on {record.hw_model} ({record.soc}, {record.os_version}), {record.compute_unit}: "
-                  f"median {record.latency.median_ms:.2f} ms, first load {record.first_load_ms:.0f} ms, first call "
-                  f"{record.first_inference_ms:.1f} ms -> {path}")
-        return
-    if file is not None:
-        raise InputError(f"unexpected argument {file} (did you mean `turbovaed profile import {file}`?)")
     from turbovaed.profile.host import profile
 
     if runs < 2 or warmup < 0:
         raise InputError("--runs must be >= 2 (for p10/p90) and --warmup >= 0")
-    result = profile(Path(target), runs, warmup, threads, results)
-    table = host_table(result["measured"], f"host latency ({threads} threads, {runs} interleaved runs)")
-    out.print(table)
+    result = profile(artifacts, runs, warmup, threads, results or schema.RESULTS_DIR)
+    out.print(host_table(result["measured"], f"host latency ({threads} threads, {runs} interleaved runs)"))
     for line in result["skipped"]:
         out.print(f"skipped {line}")
     out.print(f"wrote {len(result['measured'])} measurements and {len(result['estimates'])} estimates: "
               + ", ".join(str(f) for f in result["files"]))
+
+
+@profile_app.command("device")
+@logged(lambda a: a["results"] or Path("profiles"))
+def profile_device_cmd(artifact: Annotated[Path, typer.Argument(help="one artifact folder")],
+                       device: Annotated[str, typer.Option(help="the device's id in profiles/devices")],
+                       unit: Annotated[str, typer.Option(help="phones: cpu (XNNPACK) or gpu (LiteRT GPU delegate); "
+                                                              "Core ML / Core AI on a Mac: ane, gpu or cpu")] = "cpu",
+                       serial: Serial = None, runs: Runs = 20, warmup: Warmup = 5, threads: Threads = 4,
+                       runner_dir: RunnerDir = "/data/local/tmp", results: Results = None) -> None:
+    """Measure one artifact on an Android phone over adb, or (Core ML / Core AI) on this Mac."""
+    from turbovaed.profile import schema
+    from turbovaed.profile.device import profile_device
+    from turbovaed.profile.devices import get_device
+
+    get_device(device)
+    record = profile_device(artifact, device, serial, unit, runs, warmup, threads, runner_dir)
+    path = schema.save([record], f"device-{device}-{record.artifact}-{record.record_id}", results or schema.RESULTS_DIR)
+    out.print(f"{record.artifact} on {record.hw_model} ({record.soc}, {record.os_version}), {record.compute_unit}: "
+              f"median {record.latency.median_ms:.2f} ms, first load {record.first_load_ms:.0f} ms, first call "
+              f"{record.first_inference_ms:.1f} ms -> {path}")
+
+
+@profile_app.command("calibrate")
+@logged(lambda a: Path("profiles"))
+def profile_calibrate(device: Annotated[str, typer.Option(help="the device's id in profiles/devices")],
+                      unit: Annotated[str, typer.Option(help="cpu or gpu (phones); ane, gpu or cpu (--coreml)")] = "cpu",
+                      coreml: Annotated[bool, typer.Option(help="time Core ML packages on this Mac instead of "
+                                                                "LiteRT on a phone")] = False,
+                      nets: Annotated[Optional[str], typer.Option(help="comma-separated calibration nets "
+                                                                       "(default: all)")] = None,
+                      serial: Serial = None, runs: Runs = 20, warmup: Warmup = 5, threads: Threads = 4,
+                      runner_dir: RunnerDir = "/data/local/tmp") -> None:
+    """Time the calibration nets on your phone (or Mac) and write calibration points the estimates use."""
+    from turbovaed.profile import calibration
+    from turbovaed.profile.device import calibrate_device
+    from turbovaed.profile.devices import get_device
+
+    get_device(device)
+    path = calibrate_device(device, unit, serial, runs, warmup, threads, runner_dir,
+                            nets.split(",") if nets else None, coreml=coreml)
+    out.print(f"wrote calibration points for {device} {unit}: {path}")
+    for row in calibration.leave_one_out():
+        if row["device"] == device:
+            loo = f"{row['loo_ms']:.3f} ms ({row['loo_ratio']:.2f}x)" if row["loo_ms"] else "-"
+            out.print(f"  {row['point']}: measured {row['measured_ms']:.3f} ms, leave-one-out {loo} [{row['class']}]")
+
+
+@profile_app.command("import")
+def profile_import(record: Annotated[Path, typer.Argument(help="a record JSON written by a device app")],
+                   results: Results = None) -> None:
+    """Add a device app's record to the profile records."""
+    from turbovaed.profile import schema
+    from turbovaed.profile.devices import load_catalog
+
+    records = schema.load_file(record, set(load_catalog()))
+    for r in records:
+        if r.source != "measured-device-app":
+            raise InputError(f"{record}: imported records must have source 'measured-device-app', got {r.source!r}")
+    path = schema.save(records, f"import-{record.stem}-{records[0].record_id}", results or schema.RESULTS_DIR)
+    out.print(f"imported {len(records)} record(s) into {path}")
 
 
 @app.command("demo")

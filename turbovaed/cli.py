@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
-import random
 import sys
 import threading
 import time
@@ -17,11 +15,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from typer.core import TyperGroup
 
-from turbovaed import data, logs, presets, teachers
-from turbovaed.io import InputError, LatentFile, TurboVAEDError, atomic_file
+from turbovaed import data, logs, teachers
+from turbovaed.decode import resolve_student
+from turbovaed.io import InputError, TurboVAEDError, atomic_file
 from turbovaed.resources import data_dir, data_file
-from turbovaed.stream import ArtifactStreamer, Streamer, decode_tiled, stream_to_video
-from turbovaed.student import StudentConfig, StudentDecoder, check_latents, count_macs
+from turbovaed.student import StudentDecoder, count_macs
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Distill video VAE decoders into tiny students and ship them to phones.")
@@ -53,19 +51,6 @@ def logged(folder):
                     logs.say(f"third-party output: {captured.path}")
         return run
     return wrap
-
-
-def resolve_student(target: str) -> tuple[StudentConfig, StudentDecoder | None, str]:
-    """A checkpoint folder (config + weights) or a preset name (teacher family, optionally '-mini')."""
-    path = Path(target)
-    if path.is_dir() or path.suffix or "/" in target:
-        model = StudentDecoder.from_pretrained(path)
-        return model.config, model, f"checkpoint {path}"
-    try:
-        name, size = presets.parse_preset(target)
-    except InputError as err:
-        raise InputError(f"{target!r} is not a checkpoint folder, and {err}") from None
-    return teachers.get_spec(name).student_config(size=size), None, f"preset {target}"
 
 
 def parse_size(size: str) -> tuple[int, int]:
@@ -167,22 +152,6 @@ def decoder_table(path: Path, variant: str | None) -> Table:
     return table
 
 
-def student_latent_norm(checkpoint: str) -> dict | None:
-    """The teacher's latent statistics a distilled student carries (latent_norm.json), if any."""
-    path = Path(checkpoint) / "latent_norm.json"
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def denormalizer(stats: dict | None, what: str):
-    """(normalized chunk, index of its first latent frame) -> raw latents, from a teacher's statistics."""
-    if stats is None:
-        raise InputError(f"--normalized needs the teacher's latent statistics and {what} carries none (distilled "
-                         "before students kept latent_norm.json): add --teacher NAME, or pass raw latents")
-    from turbovaed.teachers import LatentNorm
-
-    return LatentNorm.from_dict(stats).to_raw
-
-
 @app.command()
 @logged(lambda a: a["out_path"].parent)
 def decode(out_path: Annotated[Path, typer.Option("--out", help="output .mp4 (a .png comparison is written beside it)")],
@@ -219,110 +188,16 @@ def decode(out_path: Annotated[Path, typer.Option("--out", help="output .mp4 (a 
                "takes. Default: what the file's metadata states, else --raw (what turbovaed's encode writes)")] = None,
            ) -> None:
     """Decode latents (or a video's teacher latents) with the teacher and/or a student; write mp4 + PNG."""
-    if decoder is not None:
-        if latents is None or any(x is not None for x in (video, student, teacher, artifact)) or stream or tile:
-            raise InputError("--decoder decodes --latents FILE on its own (no --video, --student, --teacher, "
-                             "--artifact, --stream or --tile)")
-        return decode_with_file(decoder, variant, LatentFile(latents, layout=layout), normalized, out_path, fps)
-    if (latents is None) == (video is None):
-        raise InputError("give exactly one of --latents FILE or --video FILE")
-    if student is None and teacher is None and artifact is None:
-        raise InputError("give --student CHECKPOINT and/or --teacher NAME (or --stream --artifact DIR)")
-    if out_path.suffix.lower() != ".mp4":
-        raise InputError(f"--out must be an .mp4 path, got {out_path}")
-    if artifact is not None and not stream:
-        raise InputError("--artifact decodes through an exported step graph and needs --stream")
-    source = None
-    if latents is not None:
-        source = LatentFile(latents, layout=layout)
-        stated = source.stated_normalized()
-        if None not in (normalized, stated) and normalized != stated:
-            raise InputError(f"{latents} states in its metadata that its latents are "
-                             f"{'normalized' if stated else 'raw'}, but --{'normalized' if normalized else 'raw'} was given")
-        normalized = bool(stated) if normalized is None else normalized
-    elif normalized:
-        raise InputError("--normalized describes --latents; a --video is encoded to raw latents by the teacher")
-    if stream:
-        if latents is None or (student is None) == (artifact is None) or teacher is not None or mobile:
-            raise InputError("--stream decodes --latents FILE with --student CHECKPOINT or --artifact STREAM_EXPORT "
-                             "(one of them, no teacher)")
-        if artifact is not None:
-            if tile:
-                raise InputError("--tile needs --student (an exported step graph has one fixed latent size)")
-            streamer = ArtifactStreamer(artifact)
-            chunk = streamer.chunk
-            channels, what, stats = streamer.shape[1], f"artifact {artifact}", streamer.norm_dict
-        else:
-            _, model, _ = resolve_student(student)
-            if model is None:
-                raise InputError(f"--student must be a checkpoint folder (a preset has no trained weights): {student}")
-            streamer = Streamer(model, tile, overlap)
-            channels, what, stats = model.config.latent_channels, f"student {student}", student_latent_norm(student)
-        source.check_channels(channels, what)
-        to_raw = denormalizer(stats, what) if normalized else None
-        with Progress(TextColumn("[bold]stream"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=console, transient=True) as bar:
-            task = bar.add_task("streaming decode (latent frames)", total=None)
-            n = stream_to_video(streamer, source, out_path, chunk, fps,
-                                progress=lambda done, total: bar.update(task, completed=done, total=total),
-                                to_raw=to_raw)
-        out.print(f"wrote {out_path} ({n} frames, streamed {chunk} latent frame(s) per step"
-                  f"{f', {tile}-latent tiles' if tile else ''}{f' through {artifact}' if artifact else ''})")
-        return
-    te = teachers.load(teacher, teacher_path, tiny=tiny_teacher) if teacher else None
-    config, model, _ = resolve_student(student) if student is not None else (None, None, None)
-    rows: dict[str, torch.Tensor] = {}
-    if video is not None:
-        if te is None:
-            raise InputError("--video needs --teacher to encode it")
-        nframes = te.spec.frames_for(max(1, round((frames - 1) / te.spec.temporal) + 1))
-        if nframes != frames:
-            raise InputError(f"{frames} frames break the {te.spec.name} frame rule; try {nframes}")
-        clip, _ = data.sample_clip(video, frames, parse_size(size), random.Random(0), resize=min(parse_size(size)))
-        rows["ground truth"] = clip
-        z = te.encode(clip[None])
-    else:
-        if te is not None:
-            source.check_channels(te.latent_channels, f"teacher {te.spec.name}")
-        if config is not None:
-            source.check_channels(config.latent_channels, f"student {student}")
-        z = source.read()
-        if normalized:
-            stats = te.norm.to_dict() if te is not None else student_latent_norm(student)
-            z = denormalizer(stats, f"student {student}")(z, 0)
-    results = {}
-    if te is not None:
-        t0 = time.perf_counter()
-        rows["teacher"] = results["teacher"] = te.decode(z)[0]
-        console.print(f"teacher {te.spec.name}: {time.perf_counter() - t0:.2f} s")
-    if student is not None:
-        if model is None:
-            raise InputError(f"--student must be a checkpoint folder (a preset has no trained weights): {student}")
-        net = model.to_mobile().eval() if mobile else model.eval()
-        check_latents(z, config)
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            decoded = decode_tiled(lambda zt, _: net(zt), z, tile, overlap, config.spatial_ratio) if tile else net(z)
-            rows["student"] = results["student"] = decoded[0]
-        console.print(f"student ({'mobile' if mobile else 'reference'} form): {time.perf_counter() - t0:.2f} s")
-    main = results.get("student", results.get("teacher"))
-    data.write_video(out_path, main, fps)
-    png = data.save_comparison(out_path.with_suffix(".png"), rows)
-    out.print(f"wrote {out_path} ({main.shape[1]} frames {main.shape[2]}x{main.shape[3]}) and {png}")
+    from turbovaed.decode import DecodeRequest, run
 
-
-def decode_with_file(path: Path, variant: str | None, source: LatentFile, normalized: bool | None, out_path: Path,
-                     fps: float) -> None:
-    from turbovaed import decoders
-
-    stated = source.stated_normalized()
-    loaded = decoders.load(path, variant)
-    t0 = time.perf_counter()
-    frames = decoders.decode_file(loaded, source, bool(stated if normalized is None else normalized))
-    console.print(f"{loaded.variant.name}: {time.perf_counter() - t0:.2f} s")
-    data.write_video(out_path, frames, fps)
-    out.print(f"wrote {out_path} ({frames.shape[1]} frames {frames.shape[2]}x{frames.shape[3]}, decoded by "
-              f"{loaded.variant.name} from {path.name})")
+    request = DecodeRequest(out_path, latents, video, teacher, teacher_path, tiny_teacher, student, mobile, frames,
+                            parse_size(size), fps, stream, chunk, artifact, tile, overlap, layout, normalized,
+                            decoder, variant)
+    with Progress(TextColumn("[bold]stream"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True, disable=not stream) as bar:
+        task = bar.add_task("streaming decode (latent frames)", total=None)
+        out.print(run(request, say=console.print,
+                      progress=lambda done, total: bar.update(task, completed=done, total=total)))
 
 
 @app.command()

@@ -38,7 +38,7 @@ def random_file(name: str, folder: Path, fmt: str = "safetensors", stem: str | N
     return path
 
 
-@pytest.mark.parametrize("name", [n for n in VARIANTS])
+@pytest.mark.parametrize("name", [n for n in VARIANTS if not n.startswith("lighttae")])
 def test_every_published_variant_builds_the_published_layout_and_loads_strictly(tmp_path, name):
     entry = layouts()[name]
     model = TAEHVDecoder(VARIANTS[name])
@@ -65,7 +65,7 @@ def test_super_variants_are_recognised_and_refused_clearly(tmp_path):
 
 def test_layouts_shared_by_several_variants_need_the_file_name_or_variant(tmp_path):
     path = random_file("taehv", tmp_path, stem="weights")
-    with pytest.raises(InputError, match="fits taehv, taew2_1, taecvx, taeos1_3 .* --variant"):
+    with pytest.raises(InputError, match="fits taehv, taew2_1, taecvx, taeos1_3, lighttaew2_1 .* --variant"):
         load(path)
     assert load(path, variant="taew2_1").variant.name == "taew2_1"
     assert load(random_file("taew2_1", tmp_path)).variant.name == "taew2_1"  # the published name breaks the tie
@@ -320,3 +320,14 @@ def test_a_decoder_files_step_graph_is_profiled_too(tmp_path):
     result = profile(tmp_path / "exports", runs=2, warmup=0, threads=1, results_dir=tmp_path / "profiles")
     assert {r.artifact for r in result["measured"]} == {"t-onnx-fp32", "eager"}
     assert all(r.status == "ok" for r in result["measured"]), [r.error for r in result["measured"]]
+
+
+def test_lighttae_files_are_told_by_name_and_state_their_convention(tmp_path):
+    """LightX2V's LightTAE reuses TAEHV's names and shapes: its published file name (lighttaew2_1,
+    lighttae_hy1_5) picks it over the TAEHV variant it contains, and it states the latents LightX2V feeds it."""
+    import shutil
+
+    wan = load(shutil.copy(random_file("taew2_1", tmp_path), tmp_path / "lighttaew2_1.safetensors"))
+    hy = load(random_file("taehv1_5", tmp_path, "pth", stem="lighttae_hy1_5"))
+    assert (wan.family, wan.variant.name) == ("lighttae", "lighttaew2_1") and "de-normalised" in wan.variant.convention
+    assert (hy.family, hy.variant.name) == ("lighttae", "lighttae_hy1_5") and "1.03682" in hy.variant.convention

@@ -98,10 +98,10 @@ def detect(sd: dict[str, torch.Tensor], name: str = "", variant: str | None = No
         raise InputError(f"{name}: a TAEHV-style decoder with {lc} latent channels and patch size {patch}, which no "
                          f"known variant has ({known})")
     stem = Path(name).stem.lower()
-    named = [v for v in fits if v.name in stem]
+    named = sorted((v for v in fits if v.name in stem), key=lambda v: -len(v.name))  # lighttaew2_1 over taew2_1
     if len(fits) == 1:
         return fits[0]
-    if len(named) == 1:
+    if named and (len(named) == 1 or len(named[0].name) > len(named[1].name)):
         return named[0]
     raise InputError(f"{name}: the layout fits {', '.join(v.name for v in fits)} (one architecture, different "
                      "latents); say which with --variant, or keep the published file name")
@@ -141,7 +141,8 @@ def load(path: str | Path, variant: str | None = None) -> LoadedDecoder:
     if unused:
         raise InputError(f"{path.name}: tensor {unused[0]!r} is not part of the {v.name} decoder")
     module.load_state_dict({k: t.float() for k, t in decoder.items()}, strict=True)
-    return LoadedDecoder("taehv", v, module, path, hashlib.sha256(path.read_bytes()).hexdigest(), skipped, notes)
+    family = "lighttae" if v.name.startswith("lighttae") else "taehv"  # same architecture, retrained by LightX2V
+    return LoadedDecoder(family, v, module, path, hashlib.sha256(path.read_bytes()).hexdigest(), skipped, notes)
 
 
 def decode_file(loaded: LoadedDecoder, latents, normalized: bool = False) -> torch.Tensor:

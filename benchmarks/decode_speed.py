@@ -18,7 +18,7 @@ import time
 import torch
 from results_io import write_results
 
-from turbovaed import teachers
+from turbovaed import presets, teachers
 from turbovaed.student import StudentDecoder
 
 
@@ -46,7 +46,7 @@ def main() -> None:
     torch.manual_seed(0)
     vae = teachers._diffusers_class(spec)().eval()  # the released full-size config, random weights
     teacher = teachers.Teacher(spec, vae)
-    config = teacher.student_config()
+    config = presets.student_config(teacher)
     student = StudentDecoder(config).eval()
     mobile = student.to_mobile().eval()
     t = config.latents_for(args.frames)

@@ -78,7 +78,7 @@ def speed(checkpoint: Path, manifests: list[dict], runs: int) -> dict:
         if name in by_name:
             m = by_name[name]
             run = core.backend_module(m["backend"]).runner(Path(m["dir"]) / m["artifact"],
-                                                           recipe=build(core.ExportRecipe, m["recipe"]))
+                                                           options=build(core.ExportRecipe, m["recipe"]).options)
             runners[label] = lambda run=run: run(z)
     with torch.no_grad():
         for fn in runners.values():
@@ -116,7 +116,7 @@ def apple_paths(checkpoint: Path, manifests: list[dict]) -> list[dict]:
         for m, recipe in zip(pair, recipes):
             backend = core.backend_module(m["backend"])
             model, _, _ = core.graph(student, recipe)
-            runs.append(backend.runner(Path(m["dir"]) / m["artifact"], model=model, recipe=recipe))
+            runs.append(backend.runner(Path(m["dir"]) / m["artifact"], model=model, options=recipe.options))
         scores = {"coreai_vs_fp32": [], "coreml_weights_vs_fp32": [], "coreai_vs_coreml_weights": []}
         with torch.no_grad():
             for z in verify:

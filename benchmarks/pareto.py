@@ -31,7 +31,7 @@ from peers.taehv import TAEHVDecoder  # noqa: E402
 from peers.turbo_vaed import HUNYUAN, TurboVAEDDecoder  # noqa: E402
 from train_reference_teacher import bicubic_baseline  # noqa: E402
 
-from turbovaed import data, metrics, reference, teachers  # noqa: E402
+from turbovaed import data, metrics, presets, reference, teachers  # noqa: E402
 from turbovaed.distill.recipe import DistillRecipe  # noqa: E402
 from turbovaed.distill.trainer import distill  # noqa: E402
 from turbovaed.evaluate import EvalClip, prepare, score  # noqa: E402
@@ -42,9 +42,9 @@ from turbovaed.student import StudentDecoder, load_state, module_macs  # noqa: E
 RESULTS = Path(__file__).resolve().parent / "results"
 SPEC = teachers.get_spec("reference")
 CANDIDATES = {  # name -> (kind, builder); every one takes the reference teacher's 16-channel 8x/4x latents
-    "nano": ("turbovaed", lambda: StudentDecoder(SPEC.student_config(size="nano"))),
-    "base": ("turbovaed", lambda: StudentDecoder(SPEC.student_config(size="base"))),
-    "turbo": ("turbovaed", lambda: StudentDecoder(SPEC.student_config(size="turbo"))),
+    "nano": ("turbovaed", lambda: StudentDecoder(presets.student_config(SPEC, size="nano"))),
+    "base": ("turbovaed", lambda: StudentDecoder(presets.student_config(SPEC, size="base"))),
+    "turbo": ("turbovaed", lambda: StudentDecoder(presets.student_config(SPEC, size="turbo"))),
     "taehv": ("peer", lambda: TAEHVDecoder(16)),
     "turbo-vaed": ("peer", lambda: TurboVAEDDecoder(**HUNYUAN)),
 }

@@ -32,8 +32,9 @@ import torch
 from results_io import RESULTS, write_results
 from safetensors.torch import save_file
 
-from turbovaed import teachers
+from turbovaed import presets, teachers
 from turbovaed.export.core import backend_module
+from turbovaed.export.recipe import ConvertOptions
 from turbovaed.student import StreamingStep, StudentDecoder
 
 WIDTH, HEIGHT = 1280, 720
@@ -62,7 +63,7 @@ def load_student(student: str) -> StudentDecoder:
     if student:
         return StudentDecoder.from_pretrained(student).eval()
     torch.manual_seed(0)
-    return StudentDecoder(teachers.get_spec("reference").student_config()).eval()
+    return StudentDecoder(presets.student_config(teachers.get_spec("reference"))).eval()
 
 
 def timed(fn, repeats: int) -> list[float]:
@@ -168,12 +169,11 @@ def runtimes(args: argparse.Namespace, model: StudentDecoder, h: int, w: int) ->
     steps = {}
     with tempfile.TemporaryDirectory() as tmp:
         for backend, artifact in (("executorch", "decoder.pte"), ("onnx", "decoder.onnx"), ("litert", "decoder.tflite")):
-            recipe = argparse.Namespace(precision="fp32", delegate="xnnpack", keep_float=[], group_size=32)
             out = Path(tmp) / backend
             out.mkdir()
             t0 = time.perf_counter()
-            backend_module(backend).convert(step, inputs, recipe, [], out, names=names)
-            runners[backend] = backend_module(backend).runner(out / artifact, model=step, recipe=recipe)
+            backend_module(backend).convert(step, inputs, ConvertOptions(), [], out, names=names)
+            runners[backend] = backend_module(backend).runner(out / artifact, model=step)
             print(f"  exported the 720p step graph to {backend} in {time.perf_counter() - t0:.0f} s")
         with torch.no_grad():
             ref = step(*inputs)[0]

@@ -89,9 +89,9 @@ def teacher_runs() -> str:
 
 
 def ladder() -> str:
-    """Computed from the code (turbovaed.cli.ladder_rows), for the families with distinct layouts."""
+    """Computed from the code (turbovaed.presets.ladder_rows), for the families with distinct layouts."""
     sys.path.insert(0, str(REPO))
-    from turbovaed.cli import ladder_rows
+    from turbovaed.presets import ladder_rows
 
     rows = ["| preset | params | GMACs/frame 512² | GMACs/frame 720p |", "|---|---|---|---|"]
     for r in ladder_rows(["wan21", "wan22", "ltx"]):

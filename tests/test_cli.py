@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from turbovaed import teachers
+from turbovaed import presets, teachers
 from turbovaed.student import StudentDecoder
 
 
@@ -26,7 +26,7 @@ def test_info_reports_params_macs_and_frame_rule():
 
 def test_decode_video_with_teacher_and_student_writes_mp4_and_comparison(tmp_path, videos_dir):
     # an (untrained) student for the tiny teacher's 4 latent channels
-    student_dir = StudentDecoder(teachers.build_tiny("wan21").student_config(mini=True)).save_pretrained(
+    student_dir = StudentDecoder(presets.student_config(teachers.build_tiny("wan21"), mini=True)).save_pretrained(
         tmp_path / "student")
     video = sorted(videos_dir.glob("*.mp4"))[0]
     result = run("decode", "--video", str(video), "--teacher", "wan21", "--tiny-teacher", "--student",
@@ -45,7 +45,7 @@ def test_decode_stream_matches_whole_clip_decode(tmp_path):
     from turbovaed.data import read_frames
     from turbovaed.metrics import psnr
 
-    config = teachers.build_tiny("wan21").student_config(mini=True)
+    config = presets.student_config(teachers.build_tiny("wan21"), mini=True)
     student_dir = randomize(StudentDecoder(config), std=0.05).save_pretrained(tmp_path / "student")
     save_file({"latents": torch.randn(1, 4, 6, 6, 8)}, str(tmp_path / "lat.safetensors"))
     videos = {}
@@ -86,7 +86,7 @@ def test_decode_stream_through_an_exported_step_graph(tmp_path, student_dir):
 
 
 def test_decode_stream_bad_input(tmp_path):
-    student_dir = StudentDecoder(teachers.build_tiny("wan21").student_config(mini=True)).save_pretrained(
+    student_dir = StudentDecoder(presets.student_config(teachers.build_tiny("wan21"), mini=True)).save_pretrained(
         tmp_path / "student")
     save_file({"latents": torch.randn(1, 4, 3, 8, 8)}, str(tmp_path / "lat.safetensors"))
     common = ["decode", "--latents", str(tmp_path / "lat.safetensors"), "--out", str(tmp_path / "o.mp4")]
@@ -151,7 +151,7 @@ def test_decode_takes_generator_latents_in_either_layout_normalised_and_bf16(tmp
     from turbovaed.data import read_frames
     from turbovaed.teachers import LatentNorm
 
-    config = teachers.build_tiny("wan21").student_config(mini=True)
+    config = presets.student_config(teachers.build_tiny("wan21"), mini=True)
     student_dir = randomize(StudentDecoder(config), std=0.05).save_pretrained(tmp_path / "student")
     norm = LatentNorm([0.5, -0.2, 0.1, 0.0], [2.0, 0.5, 1.5, 1.0], 1.0)
     (student_dir / "latent_norm.json").write_text(json.dumps({**norm.to_dict(), "teacher": "wan21"}))
@@ -193,7 +193,7 @@ def read_frames_of_undenormalised(tmp_path, common, student_dir):
 
 
 def test_layout_and_normalisation_mistakes_are_named(tmp_path):
-    student_dir = StudentDecoder(teachers.build_tiny("wan21").student_config(mini=True)).save_pretrained(
+    student_dir = StudentDecoder(presets.student_config(teachers.build_tiny("wan21"), mini=True)).save_pretrained(
         tmp_path / "student")
     save_file({"latents": torch.randn(1, 3, 4, 8, 8)}, str(tmp_path / "btchw.safetensors"))
     save_file({"latents": torch.randn(1, 4, 3, 8, 8)}, str(tmp_path / "raw.safetensors"), metadata={"latents": "raw"})

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from turbovaed import data, teachers
+from turbovaed.distill.cache import LatentCache
 from turbovaed.io import CheckpointError, VideoError
 
 
@@ -77,10 +78,10 @@ def test_synthetic_clips_are_deterministic_and_moving():
 def test_latent_cache_fills_resumes_and_reads_back_by_slices(tmp_path, monkeypatch):
     teacher = teachers.build_tiny("wan21")
     sampler = data.ClipSampler([], teacher.spec.frames_for(2), (32, 32), seed=0)  # synthetic clips
-    cache = data.LatentCache(tmp_path / "cache")
+    cache = LatentCache(tmp_path / "cache")
     cache.fill(teacher, sampler, count=3, shard_size=2, batch=2)
     assert len(cache) == 3 and len(cache.parts[0]["shards"]) == 2
-    resumed = data.LatentCache(tmp_path / "cache")
+    resumed = LatentCache(tmp_path / "cache")
     calls = []
     resumed.fill(teacher, sampler, count=5, shard_size=2, progress=lambda: calls.append(1))
     assert len(resumed) == 5 and len(calls) == 2  # only the missing items were encoded
@@ -104,7 +105,7 @@ def test_latent_cache_fills_resumes_and_reads_back_by_slices(tmp_path, monkeypat
             raise AssertionError("a whole shard tensor was loaded to read one item")
 
     monkeypatch.setattr(safetensors, "safe_open", Spy)
-    item = data.LatentCache(tmp_path / "cache")[4]
+    item = LatentCache(tmp_path / "cache")[4]
     assert len(opened) == 1  # one memory map, sliced
     clip, _ = sampler.clip(4)
     mean, logvar = teacher.encode_posterior(item["frames"][None])  # the teacher encodes the stored frames
@@ -120,14 +121,14 @@ def test_cache_parts_are_per_rank_and_disjoint(tmp_path):
     teacher = teachers.build_tiny("wan21")
     sampler = data.ClipSampler([], teacher.spec.frames_for(2), (32, 32), seed=0)
     for rank in (1, 0):  # ranks fill independently, in any order
-        data.LatentCache(tmp_path / "c").fill(teacher, sampler, count=5, rank=rank, world=2, shard_size=2)
-    cache = data.LatentCache(tmp_path / "c")
+        LatentCache(tmp_path / "c").fill(teacher, sampler, count=5, rank=rank, world=2, shard_size=2)
+    cache = LatentCache(tmp_path / "c")
     assert sorted(cache.parts) == [0, 1]
     assert cache.items(0, 2) == [0, 2, 4] and cache.items(1, 2) == [1, 3]
     assert cache.items(0, 1) == [0, 1, 2, 3, 4]  # a resume on one rank sees every part
     (tmp_path / "c" / "part-001.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="corrupt"):
-        data.LatentCache(tmp_path / "c")
+        LatentCache(tmp_path / "c")
 
 
 def nested_videos(root, lengths=(12, 20, 16)):

@@ -133,7 +133,7 @@ def test_bad_files_get_one_clear_error(tmp_path):
     with pytest.raises(CheckpointError, match="not a weights-only pickle"):
         load(tmp_path / "pickle.pth")
     save_file({"blocks.0.weight": torch.zeros(2)}, tmp_path / "other.safetensors")
-    with pytest.raises(InputError, match="matches no known decoder layout \\(closest: TAEHV"):
+    with pytest.raises(InputError, match="matches no known decoder layout \\(closest family: TAEHV"):
         load(tmp_path / "other.safetensors")
     missing = random_file("taehv", tmp_path)
     sd = load_file(missing)

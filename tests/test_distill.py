@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from turbovaed import teachers
+from turbovaed import presets, teachers
 from turbovaed.distill import trainer
 from turbovaed.distill.recipe import DistillRecipe
 from turbovaed.io import InputError
@@ -59,7 +59,7 @@ def test_every_shipped_recipe_parses_and_matches_its_teacher():
         recipe = load_toml(DistillRecipe, path)
         spec = teachers.get_spec(recipe.teacher.name)
         preset = recipe.student.preset.removesuffix("-mini")
-        cfg = teachers.get_spec(preset).student_config()
+        cfg = presets.student_config(teachers.get_spec(preset))
         assert (cfg.spatial_ratio, cfg.temporal_ratio) == (spec.spatial, spec.temporal), path.name
         assert build(DistillRecipe, __import__("tomllib").loads(to_toml(recipe))) == recipe  # round-trips
         if path.stem == "quickstart":
@@ -198,7 +198,7 @@ def test_non_finite_steps_in_a_row_stop_the_run_and_keep_finite_checkpoints(tmp_
         trainer.distill(recipe, show_progress=False)
     from turbovaed.distill.checkpoint import load_training_state
 
-    student = trainer.StudentDecoder(teachers.build_tiny("wan21").student_config(mini=True))
+    student = trainer.StudentDecoder(presets.student_config(teachers.build_tiny("wan21"), mini=True))
     step, _ = load_training_state(tmp_path / "student.work" / "checkpoint", {"student": student}, {})
     assert step == 3 and all(torch.isfinite(p).all() for p in student.parameters())
     assert not (tmp_path / "student").exists()

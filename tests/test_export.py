@@ -249,8 +249,9 @@ def test_student_without_the_first_frame_rule_streams_every_frame(tmp_path):
     import torch
     from conftest import randomize
 
+    from turbovaed.presets import family_preset
     from turbovaed.stream import ArtifactStreamer
-    from turbovaed.student import StudentDecoder, family_preset
+    from turbovaed.student import StudentDecoder
 
     model = randomize(StudentDecoder(family_preset(4, 8, 4, first_frame=False, mini=True)), std=0.1).eval()
     model.save_pretrained(tmp_path / "student")

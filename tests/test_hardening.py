@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
 
-from turbovaed import teachers
+from turbovaed import presets, teachers
 from turbovaed.io import InputError, TurboVAEDError
 from turbovaed.student import StudentDecoder
 
@@ -31,7 +31,7 @@ def fuzz_tensor(shape, dtype, special) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def tiny():
     teacher = teachers.build_tiny("wan21")
-    student = StudentDecoder(teacher.student_config(mini=True)).eval()
+    student = StudentDecoder(presets.student_config(teacher, mini=True)).eval()
     return teacher, student
 
 
@@ -70,7 +70,7 @@ def test_cli_fuzzed_files_give_one_clear_error(tmp_path, content):
 def test_cli_fuzzed_shapes_give_one_clear_error(tmp_path, shape):
     from test_cli import run
 
-    student = StudentDecoder(teachers.build_tiny("wan21").student_config(mini=True)).save_pretrained(tmp_path / "s")
+    student = StudentDecoder(presets.student_config(teachers.build_tiny("wan21"), mini=True)).save_pretrained(tmp_path / "s")
     save_file({"latents": torch.randn(shape) if shape != (4, 3, 8, 8) else torch.randn(shape).to(torch.int32)},
               str(tmp_path / "lat.safetensors"))
     for extra in ([], ["--stream"]):

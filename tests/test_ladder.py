@@ -8,10 +8,12 @@ import pytest
 import torch
 from conftest import randomize
 
+from turbovaed import presets
 from turbovaed.export.core import ExportRecipe, export
+from turbovaed.presets import SIZES, family_preset, parse_preset
 from turbovaed.recipes import build
-from turbovaed.student import SIZES, StudentDecoder, family_preset, module_macs
-from turbovaed.teachers import TEACHERS, parse_preset
+from turbovaed.student import StudentDecoder, module_macs
+from turbovaed.teachers import TEACHERS
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from peers.taehv import TAEHVDecoder  # noqa: E402
@@ -27,7 +29,7 @@ def test_every_rung_keeps_the_teacher_compression_and_grows():
     for name, spec in TEACHERS.items():
         sizes = []
         for size in SIZES:
-            cfg = spec.student_config(size=size)
+            cfg = presets.student_config(spec, size=size)
             assert (cfg.spatial_ratio, cfg.temporal_ratio, cfg.latent_channels) == \
                 (spec.spatial, spec.temporal, spec.latent_channels), (name, size)
             sizes.append(params(lambda c=cfg: StudentDecoder(c)))
@@ -36,7 +38,7 @@ def test_every_rung_keeps_the_teacher_compression_and_grows():
 
 
 def test_turbo_rung_has_turbo_vaed_layout():
-    cfg = TEACHERS["wan21"].student_config(size="turbo")
+    cfg = presets.student_config(TEACHERS["wan21"], size="turbo")
     assert cfg.kernel_dw == 5 and not cfg.dense[0] and all(cfg.dense[1:]) and all(cfg.dense_upsample)
     assert cfg.patch == 1  # the last stages run at 1/2 and full resolution
     assert [s for _, s in cfg.upsample] == [2, 2, 2]

@@ -279,8 +279,8 @@ def test_profile_device_without_adb_fails_clearly(artifacts, tmp_path, monkeypat
 def test_estimates_move_activations_at_the_compute_dtype():
     """W4A16 / W8A16 weight-only artifacts and GPU/ANE units move 2-byte activations; only W8A8 CPU artifacts
     move 1-byte ones (the old estimate gave every int4/int8 artifact 1-byte activations)."""
+    from turbovaed.presets import family_preset
     from turbovaed.profile.estimate import device_estimates, layer_costs
-    from turbovaed.student import family_preset
 
     costs = layer_costs(family_preset(16, 8, 4, mini=True), (3, 16, 16))
     catalog = load_catalog()
@@ -295,8 +295,8 @@ def test_estimates_move_activations_at_the_compute_dtype():
 def test_catalog_is_consistent_with_its_own_derivations():
     """Newer SoCs are not listed slower than older ones, CPU peaks equal the derivation in their source,
     and the NPU rows are used (W8A8 LiteRT/ONNX artifacts on phones with an NPU)."""
+    from turbovaed.presets import family_preset
     from turbovaed.profile.estimate import device_estimates, layer_costs
-    from turbovaed.student import family_preset
 
     c = load_catalog()
     assert c["galaxy-s25"].units["gpu"].peak_gflops("fp32") > c["galaxy-s24"].units["gpu"].peak_gflops("fp32")
@@ -348,9 +348,9 @@ def test_calibration_meets_its_target_on_the_committed_points():
 
 
 def test_estimates_are_calibrated_where_a_class_has_points_and_labelled_bounds_elsewhere():
+    from turbovaed.presets import family_preset
     from turbovaed.profile import calibration
     from turbovaed.profile.estimate import device_estimates, layer_costs
-    from turbovaed.student import family_preset
 
     fits = calibration.fits()
     costs = layer_costs(family_preset(16, 8, 4, mini=True), (5, 64, 64))
@@ -496,9 +496,9 @@ def test_profile_calibrate_times_the_calibration_nets_on_a_phone(tmp_path, fake_
     loaded = calibration.load_points(calibration.POINTS_DIR, tmp_path)
     fits = calibration.fits(loaded)
     assert "gpu-fp16-litert" in fits  # the phone's GPU now has a calibration class
+    from turbovaed.presets import family_preset
     from turbovaed.profile.estimate import device_estimates, layer_costs
     from turbovaed.profile.host import estimate_note
-    from turbovaed.student import family_preset
 
     costs = layer_costs(family_preset(16, 8, 4, mini=True), (3, 16, 16))
     gpu = device_estimates(load_catalog()["galaxy-s24"], costs, "litert", "fp32", fits)["gpu"]

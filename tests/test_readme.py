@@ -43,12 +43,12 @@ def test_the_readme_python_snippet_runs(tmp_path, monkeypatch):
     import json
     import re
 
-    from turbovaed import teachers
+    from turbovaed import presets, teachers
     from turbovaed.student import StudentDecoder
 
     code = re.search(r"```python\n(.*?)```", (REPO / "README.md").read_text(), re.S).group(1)
     folder = tmp_path / "runs" / "quickstart" / "student"
-    StudentDecoder(teachers.get_spec("reference").student_config(mini=True)).save_pretrained(folder)
+    StudentDecoder(presets.student_config(teachers.get_spec("reference"), mini=True)).save_pretrained(folder)
     (folder / "latent_norm.json").write_text(json.dumps(teachers.load("reference").norm.to_dict()))
     monkeypatch.chdir(tmp_path)
     exec(compile(code, "README.md", "exec"), {})

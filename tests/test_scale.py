@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 from test_distill import tiny_recipe
 
-from turbovaed import data
+from turbovaed import data, presets
 from turbovaed.distill import trainer
 from turbovaed.distill.checkpoint import previous_slot
 from turbovaed.distill.recipe import DistillRecipe
@@ -267,7 +267,7 @@ def test_feature_alignment_pairs_frames_exactly_per_family(family):
     blocks = load_toml(DistillRecipe, recipe).loss.feature_blocks
     torch.manual_seed(0)
     teacher = teachers.build_tiny(family)
-    student = StudentDecoder(teacher.student_config(mini=True)).eval()
+    student = StudentDecoder(presets.student_config(teacher, mini=True)).eval()
     z = torch.randn(1, teacher.latent_channels, 5, 8, 8)
     z2 = z.clone()
     z2[:, :, 2:] += 1.0

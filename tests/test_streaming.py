@@ -6,8 +6,10 @@ from conftest import randomize
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from turbovaed import presets
 from turbovaed.io import InputError
-from turbovaed.student import StreamingStep, StudentDecoder, family_preset
+from turbovaed.presets import family_preset
+from turbovaed.student import StreamingStep, StudentDecoder
 from turbovaed.teachers import TEACHERS
 
 # Presets covering 4x/6x/8x temporal and 8x/16x/32x spatial (all with the first-frame rule; a student
@@ -20,7 +22,7 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def model_and_latents(name: str, frames: int, seed: int = 0) -> tuple[StudentDecoder, torch.Tensor]:
-    config = TEACHERS[name].student_config(mini=True)
+    config = presets.student_config(TEACHERS[name], mini=True)
     model = randomize(StudentDecoder(config), std=0.1, seed=seed).eval()
     side = max(1, 32 // config.spatial_ratio)
     z = torch.randn(1, config.latent_channels, frames, side, side, generator=torch.Generator().manual_seed(seed))
@@ -68,7 +70,7 @@ def test_stream_state_misuse_fails_clearly():
         model.step(torch.randn(2, *z.shape[1:]), state)
     with pytest.raises(InputError, match="channels"):
         model.step(z[:, :3, :1], state)
-    other = StudentDecoder(TEACHERS["wan21"].student_config(mini=False)).eval()  # same latents, other decoder
+    other = StudentDecoder(presets.student_config(TEACHERS["wan21"], mini=False)).eval()  # same latents, other decoder
     with pytest.raises(InputError, match="config"):
         other.step(z[:, :, 2:3], state)
     with pytest.raises(InputError, match="StreamState"):
@@ -89,7 +91,7 @@ def test_a_student_without_temporal_taps_streams_every_frame():
     """kernel_t = 1 leaves no state to carry: later chunks must still keep all their frames."""
     from dataclasses import replace
 
-    config = replace(TEACHERS["wan21"].student_config(mini=True), kernel_t=1)
+    config = replace(presets.student_config(TEACHERS["wan21"], mini=True), kernel_t=1)
     model = randomize(StudentDecoder(config), std=0.1).eval()
     z = torch.randn(1, config.latent_channels, 4, 4, 4)
     with torch.no_grad():

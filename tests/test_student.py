@@ -4,8 +4,10 @@ import pytest
 import torch
 from conftest import randomize
 
+from turbovaed import presets
 from turbovaed.io import CheckpointError, InputError
-from turbovaed.student import SIZES, StudentConfig, StudentDecoder, check_latents, count_macs
+from turbovaed.presets import SIZES
+from turbovaed.student import StudentConfig, StudentDecoder, check_latents, count_macs
 from turbovaed.teachers import TEACHERS
 
 # Every family at mini and nano; base and turbo on one family per compression (8x4, 16x4, 32x8, 8x6, 8x8):
@@ -27,7 +29,7 @@ def small_latents(config: StudentConfig, frames: int = 3, seed: int = 0) -> torc
 def test_mobile_form_matches_reference_for_every_preset(name, size):
     """Every rung of every family's ladder lowers exactly to 2D (turbo's 5x5x5 depthwise and dense 3D
     shuffles included)."""
-    config = TEACHERS[name].student_config(size=size)
+    config = presets.student_config(TEACHERS[name], size=size)
     model = randomize(StudentDecoder(config), std=0.1).eval()
     z = small_latents(config, frames=2 if size == "turbo" else 3)
     with torch.no_grad():
@@ -70,7 +72,7 @@ def _graph_facts(module: torch.nn.Module, z: torch.Tensor) -> tuple[set[str], in
 
 @pytest.mark.parametrize("name", ["ltx", "wan21", "mochi"])
 def test_exported_mobile_graph_has_no_conv3d_and_rank_at_most_5(name):
-    config = TEACHERS[name].student_config(mini=True)
+    config = presets.student_config(TEACHERS[name], mini=True)
     model = StudentDecoder(config).eval()
     z = small_latents(config)
     targets, max_rank, conv_ranks = _graph_facts(model.to_mobile(), z)
@@ -83,7 +85,7 @@ def test_exported_mobile_graph_has_no_conv3d_and_rank_at_most_5(name):
 
 
 def test_frame_rule_is_honoured_exactly():
-    config = TEACHERS["wan21"].student_config(mini=True)
+    config = presets.student_config(TEACHERS["wan21"], mini=True)
     model = StudentDecoder(config).eval()
     for t in (1, 2, 5):
         with torch.no_grad():
@@ -96,7 +98,7 @@ def test_frame_rule_is_honoured_exactly():
 
 
 def test_causal_decoder_does_not_look_ahead():
-    config = TEACHERS["wan21"].student_config(mini=True)
+    config = presets.student_config(TEACHERS["wan21"], mini=True)
     model = randomize(StudentDecoder(config), seed=2).eval()
     z = small_latents(config, 4)
     z2 = z.clone()
@@ -109,7 +111,7 @@ def test_causal_decoder_does_not_look_ahead():
 
 
 def test_features_one_per_stage():
-    config = TEACHERS["hunyuan15"].student_config(mini=True)
+    config = presets.student_config(TEACHERS["hunyuan15"], mini=True)
     out, feats = StudentDecoder(config)(small_latents(config), return_features=True)
     assert len(feats) == len(config.channels)
     assert [f.shape[1] for f in feats] == list(config.channels)
@@ -117,12 +119,12 @@ def test_features_one_per_stage():
 
 def test_presets_match_teacher_compression_and_size_budget():
     for name, spec in TEACHERS.items():
-        cfg = spec.student_config()
+        cfg = presets.student_config(spec)
         assert (cfg.spatial_ratio, cfg.temporal_ratio, cfg.latent_channels, cfg.first_frame) == \
             (spec.spatial, spec.temporal, spec.latent_channels, spec.first_frame), name
         with torch.device("meta"):
             full = StudentDecoder(cfg).num_parameters()
-            mini = StudentDecoder(spec.student_config(mini=True)).num_parameters()
+            mini = StudentDecoder(presets.student_config(spec, mini=True)).num_parameters()
         assert mini * 4 < full, name
 
 
@@ -134,7 +136,7 @@ def test_count_macs_matches_hand_count():
 
 
 def test_save_load_roundtrip(tmp_path):
-    config = TEACHERS["cosmos"].student_config(mini=True)
+    config = presets.student_config(TEACHERS["cosmos"], mini=True)
     model = randomize(StudentDecoder(config), seed=3).eval()
     model.save_pretrained(tmp_path / "ckpt")
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["config.json", "model.safetensors"]
@@ -147,7 +149,7 @@ def test_save_load_roundtrip(tmp_path):
 
 
 def test_bad_checkpoints_fail_clearly(tmp_path):
-    config = TEACHERS["cosmos"].student_config(mini=True)
+    config = presets.student_config(TEACHERS["cosmos"], mini=True)
     good = StudentDecoder(config).save_pretrained(tmp_path / "good")
     with pytest.raises(CheckpointError, match="does not exist"):
         StudentDecoder.from_pretrained(tmp_path / "missing")
@@ -178,7 +180,7 @@ def test_bad_checkpoints_fail_clearly(tmp_path):
 
 
 def test_bad_latents_fail_clearly():
-    config = TEACHERS["wan21"].student_config(mini=True)
+    config = presets.student_config(TEACHERS["wan21"], mini=True)
     model = StudentDecoder(config)
     z = small_latents(config)
     with pytest.raises(InputError, match="expects 16"):

@@ -3,7 +3,7 @@ import inspect
 import pytest
 import torch
 
-from turbovaed import teachers
+from turbovaed import presets, teachers
 from turbovaed.io import CheckpointError, InputError
 from turbovaed.student import StudentDecoder
 
@@ -37,7 +37,7 @@ def test_tiny_teacher_roundtrip_obeys_its_spec(name):
     out, feats = teacher.decode_with_features(z)
     assert out.shape == clip.shape
     assert len(feats) >= 3 and all(f.dim() == 5 for f in feats)
-    student = StudentDecoder(teacher.student_config(mini=True)).eval()
+    student = StudentDecoder(presets.student_config(teacher, mini=True)).eval()
     with torch.no_grad():
         assert student(z).shape == out.shape
 

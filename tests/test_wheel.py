@@ -62,8 +62,10 @@ def test_wheel_carries_its_data_and_imports_from_site_packages(wheel_env):
 def test_installed_wheel_runs_info_export_profile_report_from_an_empty_directory(wheel_env):
     w = wheel_env
     assert "wan21-turbo" in run(w, "info").stdout
-    subprocess.run([str(w["py"]), "-c", "from turbovaed.teachers import build_tiny; from turbovaed.student import "
-                    "StudentDecoder; StudentDecoder(build_tiny('reference').student_config(mini=True)).save_pretrained('s')"],
+    subprocess.run([str(w["py"]), "-c", "from turbovaed.teachers import build_tiny; "
+                    "from turbovaed.student import StudentDecoder; "
+                    "from turbovaed.presets import student_config; "
+                    "StudentDecoder(student_config(build_tiny('reference'), mini=True)).save_pretrained('s')"],
                    cwd=w["work"], env=w["env"], check=True, timeout=300)
     recipes = ["host-onnx-fp32"]
     try:  # the coreai extra is optional: its recipe is exported where it is installed (CI installs it)

@@ -557,11 +557,3 @@ def save_comparison(path: str | Path, rows: dict[str, torch.Tensor], columns: in
         canvas.save(tmp, format="PNG")
     return Path(path)
 
-
-def __getattr__(name: str):
-    """The latent cache moved to turbovaed.distill.cache (it belongs to distillation); the old names still work."""
-    if name in ("LatentCache", "dequantize", "CACHE_VERSION"):
-        from turbovaed.distill import cache
-
-        return getattr(cache, name)
-    raise AttributeError(f"module 'turbovaed.data' has no attribute {name!r}")

@@ -80,7 +80,7 @@ def resolve_student(target: str) -> tuple[StudentConfig, StudentDecoder | None, 
         name, size = presets.parse_preset(target)
     except InputError as err:
         raise InputError(f"{target!r} is not a checkpoint folder, and {err}") from None
-    return teachers.get_spec(name).student_config(size=size), None, f"preset {target}"
+    return presets.student_config(teachers.get_spec(name), size=size), None, f"preset {target}"
 
 
 def trained_student(target: str) -> tuple[StudentConfig, StudentDecoder]:

@@ -100,3 +100,28 @@ def evaluate(student: nn.Module | None, teacher, clips: list[tuple[torch.Tensor,
              lpips: nn.Module | None = None) -> dict:
     """`prepare` then `score`, for one-off evaluations (the `eval` command, benchmarks)."""
     return score(student, prepare(teacher, clips, lpips), lpips)
+
+
+def evaluate_videos(student: str | Path | None, teacher: str, teacher_path: Path | None, videos: list[Path] | None,
+                    frames: int, size: int, per_video: int, lpips: Path | None = None) -> dict:
+    """The `eval` command: fixed windows of `videos` (default: the reference teacher's held-out clips in
+    ../shared/videos) scored for the teacher and, when given, a student checkpoint."""
+    from turbovaed import data, teachers
+    from turbovaed.io import InputError
+    from turbovaed.reference import HELD_OUT
+    from turbovaed.student import StudentDecoder
+
+    te = teachers.load(teacher, teacher_path)
+    if not videos:
+        shared = data.shared_videos_dir()
+        if shared is None:
+            raise InputError("no --videos given and ../shared/videos is absent")
+        videos = [shared / n for n in HELD_OUT if (shared / n).is_file()]
+    clips = data.fixed_clips(data.list_videos(videos), frames, size, per_video)
+    model = StudentDecoder.from_pretrained(student) if student else None
+    lpips_net = None
+    if lpips is not None:
+        from turbovaed.lpips import LPIPS
+
+        lpips_net = LPIPS(lpips)
+    return evaluate(model, te, clips, lpips_net)

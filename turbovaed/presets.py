@@ -3,8 +3,11 @@ names as the CLI and recipes spell them (a teacher family, optionally with a siz
 
 from __future__ import annotations
 
+import torch
+
 from turbovaed.io import InputError
-from turbovaed.student import StudentConfig
+from turbovaed.student import StudentConfig, StudentDecoder, count_macs
+from turbovaed.teachers import TEACHERS, Teacher, TeacherSpec
 
 # Presets: a ladder per teacher compression. Every rung is the same block vocabulary (so each lowers
 # exactly to 2D and exports to every backend); they differ in where the work sits.
@@ -81,8 +84,6 @@ def family_preset(latent_channels: int, spatial: int, temporal: int, first_frame
 def parse_preset(name: str) -> tuple[str, str]:
     """'wan21' -> ('wan21', 'nano'); 'wan21-base' -> ('wan21', 'base'); InputError for anything else."""
     family, _, size = name.rpartition("-")
-    from turbovaed.teachers import TEACHERS
-
     if not (family in TEACHERS and size in SIZES):
         family, size = name, "nano"
     if family not in TEACHERS:
@@ -90,3 +91,29 @@ def parse_preset(name: str) -> tuple[str, str]:
         raise InputError(f"unknown student preset {name!r}; presets are a teacher family ({', '.join(names)}), "
                          f"optionally with a size suffix -{'/-'.join(SIZES)} (e.g. wan21-base)")
     return family, size
+
+
+def student_config(teacher: TeacherSpec | Teacher, mini: bool = False, size: str = "nano") -> StudentConfig:
+    """The `size` rung of a teacher's preset; a loaded teacher's own latent channels win over its family's
+    (a checkpoint may differ from the released model)."""
+    spec = teacher.spec if isinstance(teacher, Teacher) else teacher
+    return family_preset(teacher.latent_channels, spec.spatial, spec.temporal, first_frame=spec.first_frame,
+                         mini=mini, size=size)
+
+
+def ladder_rows(families: list[str] | None = None) -> list[dict]:
+    """Teacher family x ladder rung: parameters and GMACs per output frame at 512x512 and 720p (the height
+    rounded up to the family's spatial multiple, e.g. 736 for 32x), over 5 latent frames."""
+    rows = []
+    for name in families or list(TEACHERS):
+        for rung in SIZES:
+            config = student_config(TEACHERS[name], size=rung)
+            with torch.device("meta"):
+                params = StudentDecoder(config).num_parameters()
+            frames, s = config.frames_for(5), config.spatial_ratio
+            tall = -(-720 // s) * s
+            rows.append({"preset": name if rung == "nano" else f"{name}-{rung}", "params": params,
+                         "gmacs_512": count_macs(config, (5, 512 // s, 512 // s)) / 1e9 / frames,
+                         "gmacs_720p": count_macs(config, (5, tall // s, 1280 // s)) / 1e9 / frames,
+                         "size_720p": f"{tall}x1280"})
+    return rows

@@ -120,7 +120,7 @@ class ArtifactStreamer:
         if "stream" not in manifest:
             raise InputError(f"{folder} holds a whole-clip graph; export a recipe with shape.stream_chunk for streaming")
         self.run = backend_module(manifest["backend"]).runner(Path(folder) / manifest["artifact"],
-                                                              recipe=build(ExportRecipe, manifest["recipe"]))
+                                                              options=build(ExportRecipe, manifest["recipe"]).options)
         if self.run is None:
             raise InputError(f"{manifest['backend']} artifacts do not run on this machine")
         self.shape = manifest["inputs"][0]["shape"]

@@ -405,11 +405,3 @@ def module_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
             h.remove()
     return total
 
-
-def __getattr__(name: str):
-    """The preset ladder lives in turbovaed.presets; SIZES and family_preset stay importable from here."""
-    if name in ("SIZES", "family_preset"):
-        from turbovaed import presets
-
-        return getattr(presets, name)
-    raise AttributeError(f"module 'turbovaed.student' has no attribute {name!r}")

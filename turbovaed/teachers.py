@@ -40,13 +40,6 @@ class TeacherSpec:
         full = latent_frames * self.temporal
         return full - (self.temporal - 1) if self.first_frame else full
 
-    def student_config(self, mini: bool = False, latent_channels: int | None = None, size: str = "nano"
-                       ) -> StudentConfig:
-        from turbovaed.presets import family_preset  # the ladder is its own module; teachers only describe VAEs
-
-        return family_preset(latent_channels or self.latent_channels, self.spatial, self.temporal,
-                             first_frame=self.first_frame, mini=mini, size=size)
-
 
 def _spec(name: str, cls: str, spatial: int, temporal: int, channels: int, models: str, tiny: dict,
           first_frame: bool = True, **extra) -> TeacherSpec:
@@ -192,9 +185,6 @@ class Teacher:
         self.norm = LatentNorm(_as_list(mean), _as_list(std), float(cfg.get("scaling_factor", 1.0) or 1.0))
         self.feature_modules = _feature_modules(vae)
         self._out_shapes: dict[tuple, list | None] = {}  # decoder outputs per latent shape (None: cannot cut)
-
-    def student_config(self, mini: bool = False, size: str = "nano") -> StudentConfig:
-        return self.spec.student_config(mini=mini, latent_channels=self.latent_channels, size=size)
 
     def check_frames(self, frames: torch.Tensor) -> None:
         if not isinstance(frames, torch.Tensor) or not frames.is_floating_point():
@@ -441,11 +431,3 @@ def load(name: str, path: str | Path | None = None, tiny: bool = False, dtype: t
         raise CheckpointError(f"cannot load {spec.cls} from {path}: {err}") from err
     return Teacher(spec, vae)
 
-
-def __getattr__(name: str):
-    """parse_preset moved to turbovaed.presets; the old name still works."""
-    if name == "parse_preset":
-        from turbovaed.presets import parse_preset
-
-        return parse_preset
-    raise AttributeError(f"module 'turbovaed.teachers' has no attribute {name!r}")

@@ -3,8 +3,11 @@
 and shapes (the file name only breaks a tie; `variant=` overrides), builds our module of that published
 architecture and fills it strictly: every decoder tensor used, every parameter filled.
 
-Families so far: TAEHV / TAEW (madebyollin/taehv, `taehv.py`). Its 'super' variants are recognised and
-refused with a clear message until their block is built."""
+Families: TAEHV / TAEW and LightX2V's LightTAE (madebyollin/taehv, `taehv.py`; the 'super' variants are
+recognised and refused until their block is built) and Turbo-VAED's released students (hustvl/Turbo-VAED,
+`turbo_vaed.py`). Whatever the family, `LoadedDecoder.canonical()` runs the published forward with
+turbovaed's I/O ((B, C, T, h, w) raw latents in, (B, 3, T', H, W) frames in [-1, 1] out), `mobile()` is its
+exact 2D graph and `step()` its streaming step graph where the decoder is causal."""
 
 from __future__ import annotations
 
@@ -16,19 +19,54 @@ from pathlib import Path
 
 import torch
 
-from turbovaed.decoders.taehv import SUPER, VARIANTS, TAEHVDecoder, TGrow, Variant
+from turbovaed.decoders import taehv, turbo_vaed
+from turbovaed.decoders.taehv import SUPER, Canonical, TAEHVDecoder, TAEHVStep, TGrow
+from turbovaed.decoders.turbo_vaed import TurboVAED
 from turbovaed.io import CheckpointError, InputError, load_safetensors
+
+FAMILIES = {"taehv": taehv.VARIANTS, "turbo-vaed": turbo_vaed.VARIANTS}  # lighttae: taehv's architecture
+
+
+def family_of(variant) -> str:
+    if isinstance(variant, turbo_vaed.Variant):
+        return "turbo-vaed"
+    return "lighttae" if variant.name.startswith("lighttae") else "taehv"
+
+
+def build(variant) -> torch.nn.Module:
+    """Our module of a variant's published architecture (random weights)."""
+    return TurboVAED(variant) if isinstance(variant, turbo_vaed.Variant) else TAEHVDecoder(variant)
 
 
 @dataclass
 class LoadedDecoder:
     family: str
-    variant: Variant
-    module: torch.nn.Module
+    variant: taehv.Variant | turbo_vaed.Variant
+    module: torch.nn.Module  # the published forward, with the family's own I/O
     path: Path
     sha256: str
     skipped: list[str] = field(default_factory=list)  # tensors of the file a decoder does not use (its encoder)
     notes: list[str] = field(default_factory=list)
+
+    def canonical(self) -> torch.nn.Module:
+        """The published forward with turbovaed's I/O: (B, C, T, h, w) in, (B, 3, T', H, W) in [-1, 1] out."""
+        return canonical(self.module.float().eval()).eval()
+
+    def mobile(self) -> torch.nn.Module:
+        """The exact 2D-only graph of `canonical()` (TAEHV is 2D already)."""
+        m = self.module.float().eval()
+        return (m.to_mobile() if isinstance(m, TurboVAED) else Canonical(m)).eval()
+
+    def step(self) -> torch.nn.Module:
+        """The streaming step graph (one latent frame per call, memory as explicit state); causal decoders only."""
+        if not isinstance(self.module, TAEHVDecoder):
+            raise InputError(f"{self.variant.name} is not causal (its temporal convs see later frames too): it has "
+                             "no streaming step graph; decode or export whole clips")
+        return Canonical(TAEHVStep(self.module.float().eval())).eval()
+
+    @property
+    def causal(self) -> bool:
+        return isinstance(self.module, TAEHVDecoder)
 
     def describe(self, sizes: dict[str, tuple[int, int]] | None = None) -> dict:
         """Family, variant, parameters, GMACs per output frame at the given sizes (over 5 latent frames, as the
@@ -37,19 +75,21 @@ class LoadedDecoder:
 
         v = self.variant
         sizes = sizes or {"512x512": (512, 512), "720p": (720, 1280)}
-        macs = {}
+        f, t, macs = v.spatial_ratio, 5, {}
+        with torch.device("meta"):
+            model = canonical(build(v))
         for label, (h, w) in sizes.items():
-            f = 8 * v.patch_size
-            with torch.device("meta"):
-                model = TAEHVDecoder(v)
-            t = 5
-            macs[label] = module_macs(model, (1, t, v.latent_channels, math.ceil(h / f), math.ceil(w / f))) / 1e9 \
-                / v.output_frames(t)
+            shape = (1, v.latent_channels, t, math.ceil(h / f), math.ceil(w / f))
+            macs[label] = module_macs(model, shape) / 1e9 / v.output_frames(t)
+        output = "NTCHW RGB in [0, 1]" if isinstance(self.module, TAEHVDecoder) else "BCTHW RGB in [-1, 1] (unclamped)"
         return {"family": self.family, "variant": v.name, "decodes": v.vae, "params": self.module.num_parameters(),
-                "gmacs_per_frame": macs, "frame_rule": f"T latent frames -> {v.t_upscale}T - {v.frames_to_trim} frames"
-                + (" (all 4T when T is even)" if v.name == "taecvx" else ""),
-                "spatial_ratio": 8 * v.patch_size, "latents": v.convention, "output": "NTCHW RGB in [0, 1]",
-                "sha256": self.sha256, "skipped_tensors": len(self.skipped), "notes": self.notes}
+                "gmacs_per_frame": macs, "frame_rule": v.frame_rule, "spatial_ratio": f, "latents": v.convention,
+                "output": output, "causal": self.causal, "sha256": self.sha256, "skipped_tensors": len(self.skipped),
+                "notes": self.notes}
+
+
+def canonical(module: torch.nn.Module) -> torch.nn.Module:
+    return Canonical(module) if isinstance(module, TAEHVDecoder) else module
 
 
 def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
@@ -74,7 +114,7 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
     return sd
 
 
-def detect(sd: dict[str, torch.Tensor], name: str = "", variant: str | None = None) -> Variant:
+def detect(sd: dict[str, torch.Tensor], name: str = "", variant: str | None = None) -> taehv.Variant:
     """The TAEHV variant these tensors fit; the file name breaks a tie between variants sharing one layout."""
     if "decoder.1.weight" not in sd or "decoder.22.weight" not in sd:
         if "decoder.0.weight" in sd and "decoder.1.conv.0.weight" in sd:
@@ -85,16 +125,16 @@ def detect(sd: dict[str, torch.Tensor], name: str = "", variant: str | None = No
                          f"decoder.22.weight; the file starts with {first!r})")
     lc, out = sd["decoder.1.weight"].shape[1], sd["decoder.22.weight"].shape[0]
     patch = math.isqrt(out // 3)
-    fits = [v for v in VARIANTS.values() if (v.latent_channels, v.patch_size) == (lc, patch)]
+    fits = [v for v in taehv.VARIANTS.values() if (v.latent_channels, v.patch_size) == (lc, patch)]
     if variant is not None:
-        if variant not in VARIANTS:
-            raise InputError(f"unknown TAEHV variant {variant!r}; known: {', '.join(VARIANTS)}")
-        if VARIANTS[variant] not in fits:
+        if variant not in taehv.VARIANTS:
+            raise InputError(f"unknown TAEHV variant {variant!r}; known: {', '.join(taehv.VARIANTS)}")
+        if taehv.VARIANTS[variant] not in fits:
             raise InputError(f"{name} has {lc} latent channels and patch size {patch}; variant {variant} takes "
-                             f"{VARIANTS[variant].latent_channels} and {VARIANTS[variant].patch_size}")
-        return VARIANTS[variant]
+                             f"{taehv.VARIANTS[variant].latent_channels} and {taehv.VARIANTS[variant].patch_size}")
+        return taehv.VARIANTS[variant]
     if not fits:
-        known = ", ".join(f"{v.name} {v.latent_channels}/{v.patch_size}" for v in VARIANTS.values())
+        known = ", ".join(f"{v.name} {v.latent_channels}/{v.patch_size}" for v in taehv.VARIANTS.values())
         raise InputError(f"{name}: a TAEHV-style decoder with {lc} latent channels and patch size {patch}, which no "
                          f"known variant has ({known})")
     stem = Path(name).stem.lower()
@@ -107,11 +147,96 @@ def detect(sd: dict[str, torch.Tensor], name: str = "", variant: str | None = No
                      "latents); say which with --variant, or keep the published file name")
 
 
+def _turbo_tensors(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """The decoder's tensors of a Turbo-VAED file (a bare decoder state dict, as the released .pth, or a whole
+    AutoencoderKLTurboVAED one with `decoder.` names) and the names it does not use: the latent statistics
+    buffers (zeros and ones as the class registers them) and the training-only feature-alignment heads."""
+    prefixed = "decoder.conv_in.conv.weight" in sd
+    decoder = {k.removeprefix("decoder."): t for k, t in sd.items() if k.startswith("decoder.") or not prefixed}
+    skipped = sorted(k for k in sd if prefixed and not k.startswith("decoder."))
+    for k in [k for k in decoder if k in ("latents_mean", "latents_std") or k.startswith("aligned_feature")]:
+        skipped.append(k)
+        del decoder[k]
+    extra = [k for k in skipped if k not in ("latents_mean", "latents_std") and not k.startswith("aligned_feature")]
+    if extra:
+        raise InputError(f"tensor {extra[0]!r} belongs to no part of a Turbo-VAED model")
+    return decoder, sorted(skipped)
+
+
+def _layout(variant) -> dict[str, tuple[int, ...]]:
+    with torch.device("meta"):
+        return {k: tuple(t.shape) for k, t in build(variant).state_dict().items()}
+
+
+def _mismatch(have: dict[str, torch.Tensor], want: dict[str, tuple[int, ...]]) -> str | None:
+    """The first tensor where a file and a layout differ, said plainly; None when they agree exactly."""
+    for k, shape in want.items():
+        if k not in have:
+            return f"{k!r} is missing"
+        if tuple(have[k].shape) != shape:
+            return f"{k} has shape {list(have[k].shape)}, the layout takes {list(shape)}"
+    extra = sorted(set(have) - set(want))
+    return f"tensor {extra[0]!r} is not part of it" if extra else None
+
+
+def detect_turbo_vaed(decoder: dict[str, torch.Tensor], name: str, variant: str | None) -> turbo_vaed.Variant:
+    """The released Turbo-VAED config whose decoder has exactly these names and shapes; the file name breaks the
+    Hunyuan / CogVideoX tie (one layout, different latents)."""
+    variants = turbo_vaed.VARIANTS
+    if variant is not None:
+        if variant not in variants:
+            raise InputError(f"unknown Turbo-VAED variant {variant!r}; known: {', '.join(variants)}")
+        wrong = _mismatch(decoder, _layout(variants[variant]))
+        if wrong:
+            raise InputError(f"{name} does not fit {variant}: {wrong}")
+        return variants[variant]
+    checks = {v: _mismatch(decoder, _layout(v)) for v in variants.values()}
+    fits = [v for v, wrong in checks.items() if wrong is None]
+    if not fits:
+        closest = max(checks, key=lambda v: len(set(_layout(v)) & set(decoder)))
+        raise InputError(f"{name} matches no released Turbo-VAED config (closest: {closest.name}: {checks[closest]})")
+    stem = Path(name).stem.lower()
+    named = [v for v in fits if v.name.removeprefix("turbo-vaed-") in stem]
+    if len(fits) == 1 or len(named) == 1:
+        return fits[0] if len(fits) == 1 else named[0]
+    raise InputError(f"{name}: the layout fits {', '.join(v.name for v in fits)} (one architecture, different "
+                     "latents); say which with --variant, or keep a file name that names the VAE")
+
+
+def _closest_family(sd: dict[str, torch.Tensor], name: str) -> InputError:
+    """One message for a file that fits no family: the family sharing most tensor names, its first mismatch."""
+    layouts = {"TAEHV (taehv)": _layout(taehv.VARIANTS["taehv"]),
+               "Turbo-VAED (turbo-vaed-hunyuan)": _layout(turbo_vaed.VARIANTS["turbo-vaed-hunyuan"])}
+    stripped = {k.removeprefix("decoder."): t for k, t in sd.items()}
+    score = {f: max(len(set(lay) & set(sd)), len(set(lay) & set(stripped))) for f, lay in layouts.items()}
+    family = max(score, key=score.get)
+    have = sd if len(set(layouts[family]) & set(sd)) >= len(set(layouts[family]) & set(stripped)) else stripped
+    return InputError(f"{name} matches no known decoder layout (closest family: {family}, sharing {score[family]} of "
+                      f"{len(layouts[family])} tensor names: {_mismatch(have, layouts[family])})")
+
+
 def load(path: str | Path, variant: str | None = None) -> LoadedDecoder:
     """Load a decoder file strictly; one clear error for a file that fits no layout, a non-weights-only
     pickle, an ambiguous layout without `variant`, or a tensor that does not fit."""
     path = Path(path)
     sd = read_weights(path)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if variant in turbo_vaed.VARIANTS or (variant is None and any(k.endswith("conv_in.conv.weight") for k in sd)):
+        decoder, skipped = _turbo_tensors(sd)
+        v = detect_turbo_vaed(decoder, path.name, variant)
+        module = TurboVAED(v).eval()
+        module.load_state_dict({k: t.float() if t.is_floating_point() else t for k, t in decoder.items()}, strict=True)
+        notes = ["not causal: whole clips only (no streaming step graph)"]
+        if skipped:
+            notes.append(f"{len(skipped)} tensors not used by the decoder (latent statistics buffers, training-only "
+                         "feature-alignment heads)")
+        return LoadedDecoder("turbo-vaed", v, module, path, digest, skipped, notes)
+    if "decoder.1.weight" not in sd and "decoder.0.weight" not in sd:
+        raise _closest_family(sd, path.name)
+    return _load_taehv(path, sd, variant, digest)
+
+
+def _load_taehv(path: Path, sd: dict[str, torch.Tensor], variant: str | None, digest: str) -> LoadedDecoder:
     v = detect(sd, path.name, variant)
     module = TAEHVDecoder(v).eval()
     want = module.state_dict()
@@ -141,8 +266,7 @@ def load(path: str | Path, variant: str | None = None) -> LoadedDecoder:
     if unused:
         raise InputError(f"{path.name}: tensor {unused[0]!r} is not part of the {v.name} decoder")
     module.load_state_dict({k: t.float() for k, t in decoder.items()}, strict=True)
-    family = "lighttae" if v.name.startswith("lighttae") else "taehv"  # same architecture, retrained by LightX2V
-    return LoadedDecoder(family, v, module, path, hashlib.sha256(path.read_bytes()).hexdigest(), skipped, notes)
+    return LoadedDecoder(family_of(v), v, module, path, digest, skipped, notes)
 
 
 def decode_file(loaded: LoadedDecoder, latents, normalized: bool = False) -> torch.Tensor:
@@ -153,7 +277,5 @@ def decode_file(loaded: LoadedDecoder, latents, normalized: bool = False) -> tor
         raise InputError(f"{v.name} takes {v.convention} and ships no latent statistics to undo a normalisation: "
                          f"de-normalise with the {v.vae} VAE's latents_mean / latents_std first, then pass --raw")
     latents.check_channels(v.latent_channels, f"decoder {v.name}")
-    z = latents.read()
     with torch.no_grad():
-        frames = loaded.module(z.permute(0, 2, 1, 3, 4).contiguous())  # NTCHW in [0, 1]
-    return frames[0].permute(1, 0, 2, 3) * 2 - 1
+        return loaded.canonical()(latents.read())[0].clamp(-1, 1)

@@ -42,6 +42,15 @@ class Variant:
         keep_all = self.name == "taecvx" and latent_frames % 2 == 0
         return latent_frames * self.t_upscale - (0 if keep_all else self.frames_to_trim)
 
+    @property
+    def spatial_ratio(self) -> int:
+        return 8 * self.patch_size
+
+    @property
+    def frame_rule(self) -> str:
+        return f"T latent frames -> {self.t_upscale}T - {self.frames_to_trim} frames" + (
+            " (all 4T when T is even)" if self.name == "taecvx" else "")
+
     def to_dict(self) -> dict:
         return {**asdict(self), "t_upscale": self.t_upscale, "frames_to_trim": self.frames_to_trim}
 

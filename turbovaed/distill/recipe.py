@@ -25,7 +25,7 @@ class TeacherSection:
 @dataclass
 class StudentSection:
     preset: str | None = None  # teacher family preset, e.g. "wan21" or "wan21-base"; None: the teacher's own
-    size: str = "nano"  # ladder rung of the teacher's own preset: mini, nano, base or turbo (student.SIZES)
+    size: str = "nano"  # ladder rung of the teacher's own preset: mini, nano, base or turbo (presets.SIZES)
     mini: bool = False  # same as size = "mini"
     temporal_padding: str = "causal"
     channels: list[int] | None = None  # overrides of the preset's layout

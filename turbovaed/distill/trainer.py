@@ -63,9 +63,9 @@ def student_config(recipe: DistillRecipe, teacher: teachers.Teacher) -> StudentC
     s = recipe.student
     if s.preset:
         name, size = presets.parse_preset(s.preset)
-        config = teachers.get_spec(name).student_config(mini=s.mini, size=size)
+        config = presets.student_config(teachers.get_spec(name), mini=s.mini, size=size)
     else:
-        config = teacher.student_config(mini=s.mini, size=s.size)
+        config = presets.student_config(teacher, mini=s.mini, size=s.size)
     overrides = {k: v for k, v in (("channels", s.channels), ("blocks", s.blocks)) if v is not None}
     if "channels" in overrides and len(overrides["channels"]) != len(config.channels):
         raise InputError(f"student.channels needs {len(config.channels)} entries for this layout")
@@ -599,97 +599,146 @@ def _optimizers(m: Models) -> list[torch.optim.Optimizer]:
     return [o for o in (m.opt, m.opt_align) if o is not None]
 
 
+def _out_of_time(run: Run, m: Models, started: float) -> bool:
+    """Whether the time budget is spent; rank 0's clock decides, so every rank stops at the same step."""
+    t, dev = run.recipe.train, run.device
+    if not t.max_minutes or (dev.type != "cpu" and m.step % 20):  # a collective + read: every 20 GPU steps
+        return False
+    out = torch.tensor([int(time.perf_counter() - started > t.max_minutes * 60)], device=dev)
+    if run.world > 1:
+        dist.broadcast(out, 0)
+    return bool(out.item())
+
+
+def _log_generation(run: Run, step: int, log: Logger) -> None:
+    generation = run.generation(step)
+    log.write({"step": step, "cache_generation": generation, **run.data_stats["generations"][str(generation)]})
+
+
+@dataclass
+class GeneratorPass:
+    """One step's generator side: its averaged loss parts (device tensors) and the pairs the D step sees."""
+    parts: dict[str, torch.Tensor] = field(default_factory=dict)
+    fakes: list[torch.Tensor] = field(default_factory=list)
+    reals: list[torch.Tensor] = field(default_factory=list)
+
+
+def generator_pass(run: Run, m: Models, batches, gan_on: bool, last_weight: torch.Tensor) -> GeneratorPass:
+    """Zero the grads, then losses and backward over train.grad_accum micro-batches."""
+    accum = run.recipe.train.grad_accum
+    for opt in _optimizers(m):
+        for g in opt.param_groups:
+            g["lr"] = _lr(run.recipe, m.step)
+        opt.zero_grad(set_to_none=True)
+    out = GeneratorPass()
+    for micro in range(accum):
+        batch = {k: v.to(run.device, non_blocking=True) for k, v in next(batches).items()}
+        loss, parts, y, x = _losses(run, m, batch, m.step, micro, gan_on, last_weight)
+        if gan_on:
+            out.fakes.append(y.detach())
+            out.reals.append(x)
+        m.scaler.scale(loss / accum).backward()
+        for k, v in {**parts, "loss": loss}.items():
+            out.parts[k] = out.parts.get(k, 0.0) + v.detach() / accum
+    return out
+
+
+def optimizer_step(run: Run, m: Models, parts: dict[str, torch.Tensor]) -> tuple[bool, dict[str, float]]:
+    """Clip, then the step's one host-device sync (gradient norm finiteness + the logged losses); step and
+    EMA only when the norm is finite. Returns (finite, losses as floats)."""
+    for opt in _optimizers(m):
+        m.scaler.unscale_(opt)
+    norm = torch.nn.utils.clip_grad_norm_(m.model.parameters(), 1.0)
+    finite, *values = torch.stack([torch.isfinite(norm).float(), *parts.values()]).tolist()
+    if finite:
+        for opt in _optimizers(m):
+            m.scaler.step(opt)
+        decay = min(run.recipe.train.ema_decay, (1 + m.step) / (10 + m.step))
+        with torch.no_grad():
+            torch._foreach_lerp_(list(m.ema.parameters()), list(m.student.parameters()), 1 - decay)
+    m.scaler.update()
+    return bool(finite), {k: round(v, 6) for k, v in zip(parts, values)}
+
+
+def discriminator_step(run: Run, m: Models, g: GeneratorPass) -> float:
+    """Hinge loss on this step's real/fake pairs; skipped (not stepped) when not finite: a second sync."""
+    m.opt_d.zero_grad(set_to_none=True)
+    with torch.autocast(run.device.type, dtype=run.amp or torch.float32, enabled=run.amp is not None):
+        d_loss = sum(hinge_d_loss(m.disc_run(a).float(), m.disc_run(b).float())
+                     for a, b in zip(g.reals, g.fakes)) / len(g.reals)
+    d_loss.backward()
+    if torch.isfinite(d_loss):
+        m.opt_d.step()
+    return round(float(d_loss.detach()), 6)
+
+
+class NonFiniteGuard:
+    """Counts skipped steps (kept in data_stats, so resumes carry the total) and stops the run after
+    train.max_nonfinite in a row."""
+
+    def __init__(self, run: Run) -> None:
+        self.run, self.in_a_row = run, 0
+
+    def __call__(self, finite: bool, step: int) -> None:
+        if finite:
+            self.in_a_row = 0
+            return
+        self.in_a_row += 1
+        stats = self.run.data_stats
+        stats["nonfinite_skipped"] = stats.get("nonfinite_skipped", 0) + 1
+        if self.in_a_row >= self.run.recipe.train.max_nonfinite:
+            raise TrainingError(f"{self.in_a_row} steps in a row had a non-finite gradient (up to step {step}); "
+                                f"stopped. The last checkpoints ({self.run.ckpt}) hold finite weights")
+
+
+def bookkeeping(run: Run, m: Models, record: dict, seconds: float, evalset: list[EvalClip] | None,
+                log: Logger) -> None:
+    """Log the step, then checkpoint and evaluate on their cadences."""
+    t, dev = run.recipe.train, run.device
+    record.update({"lr": _lr(run.recipe, m.step - 1), "s_per_step": round(seconds, 4),
+                   "clips_per_s": round(t.batch * run.world * t.grad_accum / seconds, 3)})
+    if dev.type == "cuda":
+        record["peak_mem_mib"] = round(torch.cuda.max_memory_allocated(dev) / 2**20, 1)
+    log.write(record)
+    if m.step % t.checkpoint_every == 0 or m.step == t.steps:
+        save_checkpoint(run, m)
+    if evalset is not None and t.eval_every and m.step % t.eval_every == 0 and m.step < t.steps:
+        evaluate_ema(run, m, evalset, log)
+
+
 def train_loop(run: Run, m: Models, cache: LatentCache, evalset: list[EvalClip] | None,
                log: Logger) -> int | None:
     """Train to recipe.train.steps (or the time budget); returns the step it stopped at early, if any.
 
-    One host-device sync per step: the global gradient norm's finiteness and the logged losses are read
-    together. A step whose gradient norm is not finite (on any rank: DDP has averaged the gradients, so
-    every rank sees the same norm) is skipped by all ranks, counted and never checkpointed; the run stops
-    after train.max_nonfinite skipped steps in a row."""
-    r, t, dev = run.recipe, run.recipe.train, run.device
+    Each step: generator pass, optimizer step (one host-device sync), discriminator step in the GAN
+    stage, bookkeeping. A step whose gradient norm is not finite (on any rank: DDP has averaged the
+    gradients, so every rank sees the same norm) is skipped by all ranks, counted and never checkpointed."""
+    r, dev = run.recipe, run.device
     batches = _batches(run, cache, m.step)
     last_weight = [x for x in m.student.modules() if isinstance(x, (nn.Conv2d, nn.Conv3d))][-1].weight
-    per_step = t.batch * run.world * t.grad_accum
-    autocast = torch.autocast(dev.type, dtype=run.amp or torch.float32, enabled=run.amp is not None)
     started = time.perf_counter()
-    generation = run.generation(m.step)
-    log.write({"step": m.step, "cache_generation": generation, **run.data_stats["generations"][str(generation)]})
-    skipped = run.data_stats.get("nonfinite_skipped", 0)
-    in_a_row = 0
-    while m.step < t.steps:
-        if t.max_minutes and (dev.type == "cpu" or m.step % 20 == 0):  # a collective + read: every 20 GPU steps
-            out_of_time = torch.tensor([int(time.perf_counter() - started > t.max_minutes * 60)], device=dev)
-            if run.world > 1:  # rank 0's clock decides, so every rank stops at the same step
-                dist.broadcast(out_of_time, 0)
-            if out_of_time.item():
-                save_checkpoint(run, m)
-                return m.step
+    guard = NonFiniteGuard(run)
+    _log_generation(run, m.step, log)
+    while m.step < r.train.steps:
+        if _out_of_time(run, m, started):
+            save_checkpoint(run, m)
+            return m.step
         if m.step and run.generation(m.step) != run.generation(m.step - 1):  # a fresh cache generation
             cache = fill_cache(run, run.generation(m.step))
             batches = _batches(run, cache, m.step)
-            log.write({"step": m.step, "cache_generation": run.generation(m.step),
-                       **run.data_stats["generations"][str(run.generation(m.step))]})
+            _log_generation(run, m.step, log)
         t0 = time.perf_counter()
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats(dev)
-        for opt in _optimizers(m):
-            for g in opt.param_groups:
-                g["lr"] = _lr(r, m.step)
         gan_on = m.disc is not None and m.step >= r.gan.start_step
-        for opt in _optimizers(m):
-            opt.zero_grad(set_to_none=True)
-        logs: dict[str, torch.Tensor] = {}
-        fakes, reals = [], []
-        for micro in range(t.grad_accum):
-            batch = {k: v.to(dev, non_blocking=True) for k, v in next(batches).items()}
-            loss, parts, y, x = _losses(run, m, batch, m.step, micro, gan_on, last_weight)
-            if gan_on:
-                fakes.append(y.detach())
-                reals.append(x)
-            m.scaler.scale(loss / t.grad_accum).backward()
-            for k, v in {**parts, "loss": loss}.items():
-                logs[k] = logs.get(k, 0.0) + v.detach() / t.grad_accum
-        for opt in _optimizers(m):
-            m.scaler.unscale_(opt)
-        norm = torch.nn.utils.clip_grad_norm_(m.model.parameters(), 1.0)
-        finite, *values = torch.stack([torch.isfinite(norm).float(), *logs.values()]).tolist()  # the one sync
-        if finite:
-            for opt in _optimizers(m):
-                m.scaler.step(opt)
-            decay = min(t.ema_decay, (1 + m.step) / (10 + m.step))
-            with torch.no_grad():
-                torch._foreach_lerp_(list(m.ema.parameters()), list(m.student.parameters()), 1 - decay)
-            in_a_row = 0
-        else:
-            skipped += 1
-            in_a_row += 1
-            run.data_stats["nonfinite_skipped"] = skipped
-        m.scaler.update()
-        record = {"step": m.step + 1, **{k: round(v, 6) for k, v in zip(logs, values)}}
+        g = generator_pass(run, m, batches, gan_on, last_weight)
+        finite, losses = optimizer_step(run, m, g.parts)
+        record = {"step": m.step + 1, **losses, **({} if finite else {"skipped": "non-finite"})}
         if gan_on and finite:
-            m.opt_d.zero_grad(set_to_none=True)
-            with autocast:
-                d_loss = sum(hinge_d_loss(m.disc_run(a).float(), m.disc_run(b).float())
-                             for a, b in zip(reals, fakes)) / len(reals)
-            d_loss.backward()
-            if torch.isfinite(d_loss):  # GAN stage only: a second sync
-                m.opt_d.step()
-            record["gan_d"] = round(float(d_loss.detach()), 6)
+            record["gan_d"] = discriminator_step(run, m, g)
         m.step += 1
-        if in_a_row >= t.max_nonfinite:
-            raise TrainingError(f"{in_a_row} steps in a row had a non-finite gradient (up to step {m.step}); "
-                                f"stopped. The last checkpoints ({run.ckpt}) hold finite weights")
-        seconds = time.perf_counter() - t0
-        record.update({"lr": _lr(r, m.step - 1), "s_per_step": round(seconds, 4),
-                       "clips_per_s": round(per_step / seconds, 3), **({} if finite else {"skipped": "non-finite"})})
-        if dev.type == "cuda":
-            record["peak_mem_mib"] = round(torch.cuda.max_memory_allocated(dev) / 2**20, 1)
-        log.write(record)
-        if m.step % t.checkpoint_every == 0 or m.step == t.steps:
-            save_checkpoint(run, m)
-        if evalset is not None and t.eval_every and m.step % t.eval_every == 0 and m.step < t.steps:
-            evaluate_ema(run, m, evalset, log)
+        guard(finite, m.step)
+        bookkeeping(run, m, record, time.perf_counter() - t0, evalset, log)
     return None
 
 

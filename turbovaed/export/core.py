@@ -221,41 +221,43 @@ class StudentSource:
 
 
 class DecoderSource:
-    """A decoder file people already use (turbovaed.decoders): its published forward is already 2D. The graph
-    takes turbovaed's (B, C, T, h, w) raw latents and returns (B, 3, T', H, W) frames in [-1, 1] (TAEHV's own
-    NTCHW and [0, 1] are converted inside it), so bundles and apps take it like a student's. Calibrated and
-    verified on the recipe teacher's latents of real clips where that teacher makes latents of this decoder's
-    geometry, else on synthetic N(0, 1) latents (said so); verified against its eager published forward."""
+    """A decoder file people already use (turbovaed.decoders), exported as its exact 2D graph (TAEHV is 2D
+    already; Turbo-VAED goes through its lowering). The graph takes turbovaed's (B, C, T, h, w) raw latents and
+    returns (B, 3, T', H, W) frames in [-1, 1] (TAEHV's own NTCHW and [0, 1] are converted inside it), so
+    bundles and apps take it like a student's. Calibrated and verified on the recipe teacher's latents of real
+    clips where that teacher makes latents of this decoder's geometry, else on synthetic N(0, 1) latents (said
+    so); verified against its eager published forward."""
 
     def __init__(self, recipe: ExportRecipe, path: str | Path, variant: str | None):
         from turbovaed import decoders
-        from turbovaed.decoders.taehv import Canonical, TAEHVStep
 
         self.recipe, self.loaded = recipe, decoders.load(path, variant)
         v, s = self.loaded.variant, recipe.shape
+        if s.stream_chunk and not self.loaded.causal:
+            raise InputError(f"{v.name} is not causal: it has no streaming step graph (set shape.stream_chunk = 0)")
         if s.stream_chunk not in (0, 1):
             raise InputError(f"{v.name} streams one latent frame per call: shape.stream_chunk must be 1 (or 0 for "
                              f"the whole-clip graph), got {s.stream_chunk}")
         if recipe.input_latents != "raw":
             raise InputError(f"{v.name} takes {v.convention} and ships no latent statistics to fold in: "
                              "input_latents = 'normalized' does not apply (de-normalise before feeding it)")
-        f = 8 * v.patch_size
+        f = v.spatial_ratio
         if s.height % f or s.width % f:
             raise InputError(f"{v.name} outputs {f}x its latent size: height and width must be multiples of {f}")
         clip = torch.zeros(1, v.latent_channels, s.latent_frames, s.height // f, s.width // f)
-        self.eager = Canonical(self.loaded.module.float().eval()).eval()
-        self.step = TAEHVStep(self.loaded.module.float().eval()).eval() if s.stream_chunk else None
-        self.model = Canonical(self.step).eval() if self.step is not None else self.eager
+        self.eager = self.loaded.canonical()
+        self.step = self.loaded.step() if s.stream_chunk else None
+        self.model = self.step if self.step is not None else self.loaded.mobile()
         self.example = (clip,)
         self.io = {"inputs": ["latents"], "outputs": ["frames"]}
         self.feed = lambda z: z  # raw latents, as the graph takes them
         if self.step is not None:  # one latent frame per call, the MemBlocks' memory as explicit state
-            states = self.step.initial_states(clip.transpose(1, 2))
+            states = self.step.inner.initial_states(clip.transpose(1, 2))
             names = [f"state_{i}" for i in range(len(states))]
             self.example = (clip[:, :, :1], *states)
             self.io = {"inputs": ["latents", *names], "outputs": ["frames", *[f"{n}_out" for n in names]],
                        "stream": {"chunk_latent_frames": 1, "states": len(states),
-                                  "first_chunk_drop_frames": self.step.frames_to_trim,
+                                  "first_chunk_drop_frames": self.step.inner.frames_to_trim,
                                   "protocol": "call with zero states, then the previous call's state outputs; "
                                               "drop first_chunk_drop_frames frames from the start of the stream"}}
 
@@ -264,7 +266,7 @@ class DecoderSource:
         teacher = None if c.synthetic else teachers.load(self.recipe.teacher, self.recipe.teacher_path,
                                                           tiny=self.recipe.teacher_tiny)
         fits = teacher is not None and teacher.latent_channels == v.latent_channels and \
-            teacher.spec.spatial == 8 * v.patch_size and teacher.spec.temporal == v.t_upscale
+            teacher.spec.spatial == v.spatial_ratio and teacher.spec.temporal == v.t_upscale
         norm = {"convention": v.convention, "statistics": None}
         if not fits:
             g = torch.Generator().manual_seed(c.seed)
@@ -300,11 +302,12 @@ class DecoderSource:
     def describe(self) -> dict:
         d, v = self.loaded.describe(), self.loaded.variant
         return {"frame_rule": {"temporal_ratio": v.t_upscale, "trimmed_start_frames": v.frames_to_trim,
-                               "spatial_ratio": 8 * v.patch_size, "rule": d["frame_rule"]},
+                               "spatial_ratio": v.spatial_ratio, "rule": d["frame_rule"]},
                 "decoder": {"path": str(self.loaded.path.resolve()), "family": d["family"], "variant": v.name,
                             "decodes": v.vae, "params": d["params"], "sha256": d["sha256"], "notes": d["notes"],
                             "graph_io": f"(B, C, T, h, w) {v.convention.split(',')[0]} in, (B, 3, T', H, W) in "
-                                        f"[-1, 1] out; the published NTCHW / [0, 1] are converted inside the graph"}}
+                                        "[-1, 1] out" + ("; the published NTCHW / [0, 1] are converted inside the graph"
+                                                         if self.loaded.causal else " (the published I/O)")}}
 
 
 def export(recipe: ExportRecipe, checkpoint: str | Path, out_dir: str | Path, bundle: bool = False,
@@ -320,11 +323,11 @@ def export(recipe: ExportRecipe, checkpoint: str | Path, out_dir: str | Path, bu
     calib_inputs = src.calibration_inputs(calib)
     t0 = time.perf_counter()
     with atomic_dir(Path(out_dir) / recipe.name) as tmp:
-        info = backend.convert(model, example, recipe, calib_inputs, tmp, names=(io["inputs"], io["outputs"]))
+        info = backend.convert(model, example, recipe.options, calib_inputs, tmp, names=(io["inputs"], io["outputs"]))
         artifact = tmp / info["artifact"]
         with torch.no_grad():
             expected = [src.reference(z) for z in verify]
-        run = backend.runner(artifact, model=model, recipe=recipe)
+        run = backend.runner(artifact, model=model, options=recipe.options)
         got = None if run is None else [src.run(run, z) for z in verify]
         numerics = {"verified_by": info.get("verified_by", "runtime"), "clips": len(verify), "verified_on": verified_on,
                     "against": src.against()}

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from turbovaed.export.backends import BACKENDS
+from turbovaed.export.recipe import ConvertOptions
 from turbovaed.io import CheckpointError, InputError
 
 for _package in ("coreai_torch", "coreai_opt", "coreai"):  # the coreai extra: one clear message when absent
@@ -37,15 +38,15 @@ def _quiet():
     return stack
 
 
-def _compress(model: torch.nn.Module, example: tuple, recipe) -> torch.nn.Module:
+def _compress(model: torch.nn.Module, example: tuple, options: ConvertOptions) -> torch.nn.Module:
     """The coreai-opt compression of a precision, finalized for Core AI (fp32 and fp16: the model itself)."""
-    p = recipe.precision
+    p = options.precision
     if p in ("fp32", "fp16"):
         return model
     import coreai_opt as opt
 
     keep = {n: None for n, _ in model.named_modules() if n and any(n == k or n.startswith(k + ".")
-                                                                   for k in recipe.keep_float)}
+                                                                   for k in options.keep_float)}
     if p == "palettize4":
         from coreai_opt.palettization import KMeansPalettizer, KMeansPalettizerConfig
 
@@ -70,7 +71,7 @@ def _compress(model: torch.nn.Module, example: tuple, recipe) -> torch.nn.Module
     return quantizer.finalize(backend=opt.ExportBackend.CoreAI)
 
 
-def convert(model: torch.nn.Module, example: tuple, recipe, calib: list[tuple], out: Path,
+def convert(model: torch.nn.Module, example: tuple, options: ConvertOptions, calib: list[tuple], out: Path,
             names: tuple[list[str], list[str]]) -> dict:
     import coreai_torch
     from coreai.authoring.asset import AIModelAsset
@@ -79,17 +80,17 @@ def convert(model: torch.nn.Module, example: tuple, recipe, calib: list[tuple], 
     inputs, outputs = names
     try:
         with _quiet():
-            compressed = _compress(model, example, recipe)
+            compressed = _compress(model, example, options)
             program = torch.export.export(compressed, example).run_decompositions(coreai_torch.get_decomp_table())
-            if recipe.precision != "fp32":
+            if options.precision != "fp32":
                 cast_to_16_bit_precision(program)
             converter = coreai_torch.TorchConverter().add_exported_program(program, input_names=inputs,
                                                                              output_names=outputs)
             converter.to_coreai().save_asset(out / "decoder.aimodel")
     except ValueError as err:  # coreai-opt refuses a compression it cannot apply to these convs
-        raise InputError(f"coreai-opt cannot apply {recipe.precision} to this graph: {err}") from err
+        raise InputError(f"coreai-opt cannot apply {options.precision} to this graph: {err}") from err
     summary = AIModelAsset.load(str(out / "decoder.aimodel")).summary()
-    dtype = "float32" if recipe.precision == "fp32" else "float16"
+    dtype = "float32" if options.precision == "fp32" else "float16"
     ops = dict(_pairs(summary.operation_distribution))
     return {
         "artifact": "decoder.aimodel",
@@ -211,6 +212,6 @@ class Loaded:
         loop.close()
 
 
-def runner(artifact: Path, model=None, recipe=None):
+def runner(artifact: Path, model=None, options: ConvertOptions | None = None):
     """Run the .aimodel on the Core AI runtime of this machine (one executable loaded and kept for every call)."""
     return Loaded(artifact).run

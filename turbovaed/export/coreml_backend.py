@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from turbovaed.export.recipe import ConvertOptions
+
 # Weights/activations per precision (what the estimates and profile records state): Core ML computes in
 # fp16 on GPU and ANE whatever the weight format.
 
@@ -29,7 +31,7 @@ def _target(precision: str):
     return ct.target.iOS18 if precision == "int4" else ct.target.iOS17
 
 
-def convert(model: torch.nn.Module, example: tuple, recipe, calib: list[tuple], out: Path,
+def convert(model: torch.nn.Module, example: tuple, options: ConvertOptions, calib: list[tuple], out: Path,
             names: tuple[list[str], list[str]]) -> dict:
     import coremltools as ct
     from coremltools.optimize.coreml import (
@@ -43,10 +45,10 @@ def convert(model: torch.nn.Module, example: tuple, recipe, calib: list[tuple], 
     inputs, outputs = names
     program = torch.export.export(model, example).run_decompositions({})
     mlmodel = ct.convert(program, inputs=[ct.TensorType(name=n, shape=tuple(x.shape)) for n, x in zip(inputs, example)],
-                         outputs=[ct.TensorType(name=n) for n in outputs], minimum_deployment_target=_target(recipe.precision),
+                         outputs=[ct.TensorType(name=n) for n in outputs], minimum_deployment_target=_target(options.precision),
                          compute_precision=ct.precision.FLOAT16, convert_to="mlprogram")
-    p = recipe.precision
-    skip = tuple(f"p_{k.replace('.', '_')}" for k in recipe.keep_float)
+    p = options.precision
+    skip = tuple(f"p_{k.replace('.', '_')}" for k in options.keep_float)
     kept = [op.name for fn in mlmodel._mil_program.functions.values() for op in fn.operations
             if op.op_type == "const" and skip and op.name.startswith(skip)]
 
@@ -58,7 +60,7 @@ def convert(model: torch.nn.Module, example: tuple, recipe, calib: list[tuple], 
         mlmodel = linear_quantize_weights(mlmodel, config(OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8")))
     elif p == "int4":
         mlmodel = linear_quantize_weights(mlmodel, config(OpLinearQuantizerConfig(
-            mode="linear_symmetric", dtype="int4", granularity="per_block", block_size=recipe.group_size)))
+            mode="linear_symmetric", dtype="int4", granularity="per_block", block_size=options.group_size)))
     elif p == "palettize4":
         mlmodel = palettize_weights(mlmodel, config(OpPalettizerConfig(nbits=4, mode="kmeans")))
     mlmodel.save(str(out / "decoder.mlpackage"))
@@ -103,7 +105,7 @@ def decompressed_weights(path: Path) -> dict[str, np.ndarray]:
     return out
 
 
-def runner(artifact: Path, model=None, recipe=None):
+def runner(artifact: Path, model=None, options: ConvertOptions | None = None):
     """Weight-level numerics: load the decompressed weights into a copy of the mobile graph and run it
     with fp16 activations, the way Core ML computes on GPU/ANE."""
     weights = decompressed_weights(artifact)

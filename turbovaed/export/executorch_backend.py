@@ -7,6 +7,8 @@ from pathlib import Path
 
 import torch
 
+from turbovaed.export.recipe import ConvertOptions
+
 # Weights/activations per precision (what the estimates and profile records state).
 
 
@@ -53,16 +55,16 @@ def delegation(edge) -> dict:
             "not_delegated_ops": sorted(k for k, (_, n) in rows.items() if n and k != "getitem")}
 
 
-def convert(model: torch.nn.Module, example: tuple, recipe, calib: list[tuple], out: Path,
+def convert(model: torch.nn.Module, example: tuple, options: ConvertOptions, calib: list[tuple], out: Path,
             names: tuple[list[str], list[str]]) -> dict:
     from executorch.exir import to_edge_transform_and_lower
 
-    if recipe.precision == "int8":
-        model = _quantize_int8(model, example, calib, recipe.keep_float)
-    elif recipe.precision == "int4":
-        model = _quantize_int4(model, recipe.group_size, recipe.keep_float)
+    if options.precision == "int8":
+        model = _quantize_int8(model, example, calib, options.keep_float)
+    elif options.precision == "int4":
+        model = _quantize_int4(model, options.group_size, options.keep_float)
     program = torch.export.export(model, example)
-    if recipe.delegate == "coreml":
+    if options.delegate == "coreml":
         from executorch.backends.apple.coreml.partition import CoreMLPartitioner
 
         partitioner = CoreMLPartitioner()
@@ -74,15 +76,15 @@ def convert(model: torch.nn.Module, example: tuple, recipe, calib: list[tuple], 
     ops = delegation(edge)
     (out / "decoder.pte").write_bytes(edge.to_executorch().buffer)
     info = {"artifact": "decoder.pte", "ops": ops}
-    if recipe.delegate == "coreml":
+    if options.delegate == "coreml":
         info["not_checked_here"] = ["running the Core ML delegate (needs Apple hardware); the lowering succeeded"]
         info["verified_by"] = "not run"
     return info
 
 
-def runner(artifact: Path, model=None, recipe=None):
+def runner(artifact: Path, model=None, options: ConvertOptions | None = None):
     """The .pte's forward through the ExecuTorch pybind runtime (None for the Core ML delegate: Apple only)."""
-    if recipe is not None and recipe.delegate == "coreml":
+    if options is not None and options.delegate == "coreml":
         return None
     from executorch.extension.pybindings import portable_lib
     from executorch.runtime import Runtime

@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from turbovaed.export.recipe import ConvertOptions
+
 # Weights/activations per precision (what the estimates and profile records state).
 
 
@@ -67,17 +69,17 @@ def op_counts(path: Path) -> dict:
                                                                      if k.startswith(("FlexDelegate", "CUSTOM")))}
 
 
-def convert(model: torch.nn.Module, example: tuple, recipe, calib: list[tuple], out: Path,
+def convert(model: torch.nn.Module, example: tuple, options: ConvertOptions, calib: list[tuple], out: Path,
             names: tuple[list[str], list[str]]) -> dict:
     import litert_torch
 
     target = out / "decoder.tflite"
-    p = recipe.precision
+    p = options.precision
     if p in ("int8", "int8-dynamic"):
-        quantized, config = _pt2e(model, example, calib, dynamic=p == "int8-dynamic", keep=recipe.keep_float)
+        quantized, config = _pt2e(model, example, calib, dynamic=p == "int8-dynamic", keep=options.keep_float)
         litert_torch.convert(quantized, example, quant_config=config).export(str(target))
     else:
-        if recipe.keep_float and p != "fp32":
+        if options.keep_float and p != "fp32":
             from turbovaed.io import InputError
 
             raise InputError(f"keep_float is not supported for litert {p}: ai-edge-quantizer's weight-only recipes "
@@ -120,7 +122,7 @@ def _position(detail: dict) -> int:
     return int(re.findall(r"(?:args|output)_(\d+)", detail["name"])[-1])
 
 
-def runner(artifact: Path, model=None, recipe=None):
+def runner(artifact: Path, model=None, options: ConvertOptions | None = None):
     """The model through the ai-edge-litert interpreter (XNNPACK delegate on by default). Inputs and outputs
     are matched to argument positions by name; int8 I/O is (de)quantized with each tensor's scale/zero point."""
     from ai_edge_litert.interpreter import Interpreter

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from turbovaed.export.quantize import in_modules
+from turbovaed.export.recipe import ConvertOptions
 from turbovaed.io import TurboVAEDError
 
 # Weights/activations per precision (what the estimates and profile records state).
@@ -54,7 +55,7 @@ def kept_nodes(model, keep: list[str]) -> set[str]:
     return names
 
 
-def convert(model: torch.nn.Module, example: tuple, recipe, calib: list[tuple], out: Path,
+def convert(model: torch.nn.Module, example: tuple, options: ConvertOptions, calib: list[tuple], out: Path,
             names: tuple[list[str], list[str]]) -> dict:
     import onnx
 
@@ -65,10 +66,10 @@ def convert(model: torch.nn.Module, example: tuple, recipe, calib: list[tuple], 
         program = torch.onnx.export(model, example, dynamo=True, opset_version=OPSET, input_names=inputs,
                                     output_names=outputs, verbose=False)
         program.save(str(fp32), external_data=False)
-        kept = kept_nodes(onnx.load(str(fp32)), recipe.keep_float)
-        if recipe.precision == "fp32":
+        kept = kept_nodes(onnx.load(str(fp32)), options.keep_float)
+        if options.precision == "fp32":
             fp32.replace(target)
-        elif recipe.precision == "fp16":
+        elif options.precision == "fp16":
             from onnxruntime.transformers.float16 import convert_float_to_float16
 
             onnx.save(convert_float_to_float16(onnx.load(str(fp32)), keep_io_types=True, node_block_list=sorted(kept)),
@@ -79,7 +80,7 @@ def convert(model: torch.nn.Module, example: tuple, recipe, calib: list[tuple], 
 
             pre = Path(tmp) / "pre.onnx"
             quant_pre_process(str(fp32), str(pre))
-            int4 = recipe.precision == "int4"
+            int4 = options.precision == "int4"
             excluded = [n.name for n in onnx.load(str(pre)).graph.node if n.name in kept]
             if len(excluded) < len(kept):
                 raise TurboVAEDError(f"keep_float: {len(kept) - len(excluded)} of the kept modules' ONNX nodes were "
@@ -87,11 +88,11 @@ def convert(model: torch.nn.Module, example: tuple, recipe, calib: list[tuple], 
             quantize_static(str(pre), str(target), _Reader(inputs, calib), quant_format=QuantFormat.QDQ,
                             per_channel=True, activation_type=QuantType.QInt16 if int4 else QuantType.QInt8,
                             weight_type=QuantType.QInt4 if int4 else QuantType.QInt8, nodes_to_exclude=excluded)
-    notes = ["int4 = 4-bit QDQ weights with 16-bit QDQ activations (W4A16)"] if recipe.precision == "int4" else []
+    notes = ["int4 = 4-bit QDQ weights with 16-bit QDQ activations (W4A16)"] if options.precision == "int4" else []
     return {"artifact": "decoder.onnx", "ops": {**op_counts(target), "kept_float_nodes": sorted(kept)}, "notes": notes}
 
 
-def runner(artifact: Path, model=None, recipe=None):
+def runner(artifact: Path, model=None, options: ConvertOptions | None = None):
     """The model through onnxruntime's CPU provider, inputs in graph order."""
     import onnxruntime as ort
 

@@ -4,6 +4,7 @@ against the backend descriptions."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from turbovaed.export import backends
 from turbovaed.io import InputError
@@ -24,6 +25,15 @@ class CalibrationSection:
     clips: int = 8  # calibration clips (teacher latents of real video)
     verify_clips: int = 3  # held-out clips the artifact is checked on
     seed: int = 0
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    """What a backend's convert (and its runner) reads: the precision and how it is applied, nothing else."""
+    precision: str = "fp32"
+    delegate: str = "xnnpack"  # executorch: xnnpack | coreml
+    keep_float: tuple[str, ...] = ()  # module-name prefixes kept unquantized
+    group_size: int = 32  # int4 block size where the backend takes one
 
 
 @dataclass
@@ -54,3 +64,29 @@ class ExportRecipe:
             raise InputError(f"executorch delegate must be xnnpack or coreml, got {self.delegate!r}")
         if self.backend != "executorch" and self.delegate != "xnnpack":
             raise InputError(f"delegate applies to the executorch backend only (recipe {self.name!r} is {self.backend})")
+
+    @property
+    def options(self) -> ConvertOptions:
+        return ConvertOptions(self.precision, self.delegate, tuple(self.keep_float), self.group_size)
+
+
+def load_recipes(names: list[Path] | None, every: bool = False, teacher: str | None = None, tiny: bool = False,
+                 synthetic: bool = False, height: int | None = None, width: int | None = None) -> list[ExportRecipe]:
+    """The recipes to build, all loaded and checked before any work, with the command line's overrides. A bare
+    name (android-executorch-int8) is one of the shipped recipes, wherever turbovaed is installed."""
+    from turbovaed.recipes import load_toml
+    from turbovaed.resources import data_dir, data_file
+
+    paths = [p if p.exists() or p.suffix or len(p.parts) > 1 else data_file("export", f"{p}.toml") for p in names or []]
+    if every:
+        paths += sorted(data_dir("export").glob("*.toml"))
+    if not paths:
+        raise InputError("name export recipes (e.g. export/android-executorch-int8.toml) or pass --all")
+    loaded = [load_toml(ExportRecipe, p) for p in paths]
+    for recipe in loaded:
+        recipe.teacher = teacher or recipe.teacher
+        recipe.teacher_tiny = recipe.teacher_tiny or tiny
+        recipe.calibration.synthetic = recipe.calibration.synthetic or synthetic
+        recipe.shape.height = height or recipe.shape.height
+        recipe.shape.width = width or recipe.shape.width
+    return loaded

@@ -152,12 +152,13 @@ def seeded_net(name: str) -> nn.Module:
 
 def export_net(name: str, chw: tuple[int, int, int], backend: str, precision: str, out: Path) -> Path:
     """The net exported by our own backend (the convert() our artifacts go through); returns the artifact."""
-    from turbovaed.export.core import ExportRecipe, backend_module
+    from turbovaed.export.core import backend_module
+    from turbovaed.export.recipe import ConvertOptions
 
     out.mkdir(parents=True)
-    recipe = ExportRecipe(name=f"calibration-{name}", backend=backend, precision=precision)
     calib = [(torch.rand(1, *chw),) for _ in range(4)]
-    info = backend_module(backend).convert(seeded_net(name), calib[0], recipe, calib, out, (["x"], ["y"]))
+    info = backend_module(backend).convert(seeded_net(name), calib[0], ConvertOptions(precision), calib, out,
+                                           (["x"], ["y"]))
     return out / info["artifact"]
 
 

@@ -101,17 +101,16 @@ def _load(manifest: dict):
         source = model_of(manifest)
         if source["kind"] == "decoder":  # with the artifact's I/O: turbovaed's layout and range
             from turbovaed import decoders
-            from turbovaed.decoders.taehv import Canonical, TAEHVStep
 
-            module = decoders.load(source["path"], source["variant"]).module.eval()
-            net = Canonical(TAEHVStep(module) if "stream" in manifest else module).eval()
+            loaded = decoders.load(source["path"], source["variant"])
+            net = loaded.step() if "stream" in manifest else loaded.canonical()
             return lambda *xs: net(*xs)
         model = StudentDecoder.from_pretrained(source["path"]).float().eval()
         net = StreamingStep(model.to_mobile().eval()) if "stream" in manifest else model
         return lambda *xs: net(*xs)
     recipe = build(ExportRecipe, manifest["recipe"])
     return backend_module(manifest["backend"]).runner(manifest["_dir"] / manifest["artifact"], model=None,
-                                                      recipe=recipe)
+                                                      options=recipe.options)
 
 
 def _worker(conn, manifest: dict, threads: int, warmup: int) -> None:

@@ -268,7 +268,8 @@ def side_by_side(manifests: list[dict], path: Path, video: Path | None) -> tuple
         for m in plain:
             if m["precision"] != precision or m["backend"] not in ("onnx", "executorch") or m["inputs"][0]["shape"] != shape:
                 continue
-            run = backend_module(m["backend"]).runner(m["_dir"] / m["artifact"], recipe=build(ExportRecipe, m["recipe"]))
+            options = build(ExportRecipe, m["recipe"]).options
+            run = backend_module(m["backend"]).runner(m["_dir"] / m["artifact"], options=options)
             if run is not None:
                 rows[f"{precision} ({ {'executorch': 'ET', 'onnx': 'ORT'}[m['backend']]})"] = run(z.contiguous())[0][0]
                 break

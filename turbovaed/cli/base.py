@@ -1,0 +1,65 @@
+"""What every command shares: the app, the two consoles, log capture and the options several commands take."""
+
+from __future__ import annotations
+
+import functools
+import shutil
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from turbovaed import logs
+from turbovaed.io import InputError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Distill video VAE decoders into tiny students and ship them to phones.")
+console = logs.console()  # stages and progress: stderr
+out = logs.console(stderr=False, width=max(160, shutil.get_terminal_size().columns))  # results: stdout
+VERBOSE = {"on": False}
+
+
+@app.callback()
+def options(verbose: Annotated[bool, typer.Option("-v", "--verbose", help="show third-party warnings and native "
+                                                  "logs live instead of writing them to turbovaed.log")] = False
+            ) -> None:
+    VERBOSE["on"] = verbose
+
+
+def logged(folder):
+    """Run the command with third-party output captured (`folder` maps the command's arguments to its output
+    folder, where the log lands as turbovaed.log on success); the log is named at the end when anything was
+    written to it."""
+    def wrap(command):
+        @functools.wraps(command)
+        def run(**kwargs):
+            captured = logs.Captured()
+            try:
+                with logs.capture(Path(folder(kwargs)) / "turbovaed.log", VERBOSE["on"]) as captured:
+                    return command(**kwargs)
+            finally:
+                if captured.path is not None:
+                    logs.say(f"third-party output: {captured.path}")
+        return run
+    return wrap
+
+
+def parse_size(size: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in size.lower().split("x"))
+    except ValueError:
+        raise InputError(f"size must look like HEIGHTxWIDTH (e.g. 256x256), got {size!r}") from None
+    if h < 1 or w < 1:
+        raise InputError(f"size must be positive, got {size!r}")
+    return h, w
+
+
+# options several commands take
+TeacherPath = Annotated[Optional[Path], typer.Option(help="local diffusers folder of the teacher")]
+TinyTeacher = Annotated[bool, typer.Option(help="use a tiny random teacher of the class (tests)")]
+DecoderFile = Annotated[Optional[Path], typer.Option(
+    help="a decoder file people already use (TAEHV/TAEW/LightTAE .safetensors or .pth)")]
+Variant = Annotated[Optional[str], typer.Option(help="with --decoder: the variant, where a layout fits several "
+                                                     "(e.g. taehv vs taew2_1)")]
+StudentDir = Annotated[Optional[str], typer.Option(help="student checkpoint folder")]
+Results = Annotated[Optional[Path], typer.Option(help="records folder (default profiles/results)")]

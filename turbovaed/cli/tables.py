@@ -1,0 +1,131 @@
+"""Result tables the commands print (rich), built from what the pipelines return."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from rich.table import Table
+
+from turbovaed.io import InputError
+
+
+def _table(title: str, columns: tuple[str, ...], first_left: bool = False) -> Table:
+    table = Table(title=title)
+    for i, col in enumerate(columns):
+        table.add_column(col, justify="left" if first_left and i == 0 else "right")
+    return table
+
+
+def _properties(title: str, rows: list[tuple[str, str]]) -> Table:
+    table = Table(title=title)
+    table.add_column("property")
+    table.add_column("value", justify="right")
+    for k, v in rows:
+        table.add_row(k, v)
+    return table
+
+
+def ladder_table() -> Table:
+    from turbovaed.presets import ladder_rows
+
+    table = _table("student presets: nano (CPU-sized), base (~TAEHV MACs), turbo (Turbo-VAED layout); mini is for "
+                   "tests", ("preset", "params (M)", "GMACs/frame 512x512", "GMACs/frame 720p", "720p as"), True)
+    for r in ladder_rows():
+        table.add_row(r["preset"], f"{r['params'] / 1e6:.2f}", f"{r['gmacs_512']:.2f}", f"{r['gmacs_720p']:.2f}",
+                      r["size_720p"])
+    return table
+
+
+def student_table(target: str, size: tuple[int, int], frames: int) -> Table:
+    """Parameters, compression, frame rule and MACs of a student (checkpoint or preset) at one output size."""
+    from turbovaed.decode import resolve_student
+    from turbovaed.student import StudentDecoder, count_macs
+
+    config, _, source = resolve_student(target)
+    (h, w), r = size, config.spatial_ratio
+    if h % r or w % r:
+        raise InputError(f"size {h}x{w} must be a multiple of {r}")
+    latent = (config.latents_for(frames), h // r, w // r)
+    with torch.device("meta"):
+        params = StudentDecoder(config).num_parameters()
+    macs = count_macs(config, latent)
+    rule = f"1+k latents -> 1+{config.temporal_ratio}k frames" if config.first_frame else \
+        f"k latents -> {config.temporal_ratio}k frames"
+    return _properties(f"student {source}", [
+        ("parameters", f"{params / 1e6:.2f} M"), ("latent channels", str(config.latent_channels)),
+        ("compression (t, h, w)", f"{config.temporal_ratio} x {r} x {r}"), ("frame rule", rule),
+        ("temporal padding", config.temporal_padding), ("input latents (C, T, h, w)", str((config.latent_channels,
+                                                                                          *latent))),
+        ("output (T, H, W)", str((frames, h, w))), ("GMACs per decode", f"{macs / 1e9:.2f}"),
+        ("GMACs per output frame", f"{macs / 1e9 / frames:.3f}")])
+
+
+def decoder_table(path: Path, variant: str | None) -> Table:
+    from turbovaed import decoders
+
+    d = decoders.load(path, variant).describe()
+    return _properties(f"decoder {path}", [
+        ("family / variant", f"{d['family']} / {d['variant']}"), ("decodes latents of", d["decodes"]),
+        ("parameters", f"{d['params']:,}"),
+        *((f"GMACs per output frame, {k}", f"{v:.2f}") for k, v in d["gmacs_per_frame"].items()),
+        ("frame rule", d["frame_rule"]), ("spatial ratio", f"{d['spatial_ratio']}x"), ("input", d["latents"]),
+        ("output", d["output"]), ("weights sha256", d["sha256"][:16]),
+        ("file tensors not used by the decoder", str(d["skipped_tensors"])), *(("note", n) for n in d["notes"])])
+
+
+def quality_table(report: dict) -> Table:
+    m = report["mean"]
+    table = _table("quickstart: distilled student on held-out clips", ("model", "params", "PSNR dB", "SSIM",
+                                                                       "MS-SSIM"))
+    table.add_row("reference teacher", f"{report['teacher_decoder_params']:,}", f"{m['teacher_psnr']:.2f}",
+                  f"{m['teacher_ssim']:.4f}", f"{m['teacher_msssim']:.4f}")
+    table.add_row("student (EMA)", f"{report['student_params']:,}", f"{m['student_psnr']:.2f}",
+                  f"{m['student_ssim']:.4f}", f"{m['student_msssim']:.4f}")
+    table.add_row("per-frame bicubic (baseline)", "-", f"{m['bicubic_psnr']:.2f}", "-", "-")
+    return table
+
+
+def eval_table(report: dict, title: str) -> Table:
+    table = _table(title, ("clip", "teacher PSNR", "student PSNR", "student SSIM", "student MS-SSIM",
+                           "student vs teacher"))
+    for r in report["clips"] + [{"video": "mean", "start": "", **report["mean"]}]:
+        table.add_row(f"{r['video']} {r['start']}", f"{r['teacher_psnr']:.2f}", *(
+            f"{r[k]:.{p}f}" if k in r else "-" for k, p in (("student_psnr", 2), ("student_ssim", 4),
+                                                             ("student_msssim", 4), ("student_vs_teacher_psnr", 2))))
+    return table
+
+
+def _delegated(ops: dict) -> str:
+    return f"{ops['delegated']} / {ops['delegated'] + ops['not_delegated']}" if "delegated" in ops else \
+        f"- / {ops.get('total', '-')}"
+
+
+def artifacts_table(manifests: list[dict], title: str) -> Table:
+    """One row per exported artifact: its precision, size, PSNR against the fp32 reference and delegation."""
+    table = _table(title, ("artifact", "precision", "bytes", "PSNR vs fp32", "status", "delegated / total ops"))
+    for m in manifests:
+        n = m["numerics"]
+        table.add_row(f"{m['name']}/{m['artifact']}", m["precision"], f"{m['bytes']:,}",
+                      f"{n['psnr_db']:.1f} dB" if "psnr_db" in n else "not run", n["status"], _delegated(m["ops"]))
+    return table
+
+
+def host_table(records: list, title: str) -> Table:
+    """Measured host records, fastest first, each with its ratio to the eager student of the same input;
+    failed runs last, with their error."""
+    table = _table(title, ("artifact", "runtime", "precision", "median ms", "p10-p90 ms", "fps", "first load ms",
+                           "first call ms", "peak MB", "vs eager"))
+    ok = [r for r in records if r.status == "ok"]
+    eager = {tuple(r.input_shape): r.latency.median_ms for r in ok if r.runtime == "pytorch"}
+    num = lambda v, f="{:.0f}": "-" if v is None else f.format(v)  # noqa: E731
+    for r in sorted(ok, key=lambda r: r.latency.median_ms):
+        base = eager.get(tuple(r.input_shape))
+        table.add_row(r.artifact, r.runtime, r.precision, f"{r.latency.median_ms:.1f}",
+                      f"{r.latency.p10_ms:.1f}-{r.latency.p90_ms:.1f}", f"{r.fps:.1f}", num(r.first_load_ms),
+                      num(r.first_inference_ms, "{:.1f}"), num(r.peak_memory_mb), f"{r.latency.median_ms / base:.2f}x"
+                      if base else "-")
+    for r in records:
+        if r.status != "ok":
+            table.add_row(r.artifact, r.runtime, r.precision, "failed", r.error[:60], *["-"] * 5)
+    return table

@@ -28,7 +28,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from peers.taehv import TAEHVDecoder  # noqa: E402
-from peers.turbo_vaed import HUNYUAN, TurboVAEDDecoder  # noqa: E402
+from peers.turbo_vaed import TurboVAEDDecoder  # noqa: E402
 from train_reference_teacher import bicubic_baseline  # noqa: E402
 
 from turbovaed import data, metrics, presets, reference, teachers  # noqa: E402
@@ -46,7 +46,7 @@ CANDIDATES = {  # name -> (kind, builder); every one takes the reference teacher
     "base": ("turbovaed", lambda: StudentDecoder(presets.student_config(SPEC, size="base"))),
     "turbo": ("turbovaed", lambda: StudentDecoder(presets.student_config(SPEC, size="turbo"))),
     "taehv": ("peer", lambda: TAEHVDecoder(16)),
-    "turbo-vaed": ("peer", lambda: TurboVAEDDecoder(**HUNYUAN)),
+    "turbo-vaed": ("peer", lambda: TurboVAEDDecoder("turbo-vaed-hunyuan")),
 }
 LATENTS = (1, 16, 5, 32, 32)  # -> 17 x 256 x 256
 

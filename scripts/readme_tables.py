@@ -324,12 +324,35 @@ def deployment() -> str:
     return body + "\n\nSource: `profiles/report/report.md` (estimates, not measurements)."
 
 
+def decoder_deployment() -> str:
+    r = load("decoder_deployment.json")
+    devices = sorted(r["rows"][0]["devices"])
+
+    def cell(c: dict) -> str:
+        e, b = c["estimate"], c["roofline_bound"]
+        text = "-" if e is None else f"{e['fps']:.1f} {e['runtime']} {e['precision']} {e['unit']}" + (
+            f" (LOO {e['loo']:.1f}x)" if e["loo"] else "")
+        return text + (f"; ≤ {b['fps']:.0f} {b['runtime']} {b['precision']} {b['unit']} (bound)" if b else "")
+
+    rows = [f"| decoder | decode | GMACs/frame | {' | '.join(f'{d} FPS' for d in devices)} |",
+            "|---" * (3 + len(devices)) + "|"]
+    for row in r["rows"]:
+        name = row["decoder"] + (" (peer)" if row["kind"] == "peer" else "")
+        rows.append(f"| {name} | {row['size']} x {row['frames']} frames | {row['gmacs_per_frame']:.1f} | "
+                    + " | ".join(cell(row["devices"][d]) for d in devices) + " |")
+    rows += ["", "Per device: the fastest calibrated estimate over every backend and precision the decoder exports to "
+             "(the exported 2D graph traced without weights), with its calibration class's worst leave-one-out error; a "
+             "faster uncalibrated roofline bound beside it. Estimates, not measurements. Source: "
+             "`benchmarks/results/decoder_deployment.json` (`benchmarks/decoder_deployment.py`)."]
+    return "\n".join(rows)
+
+
 BLOCKS: dict[str, Callable[[], str]] = {
     "pareto": pareto, "teacher-runs": teacher_runs, "ladder": ladder, "decode-speed": decode_speed,
     "teacher-cost": teacher_cost, "data-throughput": data_throughput, "index-scale": index_scale,
     "train-overhead": train_overhead, "quickstart": quickstart, "fidelity": fidelity,
     "export-quality": export_quality, "streaming": streaming, "profiling": profiling, "calibration": calibration,
-    "deployment": deployment}
+    "deployment": deployment, "decoder-deployment": decoder_deployment}
 PATTERN = re.compile(r"(<!-- results:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(?:\n)?(<!-- /results:(?P=name) -->)", re.S)
 
 

@@ -17,7 +17,7 @@ from turbovaed.teachers import TEACHERS
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from peers.taehv import TAEHVDecoder  # noqa: E402
-from peers.turbo_vaed import HUNYUAN, LTX, TurboVAEDDecoder  # noqa: E402
+from peers.turbo_vaed import TurboVAEDDecoder  # noqa: E402
 
 
 def params(make) -> int:
@@ -53,8 +53,8 @@ def test_preset_names_parse_and_fail_clearly():
 
 
 @pytest.mark.parametrize("make,published", [(lambda: TAEHVDecoder(16), 9.8e6),
-                                            (lambda: TurboVAEDDecoder(**HUNYUAN), 40.7e6),
-                                            (lambda: TurboVAEDDecoder(**LTX), 41.9e6)],
+                                            (lambda: TurboVAEDDecoder("turbo-vaed-hunyuan"), 40.7e6),
+                                            (lambda: TurboVAEDDecoder("turbo-vaed-ltx"), 41.9e6)],
                          ids=["taehv", "turbo-vaed-hunyuan", "turbo-vaed-ltx"])
 def test_peer_parameter_counts_match_published(make, published):
     assert abs(params(make) / published - 1) <= 0.05
@@ -74,7 +74,7 @@ def test_base_rung_costs_about_taehvs_macs_per_frame(spatial, temporal, channels
 
 
 def test_peers_follow_the_frame_rule_and_turbo_vaed_lowers_exactly():
-    small = dict(HUNYUAN, block_out_channels=(8, 8, 16, 32), layers_per_block=(1, 1, 1, 1, 1))
+    small = dict(block_out_channels=(8, 8, 16, 32), layers_per_block=(1, 1, 1, 1, 1))
     model = randomize(TurboVAEDDecoder(**small), std=0.1).eval()
     z = torch.randn(2, 16, 3, 4, 3)
     with torch.no_grad():
@@ -89,7 +89,7 @@ def test_peers_train_with_the_trainer(tmp_path):
     from turbovaed.distill.recipe import DistillRecipe
     from turbovaed.distill.trainer import distill
 
-    small = dict(HUNYUAN, latent_channels=4, block_out_channels=(8, 8, 16, 32), layers_per_block=(1, 1, 1, 1, 1))
+    small = dict(latent_channels=4, block_out_channels=(8, 8, 16, 32), layers_per_block=(1, 1, 1, 1, 1))
     recipe = build(DistillRecipe, {
         "output": str(tmp_path / "peer"), "teacher": {"name": "wan21", "tiny": True}, "student": {"mini": True},
         "data": {"synthetic": True, "size": 32, "clips": 2, "eval_clips": 1, "eval_size": 64, "latent_frames": 2},

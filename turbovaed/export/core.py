@@ -313,8 +313,9 @@ class DecoderSource:
 def export(recipe: ExportRecipe, checkpoint: str | Path, out_dir: str | Path, bundle: bool = False,
            variant: str | None = None) -> dict:
     """Build, verify and describe one artifact; everything lands in out_dir/<recipe.name>/ or nowhere.
-    `checkpoint` is a student folder, or a decoder file people already use (TAEHV/TAEW; `variant` where its
-    layout fits several). `bundle=True` also writes sample latents + reference frames for the device apps."""
+    `checkpoint` is a student folder, or a decoder file people already use (TAEHV/TAEW, LightTAE, Turbo-VAED;
+    `variant` where its layout fits several). `bundle=True` also writes sample latents + reference frames for the
+    device apps."""
     backend = backend_module(recipe.backend)
     src = DecoderSource(recipe, checkpoint, variant) if Path(checkpoint).is_file() else \
         StudentSource(recipe, checkpoint)

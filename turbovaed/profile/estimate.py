@@ -81,6 +81,7 @@ def traced_costs(model: nn.Module, x, passes: dict) -> Costs:
 
     def memory(name: str, n):
         def fn(module: nn.Module, inputs, out) -> None:
+            out = out[0] if isinstance(out, tuple) else out  # decoder blocks return (frames, frame count)
             costs.append({"name": name, "macs": 0, "act_elems": n(inputs[0], out) if callable(n) else n * out.numel(),
                           "weight_elems": 0})
         return fn
@@ -109,6 +110,11 @@ STUDENT_PASSES = {"MobileRMSNorm": 5,  # x*x, its channel-mean conv, rsqrt, scal
                   "TapConv2d": _tap_passes,
                   "MobileResBlock": 7,  # two SiLUs (2 passes each) and the residual add (3)
                   "MobilePixelShuffle3d": 2}  # the depth-to-space copy
+DECODER_PASSES = {**STUDENT_PASSES,
+                  "MobileStandardize": 7,  # subtract the mean, square, its mean conv, rsqrt, multiply
+                  "MobileResnetBlock": 7, "MobileUpsampler": 2, "MobileFrameUpsampler": 4,
+                  "MemBlock": 4,  # the cat with the past frame, the residual add, ReLU
+                  "Upsample": 1, "Clamp": 2}
 
 
 def layer_costs(config: StudentConfig, latent_shape: tuple[int, int, int]) -> Costs:
@@ -118,6 +124,19 @@ def layer_costs(config: StudentConfig, latent_shape: tuple[int, int, int]) -> Co
     with torch.device("meta"):
         model = StudentDecoder(config).to_mobile()
     return traced_costs(model, torch.empty(1, config.latent_channels, *latent_shape, device="meta"), STUDENT_PASSES)
+
+
+def decoder_costs(variant, latent_shape: tuple[int, int, int]) -> Costs:
+    """Per-layer costs of one decode of latents (T, h, w) by the exported 2D graph of a decoder family's
+    variant (turbovaed.decoders): what a decoder file's artifacts run, without the file."""
+    import torch
+
+    from turbovaed import decoders
+
+    with torch.device("meta"):
+        module = decoders.build(variant)
+        model = module.to_mobile() if hasattr(module, "to_mobile") else decoders.canonical(module)
+    return traced_costs(model, torch.empty(1, variant.latent_channels, *latent_shape, device="meta"), DECODER_PASSES)
 
 
 def roofline(costs: list[dict], unit: Unit, w_bits: float, a_bits: int) -> dict:

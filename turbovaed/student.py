@@ -385,7 +385,8 @@ def count_macs(config: StudentConfig, latent_shape: tuple[int, int, int]) -> int
 
 
 def module_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
-    """Conv and Linear multiply-accumulates of model(input) for any decoder (peers too), on the meta device."""
+    """Conv, Linear and attention multiply-accumulates of model(input) for any decoder (peers too), on the meta
+    device."""
     total = 0
 
     def hook(module: nn.Module, _inputs, out: torch.Tensor) -> None:
@@ -394,6 +395,8 @@ def module_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
             total += out.numel() * module.weight[0].numel()
         elif isinstance(module, nn.Linear):
             total += out.numel() * module.in_features
+        elif hasattr(module, "attention_macs"):  # the QK^T and AV products of an attention block
+            total += module.attention_macs(_inputs[0])
 
     model = model.to("meta")
     handles = [m.register_forward_hook(hook) for m in model.modules()]

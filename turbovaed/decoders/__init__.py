@@ -4,8 +4,9 @@ and shapes (the file name only breaks a tie; `variant=` overrides), builds our m
 architecture and fills it strictly: every decoder tensor used, every parameter filled.
 
 Families: TAEHV / TAEW and LightX2V's LightTAE (madebyollin/taehv, `taehv.py`; the 'super' variants are
-recognised and refused until their block is built) and Turbo-VAED's released students (hustvl/Turbo-VAED,
-`turbo_vaed.py`). Whatever the family, `LoadedDecoder.canonical()` runs the published forward with
+recognised and refused until their block is built), Turbo-VAED's released students (hustvl/Turbo-VAED,
+`turbo_vaed.py`) and Flash-VAED's Wan 2.1 student (Aoko955/Flash-VAED, `flash_vaed.py`; its LTX student is
+recognised and refused until built). Whatever the family, `LoadedDecoder.canonical()` runs the published forward with
 turbovaed's I/O ((B, C, T, h, w) raw latents in, (B, 3, T', H, W) frames in [-1, 1] out), `mobile()` is its
 exact 2D graph and `step()` its streaming step graph where the decoder is causal."""
 
@@ -19,23 +20,29 @@ from pathlib import Path
 
 import torch
 
-from turbovaed.decoders import taehv, turbo_vaed
+from turbovaed.decoders import flash_vaed, taehv, turbo_vaed
+from turbovaed.decoders.flash_vaed import FlashVAED, FlashVAEDStep
 from turbovaed.decoders.taehv import SUPER, Canonical, TAEHVDecoder, TAEHVStep, TGrow
 from turbovaed.decoders.turbo_vaed import TurboVAED
 from turbovaed.io import CheckpointError, InputError, load_safetensors
+from turbovaed.teachers import LatentNorm
 
-FAMILIES = {"taehv": taehv.VARIANTS, "turbo-vaed": turbo_vaed.VARIANTS}  # lighttae: taehv's architecture
+# lighttae: taehv's architecture
+FAMILIES = {"taehv": taehv.VARIANTS, "turbo-vaed": turbo_vaed.VARIANTS, "flash-vaed": flash_vaed.VARIANTS}
 
 
 def family_of(variant) -> str:
     if isinstance(variant, turbo_vaed.Variant):
         return "turbo-vaed"
+    if isinstance(variant, flash_vaed.Variant):
+        return "flash-vaed"
     return "lighttae" if variant.name.startswith("lighttae") else "taehv"
 
 
 def build(variant) -> torch.nn.Module:
     """Our module of a variant's published architecture (random weights)."""
-    return TurboVAED(variant) if isinstance(variant, turbo_vaed.Variant) else TAEHVDecoder(variant)
+    kinds = {turbo_vaed.Variant: TurboVAED, flash_vaed.Variant: FlashVAED, taehv.Variant: TAEHVDecoder}
+    return kinds[type(variant)](variant)
 
 
 @dataclass
@@ -55,18 +62,27 @@ class LoadedDecoder:
     def mobile(self) -> torch.nn.Module:
         """The exact 2D-only graph of `canonical()` (TAEHV is 2D already)."""
         m = self.module.float().eval()
-        return (m.to_mobile() if isinstance(m, TurboVAED) else Canonical(m)).eval()
+        return (Canonical(m) if isinstance(m, TAEHVDecoder) else m.to_mobile()).eval()
 
     def step(self) -> torch.nn.Module:
-        """The streaming step graph (one latent frame per call, memory as explicit state); causal decoders only."""
-        if not isinstance(self.module, TAEHVDecoder):
+        """The streaming step graph (one latent frame per call, memory as explicit state); causal decoders only.
+        It has `initial_states(latents BCTHW)`, `frames_to_trim`, `stream(latents, run)` and, where it takes
+        the `first` flag after the latents, `takes_first`."""
+        if not self.causal:
             raise InputError(f"{self.variant.name} is not causal (its temporal convs see later frames too): it has "
                              "no streaming step graph; decode or export whole clips")
-        return Canonical(TAEHVStep(self.module.float().eval())).eval()
+        m = self.module.float().eval()
+        return (Canonical(TAEHVStep(m)) if isinstance(m, TAEHVDecoder) else FlashVAEDStep(m.to_mobile())).eval()
 
     @property
     def causal(self) -> bool:
-        return isinstance(self.module, TAEHVDecoder)
+        return isinstance(self.module, (TAEHVDecoder, FlashVAED))
+
+    @property
+    def norm(self) -> LatentNorm | None:
+        """The latent statistics the family publishes (None: its convention carries none)."""
+        v = self.variant
+        return LatentNorm(list(v.mean), list(v.std)) if isinstance(v, flash_vaed.Variant) else None
 
     def describe(self, sizes: dict[str, tuple[int, int]] | None = None) -> dict:
         """Family, variant, parameters, GMACs per output frame at the given sizes (over 5 latent frames, as the
@@ -206,7 +222,8 @@ def detect_turbo_vaed(decoder: dict[str, torch.Tensor], name: str, variant: str 
 def _closest_family(sd: dict[str, torch.Tensor], name: str) -> InputError:
     """One message for a file that fits no family: the family sharing most tensor names, its first mismatch."""
     layouts = {"TAEHV (taehv)": _layout(taehv.VARIANTS["taehv"]),
-               "Turbo-VAED (turbo-vaed-hunyuan)": _layout(turbo_vaed.VARIANTS["turbo-vaed-hunyuan"])}
+               "Turbo-VAED (turbo-vaed-hunyuan)": _layout(turbo_vaed.VARIANTS["turbo-vaed-hunyuan"]),
+               "Flash-VAED (flash-vaed-wan2_1)": _layout(flash_vaed.VARIANTS["flash-vaed-wan2_1"])}
     stripped = {k.removeprefix("decoder."): t for k, t in sd.items()}
     score = {f: max(len(set(lay) & set(sd)), len(set(lay) & set(stripped))) for f, lay in layouts.items()}
     family = max(score, key=score.get)
@@ -221,6 +238,12 @@ def load(path: str | Path, variant: str | None = None) -> LoadedDecoder:
     path = Path(path)
     sd = read_weights(path)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if variant in flash_vaed.VARIANTS or (variant is None and "decoder.middle.1.to_qkv.weight" in sd):
+        return _load_flash_vaed(path, sd, variant or "flash-vaed-wan2_1", digest)
+    if variant is None and any(k.endswith((".depthwise.weight", ".pointwise.weight")) for k in sd):
+        raise InputError(f"{path.name}: a pruned LTX-Video VAE with depthwise causal convs (Flash-VAED's LTX student, "
+                         "ltx_prune_1_4): recognised, but its decoder is not built yet; Flash-VAED's Wan 2.1 student, "
+                         "Turbo-VAED-LTX and taeltx_2 are")
     if variant in turbo_vaed.VARIANTS or (variant is None and any(k.endswith("conv_in.conv.weight") for k in sd)):
         decoder, skipped = _turbo_tensors(sd)
         v = detect_turbo_vaed(decoder, path.name, variant)
@@ -234,6 +257,23 @@ def load(path: str | Path, variant: str | None = None) -> LoadedDecoder:
     if "decoder.1.weight" not in sd and "decoder.0.weight" not in sd:
         raise _closest_family(sd, path.name)
     return _load_taehv(path, sd, variant, digest)
+
+
+def _load_flash_vaed(path: Path, sd: dict[str, torch.Tensor], variant: str, digest: str) -> LoadedDecoder:
+    """Flash-VAED's Wan student: the whole `WanVAE_` state dict (its encoder is empty); the encoder-side 1x1
+    `conv1` is recognised and not used."""
+    v = flash_vaed.VARIANTS[variant]
+    skipped = sorted(k for k in sd if k in ("conv1.weight", "conv1.bias"))
+    decoder = {k: t for k, t in sd.items() if k not in skipped}
+    wrong = _mismatch(decoder, _layout(v))
+    if wrong:
+        raise InputError(f"{path.name} does not fit {v.name}: {wrong}")
+    module = FlashVAED(v).eval()
+    module.load_state_dict({k: t.float() for k, t in decoder.items()}, strict=True)
+    notes = ["causal: streams one latent frame per call (`decode --stream`, stream_chunk = 1)",
+             "the published wrapper restarts its stream after latent frame 20 (81 frames); turbovaed decodes any "
+             "length as one stream (the same frames up to 21 latent frames)"]
+    return LoadedDecoder("flash-vaed", v, module, path, digest, skipped, notes)
 
 
 def _load_taehv(path: Path, sd: dict[str, torch.Tensor], variant: str | None, digest: str) -> LoadedDecoder:
@@ -273,9 +313,10 @@ def decode_file(loaded: LoadedDecoder, latents, normalized: bool = False) -> tor
     """Decode a LatentFile (read as (B, C, T, h, w) whatever its stored layout) with a loaded decoder; returns
     the first clip as (3, T', H, W) in [-1, 1], what turbovaed's video writer takes."""
     v = loaded.variant
-    if normalized:
+    if normalized and loaded.norm is None:
         raise InputError(f"{v.name} takes {v.convention} and ships no latent statistics to undo a normalisation: "
                          f"de-normalise with the {v.vae} VAE's latents_mean / latents_std first, then pass --raw")
     latents.check_channels(v.latent_channels, f"decoder {v.name}")
+    z = latents.read()
     with torch.no_grad():
-        return loaded.canonical()(latents.read())[0].clamp(-1, 1)
+        return loaded.canonical()(loaded.norm.to_raw(z) if normalized else z)[0].clamp(-1, 1)

@@ -206,13 +206,21 @@ class Canonical(nn.Module):
         frames = frames.transpose(1, 2) * 2 - 1
         return (frames, *rest) if states else frames
 
+    @property
+    def frames_to_trim(self) -> int:
+        return self.inner.frames_to_trim
+
+    def initial_states(self, latents: torch.Tensor) -> list[torch.Tensor]:
+        """Zero states for (B, C, T, h, w) latents of this size. For a Canonical around a TAEHVStep."""
+        return self.inner.initial_states(latents.transpose(1, 2))
+
     @torch.no_grad()
     def stream(self, latents: torch.Tensor, run=None) -> torch.Tensor:
         """(B, C, T, h, w) latents one latent frame per call through `run` (default: this step graph; or an
         exported artifact's runner with the same I/O), the states carried from zeros, the stream's first frames
         trimmed as published. For a Canonical around a TAEHVStep."""
         run = run or self
-        states, out = self.inner.initial_states(latents.transpose(1, 2)), []
+        states, out = self.initial_states(latents), []
         for t in range(latents.shape[2]):
             frames, *states = run(latents[:, :, t:t + 1], *states)
             out.append(frames)

@@ -238,7 +238,7 @@ class DecoderSource:
         if s.stream_chunk not in (0, 1):
             raise InputError(f"{v.name} streams one latent frame per call: shape.stream_chunk must be 1 (or 0 for "
                              f"the whole-clip graph), got {s.stream_chunk}")
-        if recipe.input_latents != "raw":
+        if recipe.input_latents != "raw" and self.loaded.norm is None:
             raise InputError(f"{v.name} takes {v.convention} and ships no latent statistics to fold in: "
                              "input_latents = 'normalized' does not apply (de-normalise before feeding it)")
         f = v.spatial_ratio
@@ -251,15 +251,21 @@ class DecoderSource:
         self.example = (clip,)
         self.io = {"inputs": ["latents"], "outputs": ["frames"]}
         self.feed = lambda z: z  # raw latents, as the graph takes them
-        if self.step is not None:  # one latent frame per call, the MemBlocks' memory as explicit state
-            states = self.step.inner.initial_states(clip.transpose(1, 2))
+        if recipe.input_latents == "normalized":  # the family's published statistics, folded into its first conv
+            self.feed = self.loaded.norm.normalize
+            (self.step.net if self.step is not None else self.model).fold_denormalization(self.loaded.norm)
+        if self.step is not None:  # one latent frame per call, the causal memory as explicit state
+            states = self.step.initial_states(clip)
+            first = ["first"] if getattr(self.step, "takes_first", False) else []
             names = [f"state_{i}" for i in range(len(states))]
-            self.example = (clip[:, :, :1], *states)
-            self.io = {"inputs": ["latents", *names], "outputs": ["frames", *[f"{n}_out" for n in names]],
+            self.example = (clip[:, :, :1], *([torch.ones(1)] if first else []), *states)
+            self.io = {"inputs": ["latents", *first, *names], "outputs": ["frames", *[f"{n}_out" for n in names]],
                        "stream": {"chunk_latent_frames": 1, "states": len(states),
-                                  "first_chunk_drop_frames": self.step.inner.frames_to_trim,
-                                  "protocol": "call with zero states, then the previous call's state outputs; "
-                                              "drop first_chunk_drop_frames frames from the start of the stream"}}
+                                  "first_chunk_drop_frames": self.step.frames_to_trim,
+                                  "protocol": ("call with first=[1.0] and zero states, then first=[0.0] and "
+                                               if first else "call with zero states, then ") +
+                                  "the previous call's state outputs; drop first_chunk_drop_frames frames from the "
+                                  "start of the stream"}}
 
     def latents(self) -> tuple[list[torch.Tensor], list[torch.Tensor], str, str, dict]:
         v, s, c = self.loaded.variant, self.recipe.shape, self.recipe.calibration
@@ -267,7 +273,7 @@ class DecoderSource:
                                                           tiny=self.recipe.teacher_tiny)
         fits = teacher is not None and teacher.latent_channels == v.latent_channels and \
             teacher.spec.spatial == v.spatial_ratio and teacher.spec.temporal == v.t_upscale
-        norm = {"convention": v.convention, "statistics": None}
+        norm = {"convention": v.convention, **(self.loaded.norm.to_dict() if self.loaded.norm else {"statistics": None})}
         if not fits:
             g = torch.Generator().manual_seed(c.seed)
             latents = [torch.randn(self.example[0].shape, generator=g) for _ in range(c.clips + c.verify_clips)]
@@ -283,16 +289,17 @@ class DecoderSource:
 
     def calibration_inputs(self, calib: list[torch.Tensor]) -> list[tuple]:
         if self.step is None:
-            return [(z,) for z in calib]
+            return [(self.feed(z),) for z in calib]
         inputs: list[tuple] = []
         for z in calib:  # every call of real streams
-            self.model.stream(z, lambda *xs: inputs.append(xs) or self.model(*xs))
+            self.model.stream(self.feed(z), lambda *xs: inputs.append(xs) or self.model(*xs))
         return inputs
 
     def reference(self, z: torch.Tensor) -> torch.Tensor:
         return self.eager(z)
 
     def run(self, run, z: torch.Tensor) -> torch.Tensor:
+        z = self.feed(z)
         return self.model.stream(z, run) if self.step is not None else run(z)[0]
 
     def against(self) -> str:

@@ -107,25 +107,48 @@ def decompressed_weights(path: Path) -> dict[str, np.ndarray]:
 
 def runner(artifact: Path, model=None, options: ConvertOptions | None = None):
     """Weight-level numerics: load the decompressed weights into a copy of the mobile graph and run it
-    with fp16 activations, the way Core ML computes on GPU/ANE."""
+    with fp16 activations, the way Core ML computes on GPU/ANE. Weights of modules the graph never runs
+    for this input size (a tap that sees no frame) are not in the program and need none."""
     weights = decompressed_weights(artifact)
-    net = copy.deepcopy(model).eval()
-    with torch.no_grad():
-        for name, param in net.named_parameters():
-            key = "p_" + name.replace(".", "_") + "_to_fp16"
-            match = next((v for k, v in weights.items() if k == key or k.startswith(key + "_")), None)
-            if match is None:  # coremltools merges identical constants: find the twin by value
-                want = param.detach().half().float().numpy()
-                match = next((v for v in weights.values() if np.size(v) == want.size and
-                              np.allclose(np.asarray(v, dtype=np.float32).reshape(want.shape), want, atol=1e-3)), None)
-            if match is None:
-                raise RuntimeError(f"Core ML program has no weight for {name} (looked for {key})")
-            param.copy_(torch.from_numpy(np.asarray(match, dtype=np.float32)).reshape(param.shape))
-    net = net.half()
+    nets: list[torch.nn.Module] = []
+
+    def load(xs: tuple[torch.Tensor, ...]) -> torch.nn.Module:
+        net = copy.deepcopy(model).eval()
+        ran = used_modules(net, xs)
+        with torch.no_grad():
+            for name, param in net.named_parameters():
+                if name.rpartition(".")[0] not in ran:
+                    continue
+                key = "p_" + name.replace(".", "_") + "_to_fp16"
+                match = next((v for k, v in weights.items() if k == key or k.startswith(key + "_")), None)
+                if match is None:  # coremltools merges identical constants: find the twin by value
+                    want = param.detach().half().float().numpy()
+                    match = next((v for v in weights.values() if np.size(v) == want.size and
+                                  np.allclose(np.asarray(v, dtype=np.float32).reshape(want.shape), want, atol=1e-3)),
+                                 None)
+                if match is None:
+                    raise RuntimeError(f"Core ML program has no weight for {name} (looked for {key})")
+                param.copy_(torch.from_numpy(np.asarray(match, dtype=np.float32)).reshape(param.shape))
+        return net.half()
 
     def run(*xs: torch.Tensor) -> list[torch.Tensor]:
+        if not nets:
+            nets.append(load(xs))
         with torch.no_grad():
-            ys = net(*[x.half() for x in xs])
+            ys = nets[0](*[x.half() for x in xs])
         return [y.float() for y in (ys if isinstance(ys, (tuple, list)) else (ys,))]
 
     return run
+
+
+def used_modules(net: torch.nn.Module, xs: tuple[torch.Tensor, ...]) -> set[str]:
+    """Names of the modules a forward on these inputs runs."""
+    ran: set[str] = set()
+    hooks = [m.register_forward_hook(lambda m, i, o, name=name: ran.add(name)) for name, m in net.named_modules()]
+    try:
+        with torch.no_grad():
+            net(*xs)
+    finally:
+        for h in hooks:
+            h.remove()
+    return ran

@@ -86,10 +86,19 @@ def traced_costs(model: nn.Module, x, passes: dict) -> Costs:
                           "weight_elems": 0})
         return fn
 
+    def attention(name: str):
+        def fn(module: nn.Module, inputs, out) -> None:
+            n, c, h, w = inputs[0].shape  # the (h*w)^2 score matrix is written and read once per frame
+            costs.append({"name": name, "macs": module.attention_macs(inputs[0]),
+                          "act_elems": 2 * n * (h * w) ** 2 + 4 * inputs[0].numel(), "weight_elems": 0})
+        return fn
+
     for name, m in model.named_modules():
         kind = type(m).__name__
         if isinstance(m, (nn.Conv2d, nn.Linear)) and not name.endswith(".mean"):
             m.register_forward_hook(conv(name))
+        elif hasattr(m, "attention_macs"):
+            m.register_forward_hook(attention(name))
         elif kind in passes:
             n = passes[kind](m) if callable(passes[kind]) else passes[kind]
             if n:
@@ -114,6 +123,8 @@ DECODER_PASSES = {**STUDENT_PASSES,
                   "MobileStandardize": 7,  # subtract the mean, square, its mean conv, rsqrt, multiply
                   "MobileResnetBlock": 7, "MobileUpsampler": 2, "MobileFrameUpsampler": 4,
                   "MemBlock": 4,  # the cat with the past frame, the residual add, ReLU
+                  "MobileResidualBlockFast": 7, "MobileResidualBlock2D": 7, "MobileResample": 3,
+                  "CausalTaps": _tap_passes,
                   "Upsample": 1, "Clamp": 2}
 
 

@@ -1,5 +1,8 @@
-"""Quality versus latency: every ladder preset and both peers, distilled from the reference teacher with the
-same trainer, data, settings and wall-clock budget, then timed through the runtimes users deploy.
+"""Quality versus latency: every ladder preset and the peers' real architectures (TAEHV, Turbo-VAED-Hunyuan,
+Flash-VAED-Wan, from turbovaed.decoders), distilled from the reference teacher with the same trainer, data,
+settings and wall-clock budget, then timed through the runtimes users deploy. A peer starts from random
+weights, or from its released weights with --weights NAME=PATH (they were trained for another VAE's latents:
+a head start, not the released decoder's own quality).
 
 For each decoder: parameters, GMACs per output frame (256x256 and 512x512), host latency of the 2D-only
 form at 17x256x256 through ONNX Runtime and ExecuTorch XNNPACK (fp32, random weights, runs interleaved
@@ -9,12 +12,13 @@ Every decoder is distilled once per wall-clock budget (--minutes 4 20), so the t
 pays off with time. Writes benchmarks/results/pareto.json and pareto.png.
 
     python benchmarks/pareto.py --lpips runs/lpips/lpips_vgg.safetensors [--minutes 4 20] [--runs 3]
-        [--only nano taehv] [--skip-train]
+        [--only nano taehv] [--skip-train] [--weights taehv=taew2_1.safetensors flash-vaed=Flash_VAED_Wan.pth]
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import shutil
 import statistics
@@ -27,6 +31,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from peers.flash_vaed import FlashVAEDDecoder  # noqa: E402
 from peers.taehv import TAEHVDecoder  # noqa: E402
 from peers.turbo_vaed import TurboVAEDDecoder  # noqa: E402
 from train_reference_teacher import bicubic_baseline  # noqa: E402
@@ -41,12 +46,13 @@ from turbovaed.student import StudentDecoder, load_state, module_macs  # noqa: E
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SPEC = teachers.get_spec("reference")
-CANDIDATES = {  # name -> (kind, builder); every one takes the reference teacher's 16-channel 8x/4x latents
-    "nano": ("turbovaed", lambda: StudentDecoder(presets.student_config(SPEC, size="nano"))),
-    "base": ("turbovaed", lambda: StudentDecoder(presets.student_config(SPEC, size="base"))),
-    "turbo": ("turbovaed", lambda: StudentDecoder(presets.student_config(SPEC, size="turbo"))),
-    "taehv": ("peer", lambda: TAEHVDecoder(16)),
-    "turbo-vaed": ("peer", lambda: TurboVAEDDecoder("turbo-vaed-hunyuan")),
+CANDIDATES = {  # name -> (kind, builder(weights)); every one takes the reference teacher's 16-channel 8x/4x latents
+    "nano": ("turbovaed", lambda w=None: StudentDecoder(presets.student_config(SPEC, size="nano"))),
+    "base": ("turbovaed", lambda w=None: StudentDecoder(presets.student_config(SPEC, size="base"))),
+    "turbo": ("turbovaed", lambda w=None: StudentDecoder(presets.student_config(SPEC, size="turbo"))),
+    "taehv": ("peer", lambda w=None: TAEHVDecoder(16, weights=w)),
+    "turbo-vaed": ("peer", lambda w=None: TurboVAEDDecoder("turbo-vaed-hunyuan", weights=w)),
+    "flash-vaed": ("peer", lambda w=None: FlashVAEDDecoder(weights=w)),
 }
 LATENTS = (1, 16, 5, 32, 32)  # -> 17 x 256 x 256
 
@@ -62,8 +68,11 @@ def recipe(name: str, out: Path, minutes: float, threads: int) -> DistillRecipe:
                   "warmup": 10, "ema_decay": 0.98, "checkpoint_every": 1_000_000, "threads": threads}})
 
 
-def train(names: list[str], out: Path, minutes: float, threads: int, cache: Path | None) -> dict[str, dict]:
-    """Distil each candidate; the teacher-latent cache is filled once and copied to the others."""
+def train(names: list[str], out: Path, minutes: float, threads: int, cache: Path | None,
+          weights: dict[str, Path] | None = None) -> dict[str, dict]:
+    """Distil each candidate (a peer given released weights starts from them); the teacher-latent cache is
+    filled once and copied to the others."""
+    weights = weights or {}
     runs = {}
     for name in names:
         r = recipe(name, out, minutes, threads)
@@ -72,10 +81,12 @@ def train(names: list[str], out: Path, minutes: float, threads: int, cache: Path
         if cache is not None:
             shutil.copytree(cache, work / "cache")
         print(f"distilling {name} for {minutes} min ...", flush=True)
-        folder = distill(r, show_progress=False, make_student=CANDIDATES[name][1])
+        start = weights.get(name)
+        folder = distill(r, show_progress=False, make_student=functools.partial(CANDIDATES[name][1], start))
         cache = work / "cache"
         metrics = json.loads((folder / "metrics.json").read_text())
-        runs[name] = {"folder": str(folder), "steps": metrics["steps"], "minutes": minutes}
+        runs[name] = {"folder": str(folder), "steps": metrics["steps"], "minutes": minutes,
+                      "started_from": str(start) if start else "random init"}
     return runs
 
 
@@ -206,13 +217,21 @@ def main() -> None:
     p.add_argument("--lpips", type=Path, default=None, help="LPIPS VGG weights (turbovaed lpips-weights)")
     p.add_argument("--out", type=Path, default=Path("runs/pareto"))
     p.add_argument("--skip-train", action="store_true", help="reuse the students already in --out")
+    p.add_argument("--weights", nargs="*", default=[], metavar="NAME=PATH",
+                   help="start a peer from its released weights (e.g. taehv=taew2_1.pth, turbo-vaed=...pth, "
+                        "flash-vaed=Flash_VAED_Wan.pth), loaded by turbovaed.decoders; default: random init")
     args = p.parse_args()
+    weights = dict(item.split("=", 1) for item in args.weights)
+    unknown = sorted(set(weights) - {n for n, (kind, _) in CANDIDATES.items() if kind == "peer"})
+    if unknown:
+        p.error(f"--weights names peers only ({', '.join(n for n, (k, _) in CANDIDATES.items() if k == 'peer')}), "
+                f"got {', '.join(unknown)}")
     torch.set_num_threads(args.threads)
     names, runs, cache = args.only, {}, None
     for minutes in args.minutes:
         folder = budget_dir(args.out, minutes)
         if not args.skip_train:
-            trained = train(names, folder, minutes, args.threads, cache)
+            trained = train(names, folder, minutes, args.threads, cache, {k: Path(v) for k, v in weights.items()})
             cache = Path(trained[names[0]]["folder"]).with_name(names[0] + ".work") / "cache"
             (folder / "runs.json").write_text(json.dumps(trained, indent=1))
         runs[f"{minutes:g}"] = json.loads((folder / "runs.json").read_text())

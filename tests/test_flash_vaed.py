@@ -263,3 +263,14 @@ def test_normalised_input_folds_into_the_graph(tmp_path):
     session = ort.InferenceSession(str(tmp_path / "out" / manifest["name"] / manifest["artifact"]))
     got = torch.from_numpy(session.run(None, {"latents": z.numpy()})[0])
     assert (got - want).abs().max() <= 1e-4 * want.abs().max()
+
+
+def test_8bit_activations_are_refused_before_any_work(tmp_path):
+    from test_export import recipe_for
+
+    from turbovaed.export.core import export
+
+    torch.save(random_state(), tmp_path / "Flash_VAED_Wan.pth")
+    with pytest.raises(InputError, match="does not export with 8-bit activations yet \\(executorch int8 = W8A8\\)"):
+        export(recipe_for("executorch", "int8"), tmp_path / "Flash_VAED_Wan.pth", tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -16,6 +16,7 @@ from turbovaed.student import StudentDecoder, module_macs
 from turbovaed.teachers import TEACHERS
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from peers.flash_vaed import FlashVAEDDecoder  # noqa: E402
 from peers.taehv import TAEHVDecoder  # noqa: E402
 from peers.turbo_vaed import TurboVAEDDecoder  # noqa: E402
 
@@ -99,6 +100,29 @@ def test_peers_train_with_the_trainer(tmp_path):
     assert json.loads((out / "config.json").read_text())["_class_name"] == "TurboVAEDDecoder"
     assert metrics["student_params"] == TurboVAEDDecoder(**small).num_parameters()
     assert metrics["mean"]["student_psnr"] > 0
+
+
+def test_flash_vaed_trains_with_the_trainer_from_released_weights(tmp_path):
+    """The real Flash-VAED architecture through the very trainer, started from a weight file with the released
+    names and shapes (random values): what `pareto.py --weights flash-vaed=...` does."""
+    from test_flash_vaed import random_state
+
+    from turbovaed.distill.recipe import DistillRecipe
+    from turbovaed.distill.trainer import distill
+
+    torch.save(random_state(), tmp_path / "Flash_VAED_Wan.pth")
+    start = FlashVAEDDecoder(tmp_path / "Flash_VAED_Wan.pth")
+    recipe = build(DistillRecipe, {
+        "output": str(tmp_path / "peer"), "teacher": {"name": "reference", "tiny": True}, "student": {"preset": "reference"},
+        "data": {"synthetic": True, "size": 32, "clips": 2, "eval_clips": 1, "eval_size": 64, "latent_frames": 2},
+        "loss": {"feature": 0.1}, "train": {"steps": 2, "batch": 1, "checkpoint_every": 2, "threads": 2}})
+    out = distill(recipe, show_progress=False, make_student=lambda: FlashVAEDDecoder(tmp_path / "Flash_VAED_Wan.pth"))
+    assert json.loads((out / "config.json").read_text())["_class_name"] == "FlashVAEDDecoder"
+    from turbovaed.io import load_safetensors
+
+    trained = load_safetensors(next(out.glob("*.safetensors")))
+    assert set(trained) == {f"net.{k}" for k in start.net.state_dict()}
+    assert any(not torch.equal(trained[f"net.{k}"], v) for k, v in start.net.state_dict().items())
 
 
 @pytest.mark.parametrize("size", ["turbo"])

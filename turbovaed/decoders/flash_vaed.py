@@ -46,6 +46,9 @@ class Variant:
     spatial_ratio: int = 8
     t_upscale: int = 4
     params_published: float = 0.0  # the paper and README state none
+    # measured with trained-like random weights: 8-bit activations break its attention (ONNX W8A8 26 dB, ExecuTorch
+    # W8A8 fails to load, LiteRT refuses the quantized transposes), even with the attention kept float
+    int8_activations: bool = False
 
     @property
     def convention(self) -> str:
@@ -414,7 +417,7 @@ class MobileAttention(nn.Module):
             self.to_qkv.weight.copy_(block.to_qkv.weight * scale)
             self.to_qkv.bias.copy_(block.to_qkv.bias * scale.flatten())
 
-    attention_macs = AttentionBlock.attention_macs
+    attention_macs = staticmethod(AttentionBlock.attention_macs)
 
     def forward(self, x: torch.Tensor, t: int, stream: Stream | None = None) -> tuple[torch.Tensor, int]:
         n, c, h, w = x.shape

@@ -233,6 +233,11 @@ class DecoderSource:
 
         self.recipe, self.loaded = recipe, decoders.load(path, variant)
         v, s = self.loaded.variant, recipe.shape
+        meaning = backends.get(recipe.backend).meaning(recipe.precision, recipe.delegate)
+        if "A8" in meaning and not getattr(v, "int8_activations", True):
+            raise InputError(f"{v.name} does not export with 8-bit activations yet ({recipe.backend} {recipe.precision}"
+                             f" = {meaning.split(' ')[0]}): its attention loses the verification; export fp32, fp16 or a "
+                             "weight-only precision")
         if s.stream_chunk and not self.loaded.causal:
             raise InputError(f"{v.name} is not causal: it has no streaming step graph (set shape.stream_chunk = 0)")
         if s.stream_chunk not in (0, 1):

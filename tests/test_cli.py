@@ -1,5 +1,6 @@
 """The CLI as a user runs it: a real process, real files, one clear line per bad input."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -230,6 +231,11 @@ def test_export_and_profile_keep_third_party_output_off_the_terminal(tmp_path, s
             "--width", "32")
     first = run("export", *recipes, *tiny, "--out", str(out))
     assert first.returncode == 0, first.stderr[-3000:]
+    from turbovaed.cli.tables import artifacts_table
+    from turbovaed.quickstart import artifact_summary
+
+    manifests = [json.loads(p.read_text()) for p in sorted(out.glob("*/manifest.json"))]
+    assert len(artifacts_table([artifact_summary(m) for m in manifests], "quickstart").rows) == 3
     second = run("profile", str(out), "--runs", "2", "--warmup", "0", "--results", str(tmp_path / "profiles"))
     assert second.returncode == 0, second.stderr[-3000:]
     for result, log in ((first, out / "turbovaed.log"), (second, tmp_path / "profiles" / "turbovaed.log")):

@@ -48,6 +48,12 @@ def run(out_dir: Path, videos: list[Path] | None = None, steps: int | None = Non
     return summary
 
 
+def artifact_summary(manifest: dict) -> dict:
+    """What the summary keeps of a manifest: what the CLI's artifact table shows and summary.json records."""
+    keep = ("name", "artifact", "backend", "precision", "precision_meaning", "bytes", "numerics", "ops")
+    return {k: manifest[k] for k in keep}
+
+
 def export_profile_report(student_dir: Path, out_dir: Path, progress: Callable[[str], None]) -> dict:
     from turbovaed.export.core import ExportRecipe, export
     from turbovaed.profile import report
@@ -64,6 +70,5 @@ def export_profile_report(student_dir: Path, out_dir: Path, progress: Callable[[
                    results_dir=out_dir / "profiles")
     progress("report")
     paths = report.write_report(out_dir / "exports", out_dir / "report", out_dir / "profiles")
-    keep = ("name", "backend", "precision", "precision_meaning", "bytes", "numerics", "ops")
-    return {"artifacts": [{k: m[k] for k in keep} for m in manifests], "measured": prof["measured"],
+    return {"artifacts": [artifact_summary(m) for m in manifests], "measured": prof["measured"],
             "paths": paths, "exports": str(out_dir / "exports"), "profiles": str(out_dir / "profiles")}

@@ -10,39 +10,20 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import torch
+from peers.base import Peer
 from torch import nn
 
 from turbovaed.decoders import load
 from turbovaed.decoders.turbo_vaed import VARIANTS, TurboVAED
-from turbovaed.io import save_pretrained
 
 
-class TurboVAEDDecoder(nn.Module):
+class TurboVAEDDecoder(Peer):
     def __init__(self, variant: str = "turbo-vaed-hunyuan", weights: str | Path | None = None, **overrides) -> None:
         super().__init__()
         v = dataclasses.replace(VARIANTS[variant], **overrides)
         self.config = {"variant": variant, **{k: list(x) if isinstance(x, tuple) else x for k, x in overrides.items()}}
         self.net = load(weights, variant).module if weights else TurboVAED(v)
 
-    def forward(self, z: torch.Tensor, return_features: bool = False):
-        if not return_features:
-            return self.net(z)
-        features: list[torch.Tensor] = []  # the mid block and each up block: where feature alignment reads
-        hooks = [m.register_forward_hook(lambda _m, _i, out: features.append(out))
-                 for m in (self.net.mid_block, *self.net.up_blocks)]
-        try:
-            frames = self.net(z)
-        finally:
-            for h in hooks:
-                h.remove()
-        return frames, features
-
-    def to_mobile(self, linear_pointwise: bool = False) -> nn.Module:
-        return self.net.to_mobile()
-
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
-    def save_pretrained(self, directory: str | Path, extra_files: dict[str, str | bytes] | None = None) -> Path:
-        return save_pretrained(self, directory, {"_class_name": "TurboVAEDDecoder", **self.config}, extra_files)
+    def feature_modules(self) -> list[nn.Module]:
+        """The mid block and each up block: where feature alignment reads."""
+        return [self.net.mid_block, *self.net.up_blocks]

@@ -195,6 +195,38 @@ def test_files_load_strictly_and_decode_normalised_latents_as_the_wrapper_does(t
     assert frames.shape == (3, 5, 24, 32) and (frames - want).abs().max() <= 1e-5
 
 
+def test_cli_streams_a_causal_decoder_file_and_refuses_a_non_causal_one(tmp_path):
+    """`decode --decoder FILE --stream` decodes one latent frame at a time through the step graph: the same
+    frames as the whole-clip decode (mp4-encoded, so compared after decoding both videos)."""
+    import subprocess
+    import sys
+
+    from safetensors.torch import save_file
+    from test_turbo_vaed import random_state as turbo_state
+    from test_turbo_vaed import save
+
+    from turbovaed.data import read_frames
+
+    torch.save(random_state(), tmp_path / "Flash_VAED_Wan.pth")
+    save_file({"latents": torch.randn(1, 16, 3, 4, 4)}, tmp_path / "z.safetensors")
+    runs = {}
+    for mode in ("whole", "stream"):
+        cmd = [sys.executable, "-m", "turbovaed", "decode", "--decoder", str(tmp_path / "Flash_VAED_Wan.pth"),
+               "--latents", str(tmp_path / "z.safetensors"), "--out", str(tmp_path / f"{mode}.mp4"), "--normalized"]
+        result = subprocess.run(cmd + (["--stream"] if mode == "stream" else []), capture_output=True, text=True,
+                                timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
+        runs[mode] = torch.from_numpy(read_frames(tmp_path / f"{mode}.mp4")).float()
+    assert runs["stream"].shape == runs["whole"].shape and runs["whole"].shape[0] == 9
+    assert (runs["stream"] - runs["whole"]).abs().mean() < 2  # the same frames, through the codec
+    save(turbo_state("turbo-vaed-ltx"), tmp_path / "turbo_vaed_ltx.safetensors")
+    save_file({"latents": torch.randn(1, 128, 2, 2, 2)}, tmp_path / "w.safetensors")
+    result = subprocess.run([sys.executable, "-m", "turbovaed", "decode", "--decoder",
+                             str(tmp_path / "turbo_vaed_ltx.safetensors"), "--latents", str(tmp_path / "w.safetensors"),
+                             "--out", str(tmp_path / "t.mp4"), "--stream"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "is not causal" in result.stderr and not (tmp_path / "t.mp4").exists()
+
+
 def test_bad_flash_vaed_files_get_one_clear_error(tmp_path):
     sd = random_state()
     sd["decoder.head.2.weight"] = torch.zeros(3, 12, 1, 3, 3)

@@ -50,9 +50,9 @@ class DecodeRequest:
             raise InputError(f"--out must be an .mp4 path, got {self.out}")
         if self.decoder is not None:
             if self.latents is None or any(x is not None for x in (self.video, self.student, self.teacher,
-                                                                   self.artifact)) or self.stream or self.tile:
+                                                                   self.artifact)) or self.tile:
                 raise InputError("--decoder decodes --latents FILE on its own (no --video, --student, --teacher, "
-                                 "--artifact, --stream or --tile)")
+                                 "--artifact or --tile; --stream for a causal decoder)")
             return
         if (self.latents is None) == (self.video is None):
             raise InputError("give exactly one of --latents FILE or --video FILE")
@@ -132,6 +132,14 @@ def with_decoder_file(r: DecodeRequest, source: LatentFile, normalized: bool, sa
     from turbovaed import decoders
 
     loaded = decoders.load(r.decoder, r.variant)
+    if r.stream:  # causal decoders only (the step says so otherwise); one latent frame in memory at a time
+        v = loaded.variant
+        if normalized and loaded.norm is None:
+            raise InputError(f"{v.name} takes {v.convention} and ships no latent statistics to undo a normalisation")
+        source.check_channels(v.latent_channels, f"decoder {v.name}")
+        to_raw = (lambda z, start: loaded.norm.to_raw(z)) if normalized else None
+        n = stream_to_video(decoders.DecoderStreamer(loaded), source, r.out, 1, r.fps, to_raw=to_raw)
+        return f"wrote {r.out} ({n} frames, streamed one latent frame at a time by {v.name} from {r.decoder.name})"
     t0 = time.perf_counter()
     frames = decoders.decode_file(loaded, source, normalized)
     say(f"{loaded.variant.name}: {time.perf_counter() - t0:.2f} s")

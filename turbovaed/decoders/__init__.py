@@ -309,6 +309,30 @@ def _load_taehv(path: Path, sd: dict[str, torch.Tensor], variant: str | None, di
     return LoadedDecoder(family_of(v), v, module, path, digest, skipped, notes)
 
 
+class DecoderStreamer:
+    """A causal decoder file's step graph as a streamer (`stream.stream_to_video` takes it): one latent frame per
+    call, the states carried, the stream's first frames dropped as published; frames in [-1, 1]."""
+
+    def __init__(self, loaded: LoadedDecoder) -> None:
+        self.step, self.states, self.calls = loaded.step(), None, 0
+
+    @torch.no_grad()
+    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+        frames = []
+        for t in range(z.shape[2]):
+            latent = z[:, :, t:t + 1]
+            if self.states is None:
+                self.states = self.step.initial_states(latent)
+            first = [torch.full((1,), float(self.calls == 0))] if getattr(self.step, "takes_first", False) else []
+            y, *self.states = self.step(latent, *first, *self.states)
+            frames.append(y[:, :, self.step.frames_to_trim:] if self.calls == 0 else y)
+            self.calls += 1
+        return torch.cat(frames, 2).clamp(-1, 1)
+
+    def close(self) -> None:
+        self.states = None
+
+
 def decode_file(loaded: LoadedDecoder, latents, normalized: bool = False) -> torch.Tensor:
     """Decode a LatentFile (read as (B, C, T, h, w) whatever its stored layout) with a loaded decoder; returns
     the first clip as (3, T', H, W) in [-1, 1], what turbovaed's video writer takes."""

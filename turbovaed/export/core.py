@@ -319,7 +319,8 @@ class DecoderSource:
                             "decodes": v.vae, "params": d["params"], "sha256": d["sha256"], "notes": d["notes"],
                             "graph_io": f"(B, C, T, h, w) {v.convention.split(',')[0]} in, (B, 3, T', H, W) in "
                                         "[-1, 1] out" + ("; the published NTCHW / [0, 1] are converted inside the graph"
-                                                         if self.loaded.causal else " (the published I/O)")}}
+                                                         if d["family"] in ("taehv", "lighttae") else
+                                                         " (the published I/O)")}}
 
 
 def export(recipe: ExportRecipe, checkpoint: str | Path, out_dir: str | Path, bundle: bool = False,

@@ -245,8 +245,9 @@ def test_bad_flash_vaed_files_get_one_clear_error(tmp_path):
         load(tmp_path / "Flash_VAED_LTX.pth")
 
 
-BACKENDS = [("onnx", "fp32", 0), ("executorch", "fp32", 0), ("litert", "fp32", 0), ("coreml", "fp16", 0),
-            ("coreai", "fp16", 0), ("onnx", "fp32", 1), ("executorch", "fp32", 1)]
+# ExecuTorch as the step graph only (its whole-clip graph holds the same blocks; ~40 s each on this CPU)
+BACKENDS = [("onnx", "fp32", 0), ("litert", "fp32", 0), ("coreml", "fp16", 0), ("coreai", "fp16", 0),
+            ("onnx", "fp32", 1), ("executorch", "fp32", 1)]
 
 
 @pytest.mark.parametrize("backend,precision,chunk", BACKENDS)
@@ -260,8 +261,8 @@ def test_a_flash_vaed_file_exports_and_verifies(tmp_path, backend, precision, ch
     if backend == "coreai":
         pytest.importorskip("coreai_opt", reason="the coreai extra is not installed")
     torch.save(random_state(), tmp_path / "Flash_VAED_Wan.pth")
-    recipe = recipe_for(backend, precision, shape={"latent_frames": 3, "height": 32, "width": 32,
-                                                   "stream_chunk": chunk})
+    recipe = recipe_for(backend, precision, shape={"latent_frames": 3, "height": 32, "width": 32, "stream_chunk": chunk},
+                        calibration={"synthetic": True, "clips": 1, "verify_clips": 1})  # float precisions: one clip verifies
     manifest = export(recipe, tmp_path / "Flash_VAED_Wan.pth", tmp_path / "out")
     n = manifest["numerics"]
     assert n["status"] in ("pass", "pass-weights") and n["psnr_db"] >= n["min_psnr_db"], n

@@ -90,6 +90,8 @@ def test_frame_rule_and_the_exact_2d_form(name, t, frames, ratio):
         got = mobile(z)
     assert ref.shape == (1, 3, frames, 2 * ratio, 2 * ratio) and VARIANTS[name].output_frames(t) == frames
     assert (got - ref).abs().max() <= 1e-5 * ref.abs().max()
+    if name != "turbo-vaed-ltx":  # the rank / 2D check runs on the LTX graph (BatchNorm, 2D stages, time upsamplers)
+        return
     graph = torch.export.export(mobile, (z,)).graph
     values = [n.meta["val"] for n in graph.nodes if isinstance(n.meta.get("val"), torch.Tensor)]
     assert max(v.dim() for v in values) <= 5
@@ -198,7 +200,8 @@ def test_a_turbo_vaed_file_exports_through_its_lowering_and_verifies(tmp_path, b
     if backend == "coreai":
         pytest.importorskip("coreai_opt", reason="the coreai extra is not installed")
     path = save(random_state("turbo-vaed-ltx"), tmp_path / "turbo_vaed_ltx.safetensors")
-    recipe = recipe_for(backend, precision, shape={"latent_frames": 2, "height": 64, "width": 64})
+    recipe = recipe_for(backend, precision, shape={"latent_frames": 2, "height": 64, "width": 64},  # float: one clip
+                        calibration={"synthetic": True, "clips": 1, "verify_clips": 1})
     manifest = export(recipe, path, tmp_path / "out")
     n = manifest["numerics"]
     assert n["status"] in ("pass", "pass-weights") and n["psnr_db"] >= n["min_psnr_db"], n

@@ -12,6 +12,7 @@ exact 2D graph and `step()` its streaming step graph where the decoder is causal
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import pickle
@@ -179,7 +180,9 @@ def _turbo_tensors(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor]
     return decoder, sorted(skipped)
 
 
+@functools.cache
 def _layout(variant) -> dict[str, tuple[int, ...]]:
+    """Names and shapes a variant's module has (built once per variant, on the meta device)."""
     with torch.device("meta"):
         return {k: tuple(t.shape) for k, t in build(variant).state_dict().items()}
 

@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from turbovaed import presets  # noqa: E402
-from turbovaed.decoders import flash_vaed, taehv, turbo_vaed  # noqa: E402
+from turbovaed.decoders import flash_vaed, flash_vaed_ltx, taehv, turbo_vaed  # noqa: E402
 from turbovaed.export.backends import BACKENDS  # noqa: E402
 from turbovaed.io import atomic_file  # noqa: E402
 from turbovaed.profile import calibration  # noqa: E402
@@ -29,12 +29,10 @@ OUT = Path(__file__).resolve().parent / "results" / "decoder_deployment.json"
 SIZES = {"512x512": (512, 512), "720p": (720, 1280)}
 LATENT_FRAMES = 5
 DECODERS = [taehv.VARIANTS[n] for n in ("taehv", "taew2_2", "taeltx_2")] + \
-    [turbo_vaed.VARIANTS[n] for n in ("turbo-vaed-hunyuan", "turbo-vaed-ltx")] + [flash_vaed.VARIANTS["flash-vaed-wan2_1"]]
+    [turbo_vaed.VARIANTS[n] for n in ("turbo-vaed-hunyuan", "turbo-vaed-ltx")] + \
+    [flash_vaed.VARIANTS["flash-vaed-wan2_1"], flash_vaed_ltx.VARIANTS["flash-vaed-ltx"]]
 STUDENTS = {"turbovaed wan21 (nano)": ("wan21", "nano"), "turbovaed wan21-turbo": ("wan21", "turbo"),
             "turbovaed wan22 (nano)": ("wan22", "nano"), "turbovaed ltx (nano)": ("ltx", "nano")}
-
-
-FLOAT_ONLY = {"flash-vaed-wan2_1"}  # its attention does not survive int8 export yet (docs/limits.md): float only
 
 
 def candidates(float_only: bool = False) -> list[tuple[str, str]]:
@@ -59,6 +57,8 @@ def rows() -> list[dict]:
     catalog, fits = load_catalog(), calibration.fits()
     models = [(v.name, "peer", v, v.spatial_ratio, v.output_frames(LATENT_FRAMES), v.latent_channels)
               for v in DECODERS]
+    # Flash-VAED's Wan attention does not survive int8 activations (docs/limits.md): float and weight-only for it
+    float_only = {v.name for v in DECODERS if not getattr(v, "int8_activations", True)}
     for label, (family, size) in STUDENTS.items():
         cfg = presets.student_config(TEACHERS[family], size=size)
         models.append((label, "turbovaed", cfg, cfg.spatial_ratio, cfg.frames_for(LATENT_FRAMES), cfg.latent_channels))
@@ -70,7 +70,7 @@ def rows() -> list[dict]:
             print(f"{name} {size}: {sum(c['macs'] for c in costs) / 1e9 / frames:.1f} GMACs/frame", flush=True)
             out.append({"decoder": name, "kind": kind, "latent_channels": channels, "spatial_ratio": ratio,
                         "size": size, "frames": frames, "gmacs_per_frame": sum(c["macs"] for c in costs) / 1e9 / frames,
-                        "devices": {d: best_cell(dev, costs, frames, fits, name in FLOAT_ONLY)
+                        "devices": {d: best_cell(dev, costs, frames, fits, name in float_only)
                                     for d, dev in catalog.items()}})
     return out
 

@@ -144,7 +144,8 @@ def test_bad_files_get_one_clear_error(tmp_path):
     sd = load_file(missing)
     sd["decoder.8.weight"] = torch.zeros(128, 256, 1, 1)
     save_file(sd, tmp_path / "taehv_bad.safetensors")
-    with pytest.raises(InputError, match="decoder.8.weight has shape \\[128, 256, 1, 1\\], taehv takes \\[128, 256, 3, 3\\]"):
+    with pytest.raises(InputError, match="does not fit taehv: decoder.8.weight has shape \\[128, 256, 1, 1\\], the "
+                                         "layout takes \\[128, 256, 3, 3\\]"):
         load(tmp_path / "taehv_bad.safetensors")
     (tmp_path / "x.bin").write_bytes(b"")
     with pytest.raises(CheckpointError, match="expected a .safetensors, .pth or .pt"):

@@ -5,8 +5,8 @@ architecture and fills it strictly: every decoder tensor used, every parameter f
 
 Families: TAEHV / TAEW and LightX2V's LightTAE (madebyollin/taehv, `taehv.py`; the 'super' variants are
 recognised and refused until their block is built), Turbo-VAED's released students (hustvl/Turbo-VAED,
-`turbo_vaed.py`) and Flash-VAED's Wan 2.1 student (Aoko955/Flash-VAED, `flash_vaed.py`; its LTX student is
-recognised and refused until built). Whatever the family, `LoadedDecoder.canonical()` runs the published forward with
+`turbo_vaed.py`) and Flash-VAED's Wan 2.1 and LTX-Video students (Aoko955/Flash-VAED, `flash_vaed.py`,
+`flash_vaed_ltx.py`). Whatever the family, `LoadedDecoder.canonical()` runs the published forward with
 turbovaed's I/O ((B, C, T, h, w) raw latents in, (B, 3, T', H, W) frames in [-1, 1] out), `mobile()` is its
 exact 2D graph and `step()` its streaming step graph where the decoder is causal."""
 
@@ -21,39 +21,43 @@ from pathlib import Path
 
 import torch
 
-from turbovaed.decoders import flash_vaed, taehv, turbo_vaed
+from turbovaed.decoders import flash_vaed, flash_vaed_ltx, taehv, turbo_vaed
 from turbovaed.decoders.flash_vaed import FlashVAED, FlashVAEDStep
+from turbovaed.decoders.flash_vaed_ltx import FlashVAEDLTX
+from turbovaed.decoders.stepping import StepStream
 from turbovaed.decoders.taehv import SUPER, Canonical, TAEHVDecoder, TAEHVStep, TGrow
 from turbovaed.decoders.turbo_vaed import TurboVAED
 from turbovaed.io import CheckpointError, InputError, load_safetensors
 from turbovaed.teachers import LatentNorm
 
 # lighttae: taehv's architecture
-FAMILIES = {"taehv": taehv.VARIANTS, "turbo-vaed": turbo_vaed.VARIANTS, "flash-vaed": flash_vaed.VARIANTS}
+FAMILIES = {"taehv": taehv.VARIANTS, "turbo-vaed": turbo_vaed.VARIANTS,
+            "flash-vaed": {**flash_vaed.VARIANTS, **flash_vaed_ltx.VARIANTS}}
 
 
 def family_of(variant) -> str:
     if isinstance(variant, turbo_vaed.Variant):
         return "turbo-vaed"
-    if isinstance(variant, flash_vaed.Variant):
+    if isinstance(variant, (flash_vaed.Variant, flash_vaed_ltx.Variant)):
         return "flash-vaed"
     return "lighttae" if variant.name.startswith("lighttae") else "taehv"
 
 
 def build(variant) -> torch.nn.Module:
     """Our module of a variant's published architecture (random weights)."""
-    kinds = {turbo_vaed.Variant: TurboVAED, flash_vaed.Variant: FlashVAED, taehv.Variant: TAEHVDecoder}
+    kinds = {turbo_vaed.Variant: TurboVAED, flash_vaed.Variant: FlashVAED, flash_vaed_ltx.Variant: FlashVAEDLTX,
+             taehv.Variant: TAEHVDecoder}
     return kinds[type(variant)](variant)
 
 
 @dataclass
 class LoadedDecoder:
     family: str
-    variant: taehv.Variant | turbo_vaed.Variant
+    variant: taehv.Variant | turbo_vaed.Variant | flash_vaed.Variant | flash_vaed_ltx.Variant
     module: torch.nn.Module  # the published forward, with the family's own I/O
     path: Path
     sha256: str
-    skipped: list[str] = field(default_factory=list)  # tensors of the file a decoder does not use (its encoder)
+    skipped: list[str] = field(default_factory=list)  # tensors of the file the decoder does not use (its encoder)
     notes: list[str] = field(default_factory=list)
 
     def canonical(self) -> torch.nn.Module:
@@ -198,6 +202,16 @@ def _mismatch(have: dict[str, torch.Tensor], want: dict[str, tuple[int, ...]]) -
     return f"tensor {extra[0]!r} is not part of it" if extra else None
 
 
+def _filled(path: Path, v, decoder: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """Our module of variant v filled strictly from a file's decoder tensors; one clear error where they differ."""
+    wrong = _mismatch(decoder, _layout(v))
+    if wrong:
+        raise InputError(f"{path.name} does not fit {v.name}: {wrong}")
+    module = build(v).eval()
+    module.load_state_dict({k: t.float() if t.is_floating_point() else t for k, t in decoder.items()}, strict=True)
+    return module
+
+
 def detect_turbo_vaed(decoder: dict[str, torch.Tensor], name: str, variant: str | None) -> turbo_vaed.Variant:
     """The released Turbo-VAED config whose decoder has exactly these names and shapes; the file name breaks the
     Hunyuan / CogVideoX tie (one layout, different latents)."""
@@ -226,7 +240,8 @@ def _closest_family(sd: dict[str, torch.Tensor], name: str) -> InputError:
     """One message for a file that fits no family: the family sharing most tensor names, its first mismatch."""
     layouts = {"TAEHV (taehv)": _layout(taehv.VARIANTS["taehv"]),
                "Turbo-VAED (turbo-vaed-hunyuan)": _layout(turbo_vaed.VARIANTS["turbo-vaed-hunyuan"]),
-               "Flash-VAED (flash-vaed-wan2_1)": _layout(flash_vaed.VARIANTS["flash-vaed-wan2_1"])}
+               "Flash-VAED (flash-vaed-wan2_1)": _layout(flash_vaed.VARIANTS["flash-vaed-wan2_1"]),
+               "Flash-VAED (flash-vaed-ltx)": _layout(flash_vaed_ltx.VARIANTS["flash-vaed-ltx"])}
     stripped = {k.removeprefix("decoder."): t for k, t in sd.items()}
     score = {f: max(len(set(lay) & set(sd)), len(set(lay) & set(stripped))) for f, lay in layouts.items()}
     family = max(score, key=score.get)
@@ -243,15 +258,12 @@ def load(path: str | Path, variant: str | None = None) -> LoadedDecoder:
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     if variant in flash_vaed.VARIANTS or (variant is None and "decoder.middle.1.to_qkv.weight" in sd):
         return _load_flash_vaed(path, sd, variant or "flash-vaed-wan2_1", digest)
-    if variant is None and any(k.endswith((".depthwise.weight", ".pointwise.weight")) for k in sd):
-        raise InputError(f"{path.name}: a pruned LTX-Video VAE with depthwise causal convs (Flash-VAED's LTX student, "
-                         "ltx_prune_1_4): recognised, but its decoder is not built yet; Flash-VAED's Wan 2.1 student, "
-                         "Turbo-VAED-LTX and taeltx_2 are")
+    if variant in flash_vaed_ltx.VARIANTS or (variant is None and any(k.endswith(".conv1.depthwise.weight") for k in sd)):
+        return _load_flash_vaed_ltx(path, sd, variant or "flash-vaed-ltx", digest)
     if variant in turbo_vaed.VARIANTS or (variant is None and any(k.endswith("conv_in.conv.weight") for k in sd)):
         decoder, skipped = _turbo_tensors(sd)
         v = detect_turbo_vaed(decoder, path.name, variant)
-        module = TurboVAED(v).eval()
-        module.load_state_dict({k: t.float() if t.is_floating_point() else t for k, t in decoder.items()}, strict=True)
+        module = _filled(path, v, decoder)
         notes = ["not causal: whole clips only (no streaming step graph)"]
         if skipped:
             notes.append(f"{len(skipped)} tensors not used by the decoder (latent statistics buffers, training-only "
@@ -268,69 +280,60 @@ def _load_flash_vaed(path: Path, sd: dict[str, torch.Tensor], variant: str, dige
     v = flash_vaed.VARIANTS[variant]
     skipped = sorted(k for k in sd if k in ("conv1.weight", "conv1.bias"))
     decoder = {k: t for k, t in sd.items() if k not in skipped}
-    wrong = _mismatch(decoder, _layout(v))
-    if wrong:
-        raise InputError(f"{path.name} does not fit {v.name}: {wrong}")
-    module = FlashVAED(v).eval()
-    module.load_state_dict({k: t.float() for k, t in decoder.items()}, strict=True)
+    module = _filled(path, v, decoder)
     notes = ["causal: streams one latent frame per call (`decode --stream`, stream_chunk = 1)",
              "the published wrapper restarts its stream after latent frame 20 (81 frames); turbovaed decodes any "
              "length as one stream (the same frames up to 21 latent frames)"]
     return LoadedDecoder("flash-vaed", v, module, path, digest, skipped, notes)
 
 
+def _load_flash_vaed_ltx(path: Path, sd: dict[str, torch.Tensor], variant: str, digest: str) -> LoadedDecoder:
+    """Flash-VAED's LTX student: a whole `AutoencoderKLLTXVideo` state dict (as `infer.py` loads it) or the bare
+    decoder; the encoder, the latent statistics buffers and the `mean_of_means` / `std_of_means` extras
+    `infer.py` drops are recognised and not used."""
+    v = flash_vaed_ltx.VARIANTS[variant]
+    prefixed = any(k.startswith("decoder.") for k in sd)
+    unused = ("latents_mean", "latents_std", "mean_of_means", "std_of_means")
+    skipped = sorted(k for k in sd if k in unused or (prefixed and k.startswith("encoder.")))
+    decoder = {k.removeprefix("decoder.") if prefixed else k: t for k, t in sd.items() if k not in skipped}
+    module = _filled(path, v, decoder)
+    notes = ["not causal: whole clips only (no streaming step graph)"]
+    if skipped:
+        notes.append(f"{len(skipped)} tensors not used by the decoder (its encoder, latent statistics buffers)")
+    return LoadedDecoder("flash-vaed", v, module, path, digest, skipped, notes)
+
+
 def _load_taehv(path: Path, sd: dict[str, torch.Tensor], variant: str | None, digest: str) -> LoadedDecoder:
     v = detect(sd, path.name, variant)
-    module = TAEHVDecoder(v).eval()
-    want = module.state_dict()
+    want = _layout(v)
     decoder = {k: t for k, t in sd.items() if k.startswith("decoder.")}
     skipped = sorted(k for k in sd if not k.startswith("decoder."))
     if any(not k.startswith("encoder.") for k in skipped):
         extra = next(k for k in skipped if not k.startswith("encoder."))
         raise InputError(f"{path.name}: tensor {extra!r} belongs to no part of a TAEHV model ({v.name})")
     notes = []
-    for i, layer in enumerate(module.decoder):  # published quirk: a TGrow conv may hold stride*C rows
+    for i, layer in enumerate(build(v).decoder):  # published quirk: a TGrow conv may hold stride*C rows
         key = f"decoder.{i}.conv.weight"
-        if isinstance(layer, TGrow) and key in decoder and decoder[key].shape[0] > want[key].shape[0]:
-            rows, has = want[key].shape[0], decoder[key].shape[0]
-            if has % rows or decoder[key].shape[1:] != want[key].shape[1:]:
+        if isinstance(layer, TGrow) and key in decoder and decoder[key].shape[0] > want[key][0]:
+            rows, has = want[key][0], decoder[key].shape[0]
+            if has % rows or tuple(decoder[key].shape[1:]) != want[key][1:]:
                 raise InputError(f"{path.name}: {key} has shape {list(decoder[key].shape)}; {v.name} takes "
-                                 f"{list(want[key].shape)} (or a multiple of its rows)")
+                                 f"{list(want[key])} (or a multiple of its rows)")
             decoder[key] = decoder[key][-rows:]
             notes.append(f"{key}: kept the last {rows} of {has} rows (the file's TGrow upsamples time where "
                          f"{v.name} does not; the published loader keeps the last rows too)")
-    for key, t in want.items():
-        if key not in decoder:
-            raise InputError(f"{path.name} is not a complete {v.name} decoder: {key!r} is missing")
-        if decoder[key].shape != t.shape:
-            raise InputError(f"{path.name} does not fit {v.name}: {key} has shape {list(decoder[key].shape)}, "
-                             f"{v.name} takes {list(t.shape)}")
-    unused = sorted(set(decoder) - set(want))
-    if unused:
-        raise InputError(f"{path.name}: tensor {unused[0]!r} is not part of the {v.name} decoder")
-    module.load_state_dict({k: t.float() for k, t in decoder.items()}, strict=True)
-    return LoadedDecoder(family_of(v), v, module, path, digest, skipped, notes)
+    return LoadedDecoder(family_of(v), v, _filled(path, v, decoder), path, digest, skipped, notes)
 
 
-class DecoderStreamer:
+class DecoderStreamer(StepStream):
     """A causal decoder file's step graph as a streamer (`stream.stream_to_video` takes it): one latent frame per
     call, the states carried, the stream's first frames dropped as published; frames in [-1, 1]."""
 
     def __init__(self, loaded: LoadedDecoder) -> None:
-        self.step, self.states, self.calls = loaded.step(), None, 0
+        super().__init__(loaded.step())
 
-    @torch.no_grad()
     def __call__(self, z: torch.Tensor) -> torch.Tensor:
-        frames = []
-        for t in range(z.shape[2]):
-            latent = z[:, :, t:t + 1]
-            if self.states is None:
-                self.states = self.step.initial_states(latent)
-            first = [torch.full((1,), float(self.calls == 0))] if getattr(self.step, "takes_first", False) else []
-            y, *self.states = self.step(latent, *first, *self.states)
-            frames.append(y[:, :, self.step.frames_to_trim:] if self.calls == 0 else y)
-            self.calls += 1
-        return torch.cat(frames, 2).clamp(-1, 1)
+        return super().__call__(z).clamp(-1, 1)
 
     def close(self) -> None:
         self.states = None

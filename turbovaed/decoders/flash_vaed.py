@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from turbovaed.decoders.stepping import StepStream
+
 # Wan 2.1's latent statistics, as Flash-VAED's wrapper (and Wan) publish them
 WAN21_MEAN = (-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508, 0.4134, -0.0715, 0.5517, -0.3632,
               -0.1922, -0.9497, 0.2503, -0.2921)
@@ -298,12 +300,7 @@ class FlashVAEDStep(nn.Module):
     def stream(self, latents: torch.Tensor, run=None) -> torch.Tensor:
         """(B, C, T, h, w) latents one frame per call through `run` (default: this module; or an exported
         artifact's runner with the same I/O), trimmed as published: (B, 3, 4T - 3, H, W)."""
-        run = run or self
-        states, out = self.initial_states(latents), []
-        for t in range(latents.shape[2]):
-            frames, *states = run(latents[:, :, t:t + 1], torch.full((1,), float(t == 0)), *states)
-            out.append(frames)
-        return torch.cat(out, 2)[:, :, self.frames_to_trim:]
+        return StepStream(self, run)(latents)
 
 
 # ----------------------------------------------------------------------------- the exact 2D form

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from turbovaed.decoders.stepping import StepStream
+
 C = (256, 128, 64, 64)  # channels of the three stages and the head
 
 
@@ -219,9 +221,4 @@ class Canonical(nn.Module):
         """(B, C, T, h, w) latents one latent frame per call through `run` (default: this step graph; or an
         exported artifact's runner with the same I/O), the states carried from zeros, the stream's first frames
         trimmed as published. For a Canonical around a TAEHVStep."""
-        run = run or self
-        states, out = self.initial_states(latents), []
-        for t in range(latents.shape[2]):
-            frames, *states = run(latents[:, :, t:t + 1], *states)
-            out.append(frames)
-        return torch.cat(out, 2)[:, :, self.inner.frames_to_trim:]
+        return StepStream(self, run)(latents)

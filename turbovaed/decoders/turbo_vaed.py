@@ -19,13 +19,14 @@ in [-1, 1] (unclamped, as published; writers clamp).
 from __future__ import annotations
 
 import copy
+import functools
 from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from turbovaed.nn import TapConv2d
+from turbovaed.nn import TapConv2d, pad_time
 
 
 @dataclass(frozen=True)
@@ -93,24 +94,24 @@ def rms_norm(x: torch.Tensor) -> torch.Tensor:
     return (x32 * torch.rsqrt(x32.pow(2).mean(1, keepdim=True) + 1e-8)).to(x.dtype)
 
 
-def pad_frames(x: torch.Tensor, n: int) -> torch.Tensor:
-    """n copies of the first frame in front and of the last behind (non-causal temporal padding)."""
-    return torch.cat([x[:, :, :1]] * n + [x] + [x[:, :, -1:]] * n, 2) if n else x
-
-
 class TimeConv(nn.Module):
-    """A k x k x k Conv3d with zero spatial padding and edge frames repeated in time."""
+    """A k x k x k Conv3d with zero spatial padding and edge frames repeated in time (`causal`: k - 1 copies of
+    the first frame in front, as LTX-Video's causal convs pad; else (k - 1) / 2 on each side)."""
 
-    def __init__(self, cin: int, cout: int, k: int, groups: int = 1):
+    def __init__(self, cin: int, cout: int, k: int, groups: int = 1, causal: bool = False):
         super().__init__()
         self.conv = nn.Conv3d(cin, cout, k, padding=(0, k // 2, k // 2), groups=groups)
+        self.pad = (k - 1, 0) if causal else ((k - 1) // 2, (k - 1) // 2)
+
+    @property
+    def first(self) -> nn.Conv3d:
+        return self.conv
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(pad_frames(x, (self.conv.kernel_size[0] - 1) // 2))
+        return self.conv(pad_time(x, *self.pad, dim=2))
 
     def to_mobile(self) -> nn.Module:
-        p = (self.conv.kernel_size[0] - 1) // 2
-        return TapConv2d(self.conv, (p, p))
+        return TapConv2d(self.conv, self.pad)
 
 
 class SeparableConv(nn.Module):
@@ -120,27 +121,34 @@ class SeparableConv(nn.Module):
         super().__init__()
         self.depthwise_conv = nn.Conv3d(cin, cin, k, padding=(0, k // 2, k // 2), groups=cin)
         self.pointwise_conv = nn.Conv3d(cin, cout, 1)
+        self.pad = ((k - 1) // 2, (k - 1) // 2)
+
+    @property
+    def first(self) -> nn.Conv3d:
+        return self.depthwise_conv
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pointwise_conv(self.depthwise_conv(pad_frames(x, (self.depthwise_conv.kernel_size[0] - 1) // 2)))
+        return self.pointwise_conv(self.depthwise_conv(pad_time(x, *self.pad, dim=2)))
 
     def to_mobile(self) -> nn.Module:
-        p = (self.depthwise_conv.kernel_size[0] - 1) // 2
-        return MobileChain([TapConv2d(self.depthwise_conv, (p, p)), TapConv2d(self.pointwise_conv, (0, 0))])
+        return MobileChain([TapConv2d(self.depthwise_conv, self.pad), TapConv2d(self.pointwise_conv, (0, 0))])
 
 
-def conv(cin: int, cout: int, dw: bool, k: int) -> nn.Module:
+def conv(cin: int, cout: int, k: int, dw: bool) -> nn.Module:
     return SeparableConv(cin, cout, k) if dw else TimeConv(cin, cout, k)
 
 
 class ResnetBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, dw: bool, dw_kernel: int, relu_first: bool = False):
+    """RMSNorm -> act -> conv -> RMSNorm -> SiLU -> conv, plus the input (through LayerNorm and a 1x1 conv of the
+    same kind where the width changes, or where `shortcut` says). `make(cin, cout, k)` builds the convs."""
+
+    def __init__(self, cin: int, cout: int, make, k: int, relu_first: bool = False, shortcut: bool | None = None):
         super().__init__()
-        k = dw_kernel if dw else 3
         self.relu_first, self.channels = relu_first, (cin, cout)
-        self.conv1, self.conv2 = conv(cin, cout, dw, k), conv(cout, cout, dw, k)
-        self.norm3 = nn.LayerNorm(cin, eps=1e-6) if cin != cout else None
-        self.conv_shortcut = conv(cin, cout, dw, 1) if cin != cout else None
+        self.conv1, self.conv2 = make(cin, cout, k), make(cout, cout, k)
+        shortcut = cin != cout if shortcut is None else shortcut
+        self.norm3 = nn.LayerNorm(cin, eps=1e-6) if shortcut else None
+        self.conv_shortcut = make(cin, cout, 1) if shortcut else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = rms_norm(x)
@@ -149,6 +157,9 @@ class ResnetBlock(nn.Module):
         if self.norm3 is not None:
             x = self.conv_shortcut(self.norm3(x.movedim(1, -1)).movedim(-1, 1))
         return h + x
+
+    def to_mobile(self) -> nn.Module:
+        return MobileResnetBlock(self)
 
 
 class Upsampler(nn.Module):
@@ -168,11 +179,14 @@ class Upsampler(nn.Module):
         y = y.reshape(b, t * st, *y.shape[1:]).transpose(1, 2)
         return y[:, :, st - 1:] if self.trim else y
 
+    def to_mobile(self) -> nn.Module:
+        return MobileUpsampler(self)
+
 
 class MidBlock(nn.Module):
-    def __init__(self, channels: int, layers: int, dw: bool, dw_kernel: int):
+    def __init__(self, resnets: list[nn.Module]):
         super().__init__()
-        self.resnets = nn.ModuleList(ResnetBlock(channels, channels, dw, dw_kernel) for _ in range(layers))
+        self.resnets = nn.ModuleList(resnets)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for r in self.resnets:
@@ -181,16 +195,20 @@ class MidBlock(nn.Module):
 
 
 class UpBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, layers: int, scale: bool, spatial_only: bool, dw: bool, dw_kernel: int,
-                 trim: bool):
+    """[conv_in where the width changes] -> [upsampler] -> resnets, with the published names."""
+
+    def __init__(self, conv_in: nn.Module | None, upsampler: nn.Module | None, resnets: list[nn.Module]):
         super().__init__()
-        self.conv_in = ResnetBlock(cin, cout, dw, dw_kernel) if cin != cout else None
-        self.upsamplers = nn.ModuleList([Upsampler(cout, 1 if spatial_only else 2, trim)]) if scale else None
-        self.resnets = nn.ModuleList(ResnetBlock(cout, cout, dw, dw_kernel, relu_first=scale) for _ in range(layers))
+        self.conv_in = conv_in
+        self.upsamplers = nn.ModuleList([upsampler]) if upsampler is not None else None
+        self.resnets = nn.ModuleList(resnets)
+
+    def parts(self) -> list[nn.Module]:
+        return [m for m in [self.conv_in, *(self.upsamplers or []), *self.resnets] if m is not None]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for m in [self.conv_in, *(self.upsamplers or []), *self.resnets]:
-            x = x if m is None else m(x)
+        for m in self.parts():
+            x = m(x)
         return x
 
 
@@ -206,6 +224,9 @@ class FrameUpsampler(nn.Module):
         y = F.pixel_shuffle(self.conv(x.transpose(1, 2).reshape(b * t, c, h, w)), 2)
         return y.reshape(b, t, *y.shape[1:]).transpose(1, 2)
 
+    def to_mobile(self) -> nn.Module:
+        return MobileFrameUpsampler(self)
+
 
 class TurboVAED(nn.Module):
     """The published decoder of one released config; `forward(latents BCTHW) -> frames BCTHW`."""
@@ -216,12 +237,13 @@ class TurboVAED(nn.Module):
         widths, layers, dw = v.block_out_channels[::-1], v.layers_per_block[::-1], v.is_dw_conv[::-1]
         scaling, spatial_only = v.spatio_temporal_scaling[::-1], v.spatio_only[::-1]
         self.conv_in = TimeConv(v.latent_channels, widths[0], 3)
-        self.mid_block = MidBlock(widths[0], layers[0], dw[0], v.dw_kernel)
+        self.mid_block = MidBlock([self.resnet(widths[0], widths[0], dw[0]) for _ in range(layers[0])])
         self.up_blocks = nn.ModuleList()
         cin = widths[0]
         for i, cout in enumerate(widths):
-            self.up_blocks.append(UpBlock(cin, cout, layers[i + 1], scaling[i], spatial_only[i], dw[i + 1],
-                                          v.dw_kernel, not v.video_dc_ae))
+            up = Upsampler(cout, 1 if spatial_only[i] else 2, not v.video_dc_ae) if scaling[i] else None
+            resnets = [self.resnet(cout, cout, dw[i + 1], relu_first=scaling[i]) for _ in range(layers[i + 1])]
+            self.up_blocks.append(UpBlock(self.resnet(cin, cout, dw[i + 1]) if cin != cout else None, up, resnets))
             cin = cout
         if v.patch_size >= 2:
             self.upsampler2d_1 = FrameUpsampler(cin)
@@ -245,11 +267,20 @@ class TurboVAED(nn.Module):
         x = rms_norm(x) if self.norm_out is None else self.norm_out(x)
         return self.conv_out(F.silu(x))
 
+    def resnet(self, cin: int, cout: int, dw: bool, relu_first: bool = False) -> ResnetBlock:
+        k = self.variant.dw_kernel if dw else 3
+        return ResnetBlock(cin, cout, functools.partial(conv, dw=dw), k, relu_first)
+
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def to_mobile(self) -> MobileTurboVAED:
-        return MobileTurboVAED(self)
+    def to_mobile(self) -> MobileDecoder:
+        blocks = [*self.mid_block.resnets, *(m for b in self.up_blocks for m in b.parts())]
+        blocks += [getattr(self, n) for n in ("upsampler2d_1", "upsampler2d_2") if hasattr(self, n)]
+        c = self.conv_out.conv.in_channels
+        norm_out = MobileRMSNorm(c) if self.norm_out is None else MobileBatchNorm(self.norm_out)
+        return MobileDecoder(self.conv_in.to_mobile(), [m.to_mobile() for m in blocks], norm_out,
+                             self.conv_out.to_mobile())
 
 
 # ----------------------------------------------------------------------------- the exact 2D form
@@ -299,15 +330,16 @@ def folded_shortcut(block: ResnetBlock) -> nn.Module:
     """The 1x1x1 shortcut conv with norm3's per-channel weight and bias folded in (exact: both are linear), so
     the mobile graph carries no elementwise affine a converter could fuse away from its weights."""
     sc = copy.deepcopy(block.conv_shortcut)
-    first = sc.conv if isinstance(sc, TimeConv) else sc.depthwise_conv
+    first = sc.first
     w, b = block.norm3.weight.detach(), block.norm3.bias.detach()
+    ones = [1] * (first.weight.ndim - 2)
     with torch.no_grad():
         if first.groups == 1:
             first.bias += first.weight.flatten(1) @ b
-            first.weight *= w.view(1, -1, 1, 1, 1)
+            first.weight *= w.view(1, -1, *ones)
         else:
             first.bias += first.weight.flatten() * b
-            first.weight *= w.view(-1, 1, 1, 1, 1)
+            first.weight *= w.view(-1, 1, *ones)
     return sc.to_mobile()
 
 
@@ -373,21 +405,15 @@ class MobileFrameUpsampler(nn.Module):
         return F.pixel_shuffle(self.conv(F.silu(self.norm(x, t))), 2), t
 
 
-class MobileTurboVAED(nn.Module):
-    """The published decoder in 2D ops only, the same weights: (B, C, T, h, w) in, (B, 3, T', H, W) out."""
+class MobileDecoder(nn.Module):
+    """A decoder in 2D ops only, the same weights: frames folded into the batch; (B, C, T, h, w) in,
+    (B, 3, T', H, W) out. `patch` > 1: conv_out's rows are already in pixel-shuffle order."""
 
-    def __init__(self, ref: TurboVAED):
+    def __init__(self, conv_in: nn.Module, blocks: list[nn.Module], norm_out: nn.Module, conv_out: nn.Module,
+                 patch: int = 1):
         super().__init__()
-        self.conv_in = ref.conv_in.to_mobile()
-        blocks: list[nn.Module] = [*ref.mid_block.resnets]
-        for b in ref.up_blocks:
-            blocks += [m for m in [b.conv_in, *(b.upsamplers or []), *b.resnets] if m is not None]
-        blocks += [getattr(ref, n) for n in ("upsampler2d_1", "upsampler2d_2") if hasattr(ref, n)]
-        kinds = {ResnetBlock: MobileResnetBlock, Upsampler: MobileUpsampler, FrameUpsampler: MobileFrameUpsampler}
-        self.blocks = nn.ModuleList(kinds[type(m)](m) for m in blocks)
-        c = ref.conv_out.conv.in_channels
-        self.norm_out = MobileRMSNorm(c) if ref.norm_out is None else MobileBatchNorm(ref.norm_out)
-        self.conv_out = ref.conv_out.to_mobile()
+        self.conv_in, self.blocks, self.norm_out, self.conv_out = conv_in, nn.ModuleList(blocks), norm_out, conv_out
+        self.patch = patch
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
         b, c, t, h, w = latents.shape
@@ -395,4 +421,5 @@ class MobileTurboVAED(nn.Module):
         for block in self.blocks:
             x, t = block(x, t)
         x = self.conv_out(F.silu(self.norm_out(x, t)), t)
+        x = F.pixel_shuffle(x, self.patch) if self.patch > 1 else x
         return x.reshape(b, t, *x.shape[1:]).transpose(1, 2)

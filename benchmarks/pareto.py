@@ -9,7 +9,8 @@ form at 17x256x256 through ONNX Runtime and ExecuTorch XNNPACK (fp32, random wei
 across decoders and runtimes, median), and held-out PSNR / SSIM / LPIPS against ground truth and against
 the teacher (9x128x128 windows of turbovaed.reference.HELD_OUT, 3 per clip), beside per-frame bicubic 8x.
 Every decoder is distilled once per wall-clock budget (--minutes 4 20), so the table shows which rung
-pays off with time. Writes benchmarks/results/pareto.json and pareto.png.
+pays off with time. Writes benchmarks/results/pareto.json and pareto.png. Training one decoder adds it to its
+budget folder's runs.json, so `--skip-train` then scores and times every decoder trained there, interleaved.
 
     python benchmarks/pareto.py --lpips runs/lpips/lpips_vgg.safetensors [--minutes 4 20] [--runs 3]
         [--only nano taehv] [--skip-train] [--weights taehv=taew2_1.safetensors flash-vaed=Flash_VAED_Wan.pth]
@@ -233,7 +234,8 @@ def main() -> None:
         if not args.skip_train:
             trained = train(names, folder, minutes, args.threads, cache, {k: Path(v) for k, v in weights.items()})
             cache = Path(trained[names[0]]["folder"]).with_name(names[0] + ".work") / "cache"
-            (folder / "runs.json").write_text(json.dumps(trained, indent=1))
+            kept = json.loads((folder / "runs.json").read_text()) if (folder / "runs.json").exists() else {}
+            (folder / "runs.json").write_text(json.dumps(kept | trained, indent=1))  # other decoders' runs stay
         runs[f"{minutes:g}"] = json.loads((folder / "runs.json").read_text())
     scores, bicubic = quality(names, runs, args.lpips)
     timings = latency(names, args.runs, args.threads)

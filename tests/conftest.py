@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -44,6 +45,25 @@ def student_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def exported(tmp_path_factory, student_dir):
+    """`exported(backend, precision)` -> (manifest, folder): the test student's artifact of test_export's recipe,
+    built once per session; the tests that only read an artifact share it (none may change it)."""
+    from test_export import recipe_for
+
+    from turbovaed.export.core import export
+
+    out, made = tmp_path_factory.mktemp("exported"), {}
+
+    def get(backend: str, precision: str) -> tuple[dict, Path]:
+        if (backend, precision) not in made:
+            manifest = export(recipe_for(backend, precision), student_dir, out)
+            made[backend, precision] = manifest, out / manifest["name"]
+        return made[backend, precision]
+
+    return get
+
+
+@pytest.fixture(scope="session")
 def reference_student_dir(tmp_path_factory, videos_dir):
     """A mini student distilled for 40 steps from the shipped reference teacher on real clips: trained
     weights (with a trained model's ranges) for the tests that should not run on random ones."""
@@ -57,6 +77,7 @@ def reference_student_dir(tmp_path_factory, videos_dir):
         "student": {"preset": "reference-mini"},
         "data": {"videos": [str(videos_dir)], "held_out": list(HELD_OUT), "latent_frames": 2, "size": 64,
                  "resize": 128, "clips": 8, "eval_size": 64, "eval_per_video": 1},
+        "loss": {"perceptual": 0.0, "feature": 0.0},  # L1 to frames and teacher: no teacher pass per step (2x faster)
         "train": {"steps": 40, "batch": 4, "lr": 2e-3, "warmup": 5, "ema_decay": 0.9, "checkpoint_every": 40,
                   "threads": 2}})
     return distill(recipe, show_progress=False)

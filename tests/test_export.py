@@ -26,9 +26,8 @@ CASES = [("executorch", "fp32"), ("executorch", "int8"), ("executorch", "int4"),
 
 
 @pytest.mark.parametrize("backend,precision", CASES, ids=[f"{b}-{p}" for b, p in CASES])
-def test_artifact_is_built_run_and_verified(tmp_path, student_dir, backend, precision):
-    manifest = export(recipe_for(backend, precision), student_dir, tmp_path)
-    folder = tmp_path / manifest["name"]
+def test_artifact_is_built_run_and_verified(exported, backend, precision):
+    manifest, folder = exported(backend, precision)
     assert json.loads((folder / "manifest.json").read_text())["sha256"] == manifest["sha256"]
     assert (folder / manifest["artifact"]).exists() and manifest["bytes"] > 1000
     n = manifest["numerics"]
@@ -57,10 +56,10 @@ def test_artifact_is_built_run_and_verified(tmp_path, student_dir, backend, prec
         assert any("not run" in s for s in manifest["not_checked_here"])
 
 
-def test_lower_precision_artifacts_are_smaller(tmp_path, student_dir):
+def test_lower_precision_artifacts_are_smaller(exported):
     """On this 20k-parameter test student graph overhead dominates; the <= 0.2x int4 target is measured
     on the quickstart student by benchmarks/export_quality.py."""
-    sizes = [export(recipe_for("onnx", p), student_dir, tmp_path)["bytes"] for p in ("fp32", "fp16", "int4")]
+    sizes = [exported("onnx", p)[0]["bytes"] for p in ("fp32", "fp16", "int4")]
     assert sizes[0] > sizes[1] > sizes[2]
 
 

@@ -28,15 +28,19 @@ def test_catalog_has_the_target_devices_with_sourced_numbers():
 
 
 @pytest.fixture(scope="module")
-def artifacts(tmp_path_factory, student_dir):
-    """Real artifacts of the test student: ExecuTorch fp32 + int8, ONNX fp32, and an ONNX streaming step graph."""
+def artifacts(tmp_path_factory, student_dir, exported):
+    """Real artifacts of the test student: ExecuTorch fp32 + int8, ONNX fp32 (copies of the session's shared
+    exports), and an ONNX streaming step graph."""
+    import shutil
+
     from test_export import recipe_for
 
     out = tmp_path_factory.mktemp("artifacts")
-    for backend, precision, extra in [("executorch", "fp32", {}), ("executorch", "int8", {}), ("onnx", "fp32", {}),
-                                      ("onnx", "fp32", {"name": "t-onnx-stream", "shape": {
-                                          "latent_frames": 2, "height": 32, "width": 32, "stream_chunk": 1}})]:
-        export(recipe_for(backend, precision, **extra), student_dir, out)
+    for backend, precision in [("executorch", "fp32"), ("executorch", "int8"), ("onnx", "fp32")]:
+        folder = exported(backend, precision)[1]
+        shutil.copytree(folder, out / folder.name)
+    export(recipe_for("onnx", "fp32", name="t-onnx-stream",
+                      shape={"latent_frames": 2, "height": 32, "width": 32, "stream_chunk": 1}), student_dir, out)
     return out
 
 

@@ -27,6 +27,16 @@ def randomize(model: torch.nn.Module, seed: int = 0, std: float = 0.2) -> torch.
     return model
 
 
+def assert_exports_2d(model: torch.nn.Module, example: torch.Tensor) -> None:
+    """The exported graph of `model` has every value at rank <= 5 and every conv 2D: what Core ML, XNNPACK,
+    LiteRT and Qualcomm's builder all take."""
+    graph = torch.export.export(model.eval(), (example,)).graph
+    values = [n.meta["val"] for n in graph.nodes if isinstance(n.meta.get("val"), torch.Tensor)]
+    assert max(v.dim() for v in values) <= 5
+    convs = [n for n in graph.nodes if n.op == "call_function" and "conv" in str(n.target)]
+    assert convs and all(n.meta["val"].dim() == 4 for n in convs)
+
+
 @pytest.fixture(scope="session")
 def student_dir(tmp_path_factory):
     """A small student distilled for a few steps from a tiny wan21 teacher (real trainer, synthetic clips)."""

@@ -8,6 +8,7 @@ import functools
 
 import pytest
 import torch
+from conftest import assert_exports_2d
 from diffusers.models.autoencoders import autoencoder_kl_ltx as ltx
 
 from turbovaed.decoders import load
@@ -127,11 +128,7 @@ def test_frame_rule_and_the_exact_2d_form(model, t):
 
 
 def test_the_2d_form_is_2d(model):
-    graph = torch.export.export(model.to_mobile().eval(), (torch.randn(1, 128, 2, 2, 2),)).graph
-    values = [n.meta["val"] for n in graph.nodes if isinstance(n.meta.get("val"), torch.Tensor)]
-    assert max(v.dim() for v in values) <= 5
-    convs = [n for n in graph.nodes if n.op == "call_function" and "conv" in str(n.target)]
-    assert convs and all(n.meta["val"].dim() == 4 for n in convs)
+    assert_exports_2d(model.to_mobile(), torch.randn(1, 128, 2, 2, 2))
 
 
 def test_files_load_strictly_and_are_told_by_their_tensors(tmp_path):

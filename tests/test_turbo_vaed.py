@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import assert_exports_2d
 from safetensors.torch import save_file
 
 from turbovaed.decoders import load
@@ -92,11 +93,7 @@ def test_frame_rule_and_the_exact_2d_form(name, t, frames, ratio):
     assert (got - ref).abs().max() <= 1e-5 * ref.abs().max()
     if name != "turbo-vaed-ltx":  # the rank / 2D check runs on the LTX graph (BatchNorm, 2D stages, time upsamplers)
         return
-    graph = torch.export.export(mobile, (z,)).graph
-    values = [n.meta["val"] for n in graph.nodes if isinstance(n.meta.get("val"), torch.Tensor)]
-    assert max(v.dim() for v in values) <= 5
-    convs = [n for n in graph.nodes if n.op == "call_function" and "conv" in str(n.target)]
-    assert convs and all(n.meta["val"].dim() == 4 for n in convs)  # every conv is 2D
+    assert_exports_2d(mobile, z)
 
 
 def test_upsampler_follows_the_published_op_sequence():

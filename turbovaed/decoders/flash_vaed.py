@@ -38,8 +38,27 @@ WAN21_STD = (2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743, 3.2
              1.1253, 2.8251, 1.9160)
 
 
+class FirstFrameRule:
+    """A variant's frame rule where time is upscaled t_upscale x and the first t_upscale - 1 frames dropped (one
+    frame from the first latent frame): T latent frames decode to t_upscale * T - t_upscale + 1."""
+
+    @property
+    def frames_to_trim(self) -> int:
+        return self.t_upscale - 1
+
+    def output_frames(self, latent_frames: int) -> int:
+        return latent_frames * self.t_upscale - self.frames_to_trim
+
+    @property
+    def frame_rule(self) -> str:
+        return f"T latent frames -> {self.t_upscale}T - {self.frames_to_trim} frames"
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "frames_to_trim": self.frames_to_trim}
+
+
 @dataclass(frozen=True)
-class Variant:
+class Variant(FirstFrameRule):
     name: str
     latent_channels: int
     vae: str
@@ -57,20 +76,6 @@ class Variant:
         return (f"raw {self.vae} VAE latents, BCTHW (the published wrapper takes normalised ones, (z - mean) / std, "
                 f"and de-normalises with {self.vae}'s published statistics, which turbovaed carries: --normalized "
                 "converts)")
-
-    @property
-    def frames_to_trim(self) -> int:
-        return self.t_upscale - 1
-
-    def output_frames(self, latent_frames: int) -> int:
-        return latent_frames * self.t_upscale - self.frames_to_trim
-
-    @property
-    def frame_rule(self) -> str:
-        return f"T latent frames -> {self.t_upscale}T - {self.frames_to_trim} frames"
-
-    def to_dict(self) -> dict:
-        return {**asdict(self), "frames_to_trim": self.frames_to_trim}
 
 
 VARIANTS = {v.name: v for v in (Variant("flash-vaed-wan2_1", 16, "Wan 2.1", WAN21_MEAN, WAN21_STD),)}

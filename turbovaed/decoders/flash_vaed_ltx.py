@@ -24,28 +24,30 @@ output channels permuted once into pixel-shuffle order, so each is a conv plus `
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from turbovaed.decoders.flash_vaed import FirstFrameRule
 from turbovaed.decoders.turbo_vaed import (
+    LTXTrunk,
     MidBlock,
-    MobileChain,
     MobileDecoder,
     MobileRMSNorm,
     ResnetBlock,
+    SeparableConv,
     TimeConv,
     UpBlock,
     Upsampler,
+    per_frame,
     rms_norm,
 )
-from turbovaed.nn import TapConv2d, pad_time
 
 
 @dataclass(frozen=True)
-class Variant:
+class Variant(FirstFrameRule):
     name: str
     latent_channels: int
     vae: str
@@ -63,20 +65,6 @@ class Variant:
         return (f"raw {self.vae} VAE latents (the posterior, as the LTX pipeline de-normalises them before "
                 "vae.decode), BCTHW")
 
-    @property
-    def frames_to_trim(self) -> int:
-        return self.t_upscale - 1
-
-    def output_frames(self, latent_frames: int) -> int:
-        return latent_frames * self.t_upscale - self.frames_to_trim
-
-    @property
-    def frame_rule(self) -> str:
-        return f"T latent frames -> {self.t_upscale}T - {self.frames_to_trim} frames"
-
-    def to_dict(self) -> dict:
-        return {**asdict(self), "frames_to_trim": self.frames_to_trim}
-
 
 VARIANTS = {v.name: v for v in (
     Variant("flash-vaed-ltx", 128, "LTX-Video", widths=(512, 512, 512, 64, 32), layers=(4, 3, 3, 3, 4),
@@ -84,25 +72,14 @@ VARIANTS = {v.name: v for v in (
 )}
 
 
-class DepthwiseCausalConv(nn.Module):
-    """Depthwise k x k x k conv then pointwise 1x1x1 (both with bias), time padded causally with first-frame
-    copies (upstream `LTXVideoDepthwiseCausalConv3d`, which ignores the decoder's `is_causal`)."""
+class DepthwiseCausalConv(SeparableConv):
+    """Upstream `LTXVideoDepthwiseCausalConv3d`: depthwise then pointwise, both with bias, time padded causally
+    with first-frame copies whatever the decoder's `is_causal`."""
+
+    names = ("depthwise", "pointwise")
 
     def __init__(self, cin: int, cout: int, k: int):
-        super().__init__()
-        self.depthwise = nn.Conv3d(cin, cin, k, padding=(0, k // 2, k // 2), groups=cin)
-        self.pointwise = nn.Conv3d(cin, cout, 1)
-        self.pad = (k - 1, 0)
-
-    @property
-    def first(self) -> nn.Conv3d:
-        return self.depthwise
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pointwise(self.depthwise(pad_time(x, *self.pad, dim=2)))
-
-    def to_mobile(self) -> nn.Module:
-        return MobileChain([TapConv2d(self.depthwise, self.pad), TapConv2d(self.pointwise, (0, 0))])
+        super().__init__(cin, cout, k, causal=True)
 
 
 class FrameConv(nn.Conv2d):
@@ -117,9 +94,7 @@ class FrameConv(nn.Conv2d):
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, t, h, w = x.shape
-        y = super().forward(x.transpose(1, 2).reshape(b * t, c, h, w))
-        return y.reshape(b, t, *y.shape[1:]).transpose(1, 2)
+        return per_frame(super().forward, x)
 
     def to_mobile(self) -> nn.Module:
         return PerFrame(self)
@@ -164,7 +139,7 @@ class LTXUpsampler(nn.Module):
         return up.to_mobile()
 
 
-class FlashVAEDLTX(nn.Module):
+class FlashVAEDLTX(LTXTrunk):
     """The published LTX student's decoder; `forward(latents BCTHW) -> frames BCTHW`."""
 
     def __init__(self, variant: Variant):
@@ -188,13 +163,7 @@ class FlashVAEDLTX(nn.Module):
         return ResnetBlock(cin, cout, CONVS[kind], 3, shortcut=shortcut or cin != cout)
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
-        if latents.ndim != 5 or latents.shape[1] != self.variant.latent_channels:
-            raise ValueError(f"{self.variant.name} takes BCTHW latents with {self.variant.latent_channels} channels, "
-                             f"got shape {tuple(latents.shape)}")
-        x = self.mid_block(self.conv_in(latents))
-        for block in self.up_blocks:
-            x = block(x)
-        return self.unpatchify(self.conv_out(F.silu(rms_norm(x))))
+        return self.unpatchify(self.conv_out(F.silu(rms_norm(self.trunk(latents)))))
 
     def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
         """LTX's unpatchify: channel c * p * p + p * a + b is row b, column a of a p x p patch."""
@@ -203,15 +172,11 @@ class FlashVAEDLTX(nn.Module):
         x = x.reshape(b, -1, 1, p, p, t, h, w).permute(0, 1, 5, 2, 6, 4, 7, 3)
         return x.reshape(b, -1, t, h * p, w * p)
 
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
     def to_mobile(self) -> MobileDecoder:
-        blocks = [*self.mid_block.resnets, *(m for b in self.up_blocks for m in b.parts())]
         head = copy.deepcopy(self.conv_out)
         p = self.variant.patch_size
         with torch.no_grad():  # rows into pixel-shuffle order: c * p * p + p * row + column
             for t in (head.conv.weight, head.conv.bias):
                 t.copy_(t.reshape(-1, p, p, *t.shape[1:]).transpose(1, 2).reshape(t.shape))
-        return MobileDecoder(self.conv_in.to_mobile(), [m.to_mobile() for m in blocks],
+        return MobileDecoder(self.conv_in.to_mobile(), [m.to_mobile() for m in self.trunk_blocks()],
                              MobileRMSNorm(head.conv.in_channels), head.to_mobile(), patch=p)

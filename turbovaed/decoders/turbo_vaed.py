@@ -94,6 +94,13 @@ def rms_norm(x: torch.Tensor) -> torch.Tensor:
     return (x32 * torch.rsqrt(x32.pow(2).mean(1, keepdim=True) + 1e-8)).to(x.dtype)
 
 
+def per_frame(fn, x: torch.Tensor) -> torch.Tensor:
+    """A 2D op on every frame of (B, C, T, H, W): frames folded into the batch and back."""
+    b, c, t, h, w = x.shape
+    y = fn(x.transpose(1, 2).reshape(b * t, c, h, w))
+    return y.reshape(b, t, *y.shape[1:]).transpose(1, 2)
+
+
 class TimeConv(nn.Module):
     """A k x k x k Conv3d with zero spatial padding and edge frames repeated in time (`causal`: k - 1 copies of
     the first frame in front, as LTX-Video's causal convs pad; else (k - 1) / 2 on each side)."""
@@ -115,23 +122,30 @@ class TimeConv(nn.Module):
 
 
 class SeparableConv(nn.Module):
-    """Depthwise k x k x k conv (with bias), then a pointwise 1x1x1 conv."""
+    """Depthwise k x k x k conv (with bias), then a pointwise 1x1x1 conv; time padded with edge frames ((k - 1) / 2
+    each side, or `causal`: k - 1 first-frame copies in front). `names`: the two convs' upstream tensor names."""
 
-    def __init__(self, cin: int, cout: int, k: int):
+    names = ("depthwise_conv", "pointwise_conv")
+
+    def __init__(self, cin: int, cout: int, k: int, causal: bool = False):
         super().__init__()
-        self.depthwise_conv = nn.Conv3d(cin, cin, k, padding=(0, k // 2, k // 2), groups=cin)
-        self.pointwise_conv = nn.Conv3d(cin, cout, 1)
-        self.pad = ((k - 1) // 2, (k - 1) // 2)
+        setattr(self, self.names[0], nn.Conv3d(cin, cin, k, padding=(0, k // 2, k // 2), groups=cin))
+        setattr(self, self.names[1], nn.Conv3d(cin, cout, 1))
+        self.pad = (k - 1, 0) if causal else ((k - 1) // 2, (k - 1) // 2)
 
     @property
     def first(self) -> nn.Conv3d:
-        return self.depthwise_conv
+        return getattr(self, self.names[0])
+
+    @property
+    def pointwise_part(self) -> nn.Conv3d:
+        return getattr(self, self.names[1])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pointwise_conv(self.depthwise_conv(pad_time(x, *self.pad, dim=2)))
+        return self.pointwise_part(self.first(pad_time(x, *self.pad, dim=2)))
 
     def to_mobile(self) -> nn.Module:
-        return MobileChain([TapConv2d(self.depthwise_conv, self.pad), TapConv2d(self.pointwise_conv, (0, 0))])
+        return MobileChain([TapConv2d(self.first, self.pad), TapConv2d(self.pointwise_part, (0, 0))])
 
 
 def conv(cin: int, cout: int, k: int, dw: bool) -> nn.Module:
@@ -220,15 +234,38 @@ class FrameUpsampler(nn.Module):
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, t, h, w = x.shape
-        y = F.pixel_shuffle(self.conv(x.transpose(1, 2).reshape(b * t, c, h, w)), 2)
-        return y.reshape(b, t, *y.shape[1:]).transpose(1, 2)
+        return per_frame(lambda f: F.pixel_shuffle(self.conv(f), 2), x)
 
     def to_mobile(self) -> nn.Module:
         return MobileFrameUpsampler(self)
 
 
-class TurboVAED(nn.Module):
+class LTXTrunk(nn.Module):
+    """What LTX-Video-derived decoders share: conv_in -> mid_block -> up_blocks, with their published names."""
+
+    variant: object
+    conv_in: TimeConv
+    mid_block: MidBlock
+    up_blocks: nn.ModuleList
+
+    def trunk(self, latents: torch.Tensor) -> torch.Tensor:
+        if latents.ndim != 5 or latents.shape[1] != self.variant.latent_channels:
+            raise ValueError(f"{self.variant.name} takes BCTHW latents with {self.variant.latent_channels} channels, "
+                             f"got shape {tuple(latents.shape)}")
+        x = self.mid_block(self.conv_in(latents))
+        for block in self.up_blocks:
+            x = block(x)
+        return x
+
+    def trunk_blocks(self) -> list[nn.Module]:
+        """The mid block's and up blocks' parts in call order (each has `to_mobile()`)."""
+        return [*self.mid_block.resnets, *(m for b in self.up_blocks for m in b.parts())]
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+class TurboVAED(LTXTrunk):
     """The published decoder of one released config; `forward(latents BCTHW) -> frames BCTHW`."""
 
     def __init__(self, variant: Variant):
@@ -255,12 +292,7 @@ class TurboVAED(nn.Module):
         self.conv_out = TimeConv(cin, 3, 3)
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
-        if latents.ndim != 5 or latents.shape[1] != self.variant.latent_channels:
-            raise ValueError(f"{self.variant.name} takes BCTHW latents with {self.variant.latent_channels} channels, "
-                             f"got shape {tuple(latents.shape)}")
-        x = self.mid_block(self.conv_in(latents))
-        for block in self.up_blocks:
-            x = block(x)
+        x = self.trunk(latents)
         for name in ("upsampler2d_1", "upsampler2d_2"):
             if hasattr(self, name):
                 x = getattr(self, name)(F.silu(rms_norm(x)))
@@ -271,12 +303,8 @@ class TurboVAED(nn.Module):
         k = self.variant.dw_kernel if dw else 3
         return ResnetBlock(cin, cout, functools.partial(conv, dw=dw), k, relu_first)
 
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
     def to_mobile(self) -> MobileDecoder:
-        blocks = [*self.mid_block.resnets, *(m for b in self.up_blocks for m in b.parts())]
-        blocks += [getattr(self, n) for n in ("upsampler2d_1", "upsampler2d_2") if hasattr(self, n)]
+        blocks = self.trunk_blocks() + [getattr(self, n) for n in ("upsampler2d_1", "upsampler2d_2") if hasattr(self, n)]
         c = self.conv_out.conv.in_channels
         norm_out = MobileRMSNorm(c) if self.norm_out is None else MobileBatchNorm(self.norm_out)
         return MobileDecoder(self.conv_in.to_mobile(), [m.to_mobile() for m in blocks], norm_out,

@@ -341,7 +341,8 @@ def decoder_deployment() -> str:
         rows.append(f"| {name} | {row['size']} x {row['frames']} frames | {row['gmacs_per_frame']:.1f} | "
                     + " | ".join(cell(row["devices"][d]) for d in devices) + " |")
     rows += ["", "Per device: the fastest calibrated estimate over every backend and precision the decoder exports to "
-             "(Flash-VAED: fp32 and fp16 only, its attention does not survive int8 export yet) "
+             "(Flash-VAED-Wan: fp32 and fp16 only, its attention does not survive int8 export; the other peers' "
+             "8-bit-activation cells are what such an artifact would run at: none is verified, see limits.md) "
              "(the exported 2D graph traced without weights), with its calibration class's worst leave-one-out error; a "
              "faster uncalibrated roofline bound beside it. Estimates, not measurements. Source: "
              "`benchmarks/results/decoder_deployment.json` (`benchmarks/decoder_deployment.py`)."]

@@ -301,7 +301,6 @@ class FlashVAEDStep(nn.Module):
         self.net.decode(latent[:, :, :1], Recorder([], torch.ones(1)))
         return [torch.zeros(s) for s in shapes]
 
-    @torch.no_grad()
     def stream(self, latents: torch.Tensor, run=None) -> torch.Tensor:
         """(B, C, T, h, w) latents one frame per call through `run` (default: this module; or an exported
         artifact's runner with the same I/O), trimmed as published: (B, 3, 4T - 3, H, W)."""

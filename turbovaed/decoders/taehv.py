@@ -216,7 +216,6 @@ class Canonical(nn.Module):
         """Zero states for (B, C, T, h, w) latents of this size. For a Canonical around a TAEHVStep."""
         return self.inner.initial_states(latents.transpose(1, 2))
 
-    @torch.no_grad()
     def stream(self, latents: torch.Tensor, run=None) -> torch.Tensor:
         """(B, C, T, h, w) latents one latent frame per call through `run` (default: this step graph; or an
         exported artifact's runner with the same I/O), the states carried from zeros, the stream's first frames

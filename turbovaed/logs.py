@@ -4,12 +4,17 @@ goes to a log file in the command's output folder, and turbovaed's own lines (`s
 consoles, progress bars built with `console()`) keep the terminal. `-v/--verbose` leaves everything live.
 
 Redirecting at the descriptor level is what catches native writers (ExecuTorch's cpuinfo, Core AI's
-runtime): they never see Python's sys.stdout."""
+runtime): they never see Python's sys.stdout.
+
+Messages are printed as they are: the consoles interpret no markup (an extra such as `turbovaed[coreai]` or a
+shape `[1, 16, 5, 32, 32]` reaches the terminal whole), and ANSI escapes are stripped from every message and
+from the log file."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -50,14 +55,60 @@ class _Stream:
 STDOUT, STDERR = _Stream("out"), _Stream("err")
 
 
+_ANSI = re.compile(r"\x1b(\[[0-9;?]*[ -/]*[@-~]|\][^\x07\x1b]*(\x07|\x1b\\)|[@-Z\\-_])")
+
+
+def plain(text: str) -> str:
+    """Text without ANSI escape sequences (some libraries colour their exception messages)."""
+    return _ANSI.sub("", text)
+
+
 def console(stderr: bool = True, **kwargs) -> Console:
-    """A rich console that writes to the terminal even while third-party output is captured."""
-    return Console(file=STDERR if stderr else STDOUT, **kwargs)
+    """A rich console that writes to the terminal even while third-party output is captured. It reads no
+    markup: styles are given as `style=` or `Text`, so square brackets in a message are printed as they are."""
+    return Console(file=STDERR if stderr else STDOUT, markup=False, **kwargs)
 
 
 def say(message: str) -> None:
     """One of turbovaed's own status lines (stderr: results stay alone on stdout)."""
-    print(message, file=STDERR, flush=True)
+    print(plain(message), file=STDERR, flush=True)
+
+
+_stage: dict[str, str] = {}
+
+
+def stage(name: str, detail: str = "") -> None:
+    """Announce a stage of the running command (in bold) and remember it, so a failure can say where it stopped."""
+    from rich.text import Text
+
+    _stage["now"] = name
+    console().print(Text.assemble((name, "bold"), f" {detail}" if detail else ""))
+
+
+def current_stage() -> str | None:
+    return _stage.get("now")
+
+
+def reset_stage() -> None:
+    _stage.pop("now", None)
+
+
+def complete_outputs(folder: Path, since: float) -> list[str]:
+    """What a command wrote into its output folder since `since` (a time.time()), each written whole: every
+    writer goes through a temp name and a rename, so a temp name is all a failed step can leave. A folder of
+    folders (e.g. exports/) is listed by its children."""
+    def new(entries) -> list[Path]:
+        return sorted(e for e in entries if not e.name.startswith(".") and e.name != "turbovaed.log"
+                      and e.stat().st_mtime >= since)
+
+    found = []
+    for entry in new(folder.iterdir()) if folder.is_dir() else []:
+        children = new(entry.iterdir()) if entry.is_dir() else []
+        if children and all(c.is_dir() for c in children):
+            found += [f"{entry.name}/{c.name}/" for c in children]
+        else:
+            found.append(entry.name + ("/" if entry.is_dir() else ""))
+    return found
 
 
 class Captured:
@@ -68,10 +119,9 @@ class Captured:
 
 @contextlib.contextmanager
 def capture(log: Path | None, verbose: bool = False) -> Iterator[Captured]:
-    """Send fd 1 and 2 to a temporary log for the duration; turbovaed's own output keeps the terminal. On
-    success a non-empty log is appended to `log` (the command's output folder); after a failure it stays in
-    the temp folder, so a failed command leaves nothing in its output folder. Nested captures, `verbose` or
-    no `log` leave everything as it is."""
+    """Send fd 1 and 2 to a temporary log for the duration; turbovaed's own output keeps the terminal. A
+    non-empty log is appended to `log` (in the command's output folder), after a failure too, so the reason
+    stays beside the outputs. Nested captures, `verbose` or no `log` leave everything as it is."""
     result = Captured()
     if verbose or log is None or _terminal:
         yield result
@@ -80,7 +130,6 @@ def capture(log: Path | None, verbose: bool = False) -> Iterator[Captured]:
         stream.flush()
     fd, name = tempfile.mkstemp(prefix="turbovaed-", suffix=".log")
     saved = {"out": os.dup(1), "err": os.dup(2)}
-    ok = False
     try:
         for which, target in (("out", 1), ("err", 2)):
             stream = sys.stdout if which == "out" else sys.stderr
@@ -88,7 +137,6 @@ def capture(log: Path | None, verbose: bool = False) -> Iterator[Captured]:
             _terminal[which] = os.fdopen(os.dup(saved[which]), "w", buffering=1) if real else stream
             os.dup2(fd, target)
         yield result
-        ok = True
     finally:
         for stream in (sys.stdout, sys.stderr):
             stream.flush()
@@ -99,19 +147,21 @@ def capture(log: Path | None, verbose: bool = False) -> Iterator[Captured]:
             if term is not None and term not in (sys.stdout, sys.stderr):
                 term.close()
         os.close(fd)
-        result.path = _keep(Path(name), log if ok else None)
+        result.path = _keep(Path(name), log)
 
 
-def _keep(temp: Path, log: Path | None) -> Path | None:
-    """An empty capture is deleted; a successful one is appended to `log`; a failed one stays where it is."""
+def _keep(temp: Path, log: Path) -> Path | None:
+    """An empty capture is deleted; any other is appended to `log` without ANSI escapes. Where `log` cannot be
+    written (its folder is unwritable), the capture stays in the temp folder and that path is returned."""
     if temp.stat().st_size == 0:
         temp.unlink()
         return None
-    if log is None:
+    try:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "a", encoding="utf-8") as sink:
+            sink.write(plain(temp.read_text(encoding="utf-8", errors="replace")))
+    except OSError:
         return temp
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "ab") as sink:
-        sink.write(temp.read_bytes())
     temp.unlink()
     return log
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import sys
 
+from rich.text import Text
+
+from turbovaed import logs
 from turbovaed.cli import decode, distill, export, profile  # noqa: F401  (each registers its commands)
 from turbovaed.cli.base import app, console
 from turbovaed.io import TurboVAEDError
@@ -14,5 +17,5 @@ def main() -> None:
     try:
         app()
     except TurboVAEDError as err:
-        console.print(f"[red]error:[/] {err}", soft_wrap=True)
+        console.print(Text.assemble(("error:", "red"), " " + logs.plain(str(err))), soft_wrap=True)
         sys.exit(2)

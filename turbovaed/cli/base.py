@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import shutil
+import time
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -28,20 +29,35 @@ def options(verbose: Annotated[bool, typer.Option("-v", "--verbose", help="show 
 
 def logged(folder):
     """Run the command with third-party output captured (`folder` maps the command's arguments to its output
-    folder, where the log lands as turbovaed.log on success); the log is named at the end when anything was
-    written to it."""
+    folder, where the log lands as turbovaed.log); the log is named at the end when anything was written to it.
+    After a failure it also says at which stage the command stopped and which of its outputs are complete."""
     def wrap(command):
         @functools.wraps(command)
         def run(**kwargs):
             captured = logs.Captured()
+            where, start = Path(folder(kwargs)), time.time() - 1  # file times are coarser than time.time()
+            logs.reset_stage()
             try:
-                with logs.capture(Path(folder(kwargs)) / "turbovaed.log", VERBOSE["on"]) as captured:
+                with logs.capture(where / "turbovaed.log", VERBOSE["on"]) as captured:
                     return command(**kwargs)
+            except Exception:
+                failed_outputs(where, start)
+                raise
             finally:
                 if captured.path is not None:
                     logs.say(f"third-party output: {captured.path}")
         return run
     return wrap
+
+
+def failed_outputs(folder: Path, since: float) -> None:
+    """After a failure: where the command stopped, and what it left (each output is written whole or not at all)."""
+    stage = logs.current_stage()
+    if stage:
+        logs.say(f"stopped in stage '{stage}': its partial output was removed")
+    done = logs.complete_outputs(folder, since)
+    if done:
+        logs.say(f"complete in {folder}: {', '.join(done)}")
 
 
 def parse_size(size: str) -> tuple[int, int]:

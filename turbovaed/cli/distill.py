@@ -10,7 +10,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from turbovaed.cli.base import StudentDir, TeacherPath, app, console, logged, out
+from turbovaed import logs
+from turbovaed.cli.base import StudentDir, TeacherPath, app, logged, out
 from turbovaed.cli.tables import artifacts_table, eval_table, host_table, quality_table
 from turbovaed.io import atomic_file
 
@@ -27,7 +28,7 @@ def quickstart(video: Annotated[Optional[list[Path]], typer.Option(help="videos 
     at fp32, fp16, int8 and int4, each artifact verified; ends with where everything is and the headline table."""
     from turbovaed import quickstart as job
 
-    summary = job.run(out_dir, video, steps, export_recipes, progress=lambda stage: console.print(f"[bold]{stage}[/]"))
+    summary = job.run(out_dir, video, steps, export_recipes, progress=logs.stage)
     out.print(quality_table(summary["metrics"]))
     if summary["artifacts"]:
         out.print(artifacts_table(summary["artifacts"], "quickstart: verified artifacts (PSNR against the fp32 "

@@ -8,7 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from turbovaed.cli.base import DecoderFile, Results, TinyTeacher, Variant, app, console, logged, out
+from turbovaed import logs
+from turbovaed.cli.base import DecoderFile, Results, TinyTeacher, Variant, app, logged, out
 from turbovaed.cli.tables import artifacts_table
 from turbovaed.io import InputError
 
@@ -37,7 +38,7 @@ def export_cmd(recipes: Annotated[Optional[list[Path]], typer.Argument(
         raise InputError(f"--decoder {decoder} is not a file (a .safetensors, .pth or .pt of a decoder)")
     manifests = []
     for recipe in load_recipes(recipes, all_recipes, teacher, tiny_teacher, synthetic, height, width):
-        console.print(f"[bold]{recipe.name}[/] ({recipe.backend} {recipe.precision})")
+        logs.stage(recipe.name, f"({recipe.backend} {recipe.precision})")
         manifests.append(export(recipe, decoder or checkpoint, out_dir, bundle=bundle, variant=variant))
     out.print(artifacts_table(manifests, f"export of {decoder or checkpoint}"))
 

@@ -266,8 +266,7 @@ def _videos(recipe: DistillRecipe, work: Path, rank: int, show_progress: bool
     elif d.videos:
         videos = data.list_videos(d.videos)
     else:
-        shared = data.shared_videos_dir()
-        videos = data.list_videos(shared) if shared else data.bundled_videos()
+        videos = data.real_clips()
         if not videos:
             raise InputError("no videos: set data.videos, install turbovaed[video] (ships real clips), "
                              "or set data.synthetic = true")
@@ -401,7 +400,9 @@ def build_models(run: Run, cache: LatentCache, resume: bool,
     student = (make_student() if make_student else StudentDecoder(run.config)).to(dev)
     align = None
     if r.loss.feature > 0:
-        z0 = cache.read(cache.items(run.rank, run.world, r.data.clips)[0])["latents"][None].to(dev)
+        # any clip of the loaded generation (every clip has the same shape): on resume that generation starts
+        # at g * clips, not at clip 0
+        z0 = cache.read(cache.items(run.rank, run.world)[0])["latents"][None].to(dev)
         _, tf = run.teacher.decode_with_features(z0, blocks=r.loss.feature_blocks, truncate=True)
         with torch.no_grad():
             _, sf = student(z0, return_features=True)

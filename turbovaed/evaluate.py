@@ -104,8 +104,8 @@ def evaluate(student: nn.Module | None, teacher, clips: list[tuple[torch.Tensor,
 
 def evaluate_videos(student: str | Path | None, teacher: str, teacher_path: Path | None, videos: list[Path] | None,
                     frames: int, size: int, per_video: int, lpips: Path | None = None) -> dict:
-    """The `eval` command: fixed windows of `videos` (default: the reference teacher's held-out clips in
-    ../shared/videos) scored for the teacher and, when given, a student checkpoint."""
+    """The `eval` command: fixed windows of `videos` (default: the real clips the student never trained on, or
+    the reference teacher's held-out clips) scored for the teacher and, when given, a student checkpoint."""
     from turbovaed import data, teachers
     from turbovaed.io import InputError
     from turbovaed.reference import HELD_OUT
@@ -113,10 +113,10 @@ def evaluate_videos(student: str | Path | None, teacher: str, teacher_path: Path
 
     te = teachers.load(teacher, teacher_path)
     if not videos:
-        shared = data.shared_videos_dir()
-        if shared is None:
-            raise InputError("no --videos given and ../shared/videos is absent")
-        videos = [shared / n for n in HELD_OUT if (shared / n).is_file()]
+        pool = data.real_clips()
+        videos = never_trained_on(student, pool)[0] if student else [v for v in pool if v.name in HELD_OUT]
+        if not videos:
+            raise InputError("no --videos given and none of this machine's real clips is held out from the student")
     clips = data.fixed_clips(data.list_videos(videos), frames, size, per_video)
     model = StudentDecoder.from_pretrained(student) if student else None
     lpips_net = None

@@ -9,6 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 ASSET_DIR = Path(__file__).resolve().parent / "assets" / "reference_teacher"
+# A student distilled once from it (distill/reference-student.toml): where the quickstart starts from.
+STUDENT_DIR = Path(__file__).resolve().parent / "assets" / "reference_student"
 
 # Clips never used for training: evaluation of the teacher and of every student distilled from it.
 HELD_OUT = ("sam2_02_cups.mp4", "cotracker_paragliding.mp4", "imageio_realshort.mp4")

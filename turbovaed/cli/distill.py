@@ -12,7 +12,7 @@ import typer
 
 from turbovaed import logs
 from turbovaed.cli.base import StudentDir, TeacherPath, app, logged, out
-from turbovaed.cli.tables import artifacts_table, eval_table, host_table, quality_table
+from turbovaed.cli.tables import artifacts_table, eval_table, host_table, markdown_table, quality_table
 from turbovaed.io import atomic_file
 
 
@@ -34,7 +34,8 @@ def quickstart(video: Annotated[Optional[list[Path]], typer.Option(help="videos 
         out.print(artifacts_table(summary["artifacts"], "quickstart: verified artifacts (PSNR against the fp32 "
                                                         "student on held-out real latents)"))
         out.print(host_table(summary["measured"], "quickstart: host latency (interleaved, median of 10)"))
-        out.print(summary["paths"]["table"])
+        out.print(markdown_table(summary["paths"]["table"], "quickstart: the student per device (fastest runtime and "
+                                 "precision; est. = calibrated estimate, see the report)"))
     out.print(f"done in {summary['minutes']:.1f} min")
     out.print(f"student checkpoint: {summary['student']} (model card: {Path(summary['student']) / 'README.md'})")
     if summary["artifacts"]:
@@ -94,7 +95,8 @@ def index_cmd(videos: Annotated[list[Path], typer.Argument(help="video folders (
 def eval_cmd(student: StudentDir = None,
              teacher: Annotated[str, typer.Option(help="teacher name")] = "reference", teacher_path: TeacherPath = None,
              videos: Annotated[Optional[list[Path]],
-                               typer.Option(help="held-out videos (default: the reference held-out clips)")] = None,
+                               typer.Option(help="held-out videos, several after one flag (default: the clips "
+                                                    "the student never trained on)")] = None,
              frames: Annotated[int, typer.Option(help="frames per clip")] = 9,
              size: Annotated[int, typer.Option(help="square crop after short-side resize")] = 128,
              per_video: Annotated[int, typer.Option(help="windows per video")] = 3,

@@ -75,24 +75,38 @@ def decoder_table(path: Path, variant: str | None) -> Table:
 
 
 def quality_table(report: dict) -> Table:
+    """Teacher, student and per-frame bicubic on the held-out clips, each with its gain over bicubic."""
     m = report["mean"]
-    table = _table("quickstart: distilled student on held-out clips", ("model", "params", "PSNR dB", "SSIM",
-                                                                       "MS-SSIM"))
+    table = _table(f"quickstart: distilled student on {report.get('eval_set', 'held-out clips')} "
+                   f"({len(report['clips'])} windows); started from {report.get('init', 'random initialisation')}",
+                   ("model", "params", "PSNR dB", "vs bicubic dB", "SSIM", "MS-SSIM"))
+    gain = lambda v: f"{v - m['bicubic_psnr']:+.2f}"  # noqa: E731
     table.add_row("reference teacher", f"{report['teacher_decoder_params']:,}", f"{m['teacher_psnr']:.2f}",
-                  f"{m['teacher_ssim']:.4f}", f"{m['teacher_msssim']:.4f}")
+                  gain(m["teacher_psnr"]), f"{m['teacher_ssim']:.4f}", f"{m['teacher_msssim']:.4f}")
     table.add_row("student (EMA)", f"{report['student_params']:,}", f"{m['student_psnr']:.2f}",
-                  f"{m['student_ssim']:.4f}", f"{m['student_msssim']:.4f}")
-    table.add_row("per-frame bicubic (baseline)", "-", f"{m['bicubic_psnr']:.2f}", "-", "-")
+                  gain(m["student_psnr"]), f"{m['student_ssim']:.4f}", f"{m['student_msssim']:.4f}")
+    table.add_row("per-frame bicubic (baseline)", "-", f"{m['bicubic_psnr']:.2f}", "0.00", "-", "-")
     return table
 
 
 def eval_table(report: dict, title: str) -> Table:
-    table = _table(title, ("clip", "teacher PSNR", "student PSNR", "student SSIM", "student MS-SSIM",
-                           "student vs teacher"))
+    table = _table(title, ("clip", "bicubic PSNR", "teacher PSNR", "student PSNR", "student SSIM", "student MS-SSIM",
+                           "student vs teacher", "student vs bicubic"))
     for r in report["clips"] + [{"video": "mean", "start": "", **report["mean"]}]:
-        table.add_row(f"{r['video']} {r['start']}", f"{r['teacher_psnr']:.2f}", *(
+        vs_bicubic = f"{r['student_psnr'] - r['bicubic_psnr']:+.2f}" if "student_psnr" in r else "-"
+        table.add_row(f"{r['video']} {r['start']}", f"{r['bicubic_psnr']:.2f}", f"{r['teacher_psnr']:.2f}", *(
             f"{r[k]:.{p}f}" if k in r else "-" for k, p in (("student_psnr", 2), ("student_ssim", 4),
-                                                             ("student_msssim", 4), ("student_vs_teacher_psnr", 2))))
+                                                             ("student_msssim", 4), ("student_vs_teacher_psnr", 2))),
+                      vs_bicubic)
+    return table
+
+
+def markdown_table(markdown: str, title: str) -> Table:
+    """A pipe table from a report (markdown) as a terminal table."""
+    lines = [line.strip().strip("|").split("|") for line in markdown.strip().splitlines()]
+    table = _table(title, tuple(c.strip() for c in lines[0]), first_left=True)
+    for row in lines[2:]:
+        table.add_row(*(c.strip() for c in row))
     return table
 
 

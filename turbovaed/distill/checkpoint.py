@@ -79,6 +79,25 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
+def nonfinite_tensors(modules: dict[str, torch.nn.Module], optimizers: dict[str, torch.optim.Optimizer]) -> list[str]:
+    """Names of the floating-point tensors (module weights and buffers, optimizer state) holding NaN or inf,
+    checked where they live (no copies)."""
+    def walk(prefix: str, obj):
+        if isinstance(obj, torch.Tensor):
+            yield prefix, obj
+        elif isinstance(obj, dict):
+            for k, v in obj.items():
+                yield from walk(f"{prefix}.{k}", v)
+        elif isinstance(obj, (list, tuple)):
+            for i, v in enumerate(obj):
+                yield from walk(f"{prefix}.{i}", v)
+
+    states = {**{f"m.{k}": m.state_dict() for k, m in modules.items()},
+              **{f"o.{k}": o.state_dict() for k, o in optimizers.items()}}
+    return [name for key, state in states.items() for name, t in walk(key, state)
+            if t.is_floating_point() and not bool(t.isfinite().all())]
+
+
 def save_training_state(directory: str | Path, modules: dict[str, torch.nn.Module],
                         optimizers: dict[str, torch.optim.Optimizer], step: int, extra: dict | None = None) -> Path:
     """Everything needed to continue bit-exactly: weights, optimizer moments, step and RNG. The newest

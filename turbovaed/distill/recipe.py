@@ -30,6 +30,8 @@ class StudentSection:
     temporal_padding: str = "causal"
     channels: list[int] | None = None  # overrides of the preset's layout
     blocks: list[int] | None = None
+    init: str | None = None  # a student folder whose weights start the run (its config must match); "reference":
+    # the student shipped with the reference teacher (the quickstart's starting point)
 
 
 @dataclass

@@ -31,19 +31,22 @@ from torch import nn
 
 from turbovaed import data, logs, presets, teachers
 from turbovaed.distill.cache import LatentCache, dequantize
-from turbovaed.distill.checkpoint import checkpoint_meta, has_checkpoint, load_training_state, save_training_state
+from turbovaed.distill.checkpoint import (
+    checkpoint_meta,
+    has_checkpoint,
+    load_training_state,
+    nonfinite_tensors,
+    save_training_state,
+)
+from turbovaed.distill.guard import NonFiniteGuard, TrainingError, agreed, grads_finite, strict_json
 from turbovaed.distill.losses import FeatureAlignment, PatchDiscriminator3d, adaptive_gan_weight, hinge_d_loss, msssim_grad_loss
 from turbovaed.distill.recipe import DistillRecipe
 from turbovaed.evaluate import EvalClip, prepare, score
-from turbovaed.io import CheckpointError, InputError, TurboVAEDError, atomic_file
+from turbovaed.io import CheckpointError, InputError, atomic_file
 from turbovaed.recipes import to_toml
-from turbovaed.student import StudentConfig, StudentDecoder
+from turbovaed.student import CONFIG_NAME, StudentConfig, StudentDecoder
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-class TrainingError(TurboVAEDError):
-    """Training cannot go on (e.g. the loss became NaN); the last good checkpoint is kept."""
 
 
 class StudentWithHeads(nn.Module):
@@ -76,7 +79,35 @@ def student_config(recipe: DistillRecipe, teacher: teachers.Teacher) -> StudentC
     if (config.spatial_ratio, config.temporal_ratio) != (teacher.spec.spatial, teacher.spec.temporal):
         raise InputError(f"student compression {config.temporal_ratio}x{config.spatial_ratio} does not match "
                          f"teacher {teacher.spec.name} ({teacher.spec.temporal}x{teacher.spec.spatial})")
+    if s.init:
+        check_init(init_dir(s.init), config)
     return config
+
+
+def init_dir(init: str) -> Path:
+    """student.init as a folder: "reference" is the student shipped with the reference teacher."""
+    from turbovaed import reference
+
+    return reference.STUDENT_DIR if init == "reference" else Path(init)
+
+
+def init_description(init: str | None) -> str:
+    if init is None:
+        return "random initialisation"
+    if init == "reference":
+        return "the shipped reference student (distilled once by distill/reference-student.toml)"
+    return f"the weights of {init}"
+
+
+def check_init(folder: Path, config: StudentConfig) -> None:
+    """Refuse (before any work) a starting point whose architecture differs from the recipe's student."""
+    try:
+        saved = StudentConfig.from_dict(json.loads((folder / CONFIG_NAME).read_text())).to_dict()
+    except (OSError, ValueError, TypeError) as err:
+        raise InputError(f"student.init {folder} is not a student folder (a {CONFIG_NAME} and weights): {err}") from err
+    diff = sorted(k for k in {*saved, *config.to_dict()} if saved.get(k) != config.to_dict().get(k))
+    if diff:
+        raise InputError(f"student.init {folder} is a different student than the recipe's: {', '.join(diff)} differ")
 
 
 # ----------------------------------------------------------------------------- 1. setup
@@ -397,7 +428,10 @@ def build_models(run: Run, cache: LatentCache, resume: bool,
     num_parameters): how benchmarks/pareto.py trains peer architectures with this very trainer."""
     r, t, dev = run.recipe, run.recipe.train, run.device
     torch.manual_seed(t.seed)
-    student = (make_student() if make_student else StudentDecoder(run.config)).to(dev)
+    student = make_student() if make_student else StudentDecoder(run.config)
+    if r.student.init and not (resume and has_checkpoint(run.ckpt)):
+        student.load_state_dict(StudentDecoder.from_pretrained(init_dir(r.student.init)).state_dict())
+    student = student.to(dev)
     align = None
     if r.loss.feature > 0:
         # any clip of the loaded generation (every clip has the same shape): on resume that generation starts
@@ -478,12 +512,14 @@ def _resume(run: Run, modules: dict, optimizers: dict, scaler: torch.amp.GradSca
 
 
 def save_checkpoint(run: Run, m: Models) -> None:
-    """Rank 0 writes both slots' next state; weights that are not finite are never written."""
+    """Rank 0 writes both slots' next state; a state with any non-finite tensor (weights of any module, optimizer
+    moments) is never written."""
     if run.rank != 0:
         return
-    finite = torch.stack([p.detach().isfinite().all() for p in m.student.parameters()]).all()
-    if not finite:
-        raise TrainingError(f"student weights are not finite at step {m.step}; the checkpoints in {run.ckpt} "
+    bad = nonfinite_tensors(m.modules, m.optimizers)
+    if bad:
+        raise TrainingError(f"non-finite values at step {m.step} in {', '.join(bad[:5])}"
+                            f"{f' and {len(bad) - 5} more' if len(bad) > 5 else ''}; the checkpoints in {run.ckpt} "
                             "(newest and previous) are kept")
     save_training_state(run.ckpt, m.modules, m.optimizers, m.step,
                         {"scaler": m.scaler.state_dict(), "identity": _identity(run), "data_stats": run.data_stats})
@@ -543,7 +579,7 @@ class Logger:
         if not self.active:
             return
         with self.run.log_path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(strict_json(record) + "\n")
         step = record["step"]
         if self.tb:
             for k, v in record.items():
@@ -649,8 +685,8 @@ def optimizer_step(run: Run, m: Models, parts: dict[str, torch.Tensor]) -> tuple
     EMA only when the norm is finite. Returns (finite, losses as floats)."""
     for opt in _optimizers(m):
         m.scaler.unscale_(opt)
-    norm = torch.nn.utils.clip_grad_norm_(m.model.parameters(), 1.0)
-    finite, *values = torch.stack([torch.isfinite(norm).float(), *parts.values()]).tolist()
+    norm = torch.nn.utils.clip_grad_norm_(m.model.parameters(), 1.0)  # after DDP's reduction: alike on every rank
+    finite, *values = torch.stack([agreed(torch.isfinite(norm), run.world), *parts.values()]).tolist()
     if finite:
         for opt in _optimizers(m):
             m.scaler.step(opt)
@@ -661,35 +697,19 @@ def optimizer_step(run: Run, m: Models, parts: dict[str, torch.Tensor]) -> tuple
     return bool(finite), {k: round(v, 6) for k, v in zip(parts, values)}
 
 
-def discriminator_step(run: Run, m: Models, g: GeneratorPass) -> float:
-    """Hinge loss on this step's real/fake pairs; skipped (not stepped) when not finite: a second sync."""
+def discriminator_step(run: Run, m: Models, g: GeneratorPass) -> tuple[bool, float]:
+    """Hinge loss on this step's real/fake pairs; stepped only when its loss and its (DDP-reduced) gradients are
+    finite on every rank: a second sync. Returns (stepped, loss)."""
     m.opt_d.zero_grad(set_to_none=True)
     with torch.autocast(run.device.type, dtype=run.amp or torch.float32, enabled=run.amp is not None):
         d_loss = sum(hinge_d_loss(m.disc_run(a).float(), m.disc_run(b).float())
                      for a, b in zip(g.reals, g.fakes)) / len(g.reals)
     d_loss.backward()
-    if torch.isfinite(d_loss):
+    finite = agreed(torch.isfinite(d_loss) & grads_finite(m.disc.parameters()), run.world)
+    stepped, loss = torch.stack([finite, d_loss.detach()]).tolist()
+    if stepped:
         m.opt_d.step()
-    return round(float(d_loss.detach()), 6)
-
-
-class NonFiniteGuard:
-    """Counts skipped steps (kept in data_stats, so resumes carry the total) and stops the run after
-    train.max_nonfinite in a row."""
-
-    def __init__(self, run: Run) -> None:
-        self.run, self.in_a_row = run, 0
-
-    def __call__(self, finite: bool, step: int) -> None:
-        if finite:
-            self.in_a_row = 0
-            return
-        self.in_a_row += 1
-        stats = self.run.data_stats
-        stats["nonfinite_skipped"] = stats.get("nonfinite_skipped", 0) + 1
-        if self.in_a_row >= self.run.recipe.train.max_nonfinite:
-            raise TrainingError(f"{self.in_a_row} steps in a row had a non-finite gradient (up to step {step}); "
-                                f"stopped. The last checkpoints ({self.run.ckpt}) hold finite weights")
+    return bool(stepped), round(loss, 6)
 
 
 def bookkeeping(run: Run, m: Models, record: dict, seconds: float, evalset: list[EvalClip] | None,
@@ -718,7 +738,7 @@ def train_loop(run: Run, m: Models, cache: LatentCache, evalset: list[EvalClip] 
     batches = _batches(run, cache, m.step)
     last_weight = [x for x in m.student.modules() if isinstance(x, (nn.Conv2d, nn.Conv3d))][-1].weight
     started = time.perf_counter()
-    guard = NonFiniteGuard(run)
+    guard = NonFiniteGuard(run.data_stats, r.train.max_nonfinite, str(run.ckpt))
     _log_generation(run, m.step, log)
     while m.step < r.train.steps:
         if _out_of_time(run, m, started):
@@ -735,10 +755,13 @@ def train_loop(run: Run, m: Models, cache: LatentCache, evalset: list[EvalClip] 
         g = generator_pass(run, m, batches, gan_on, last_weight)
         finite, losses = optimizer_step(run, m, g.parts)
         record = {"step": m.step + 1, **losses, **({} if finite else {"skipped": "non-finite"})}
+        d_finite = True
         if gan_on and finite:
-            record["gan_d"] = discriminator_step(run, m, g)
+            d_finite, record["gan_d"] = discriminator_step(run, m, g)
+            if not d_finite:
+                record["gan_d_skipped"] = "non-finite"
         m.step += 1
-        guard(finite, m.step)
+        guard(finite and d_finite, m.step)
         bookkeeping(run, m, record, time.perf_counter() - t0, evalset, log)
     return None
 
@@ -820,8 +843,10 @@ teacher's latent statistics, so `turbovaed decode --normalized` can decode a dif
 | teacher vs ground truth | {mean['teacher_psnr']:.2f} | {mean['teacher_ssim']:.4f} | {mean['teacher_msssim']:.4f} |
 | student vs ground truth | {mean['student_psnr']:.2f} | {mean['student_ssim']:.4f} | {mean['student_msssim']:.4f} |
 | student vs teacher | {mean['student_vs_teacher_psnr']:.2f} | | |
+| per-frame bicubic vs ground truth (baseline) | {mean['bicubic_psnr']:.2f} | | |
 
 Student/teacher PSNR ratio: {mean['psnr_ratio']:.3f}. Perceptual loss: {report['perceptual']}. LPIPS: {report['lpips']}.
+Started from {report['init']}.
 Steps: {report['steps']}, processes: {report['world_size']}, device: {report['device']}, precision: {report['precision']}.
 Data: {dr['distinct_videos']:,} distinct videos of {dr['videos_indexed']:,} indexed ({dr['videos_unreadable']} unreadable, left
 out), {dr['distinct_clips']:,} distinct clips in {dr['cache_generations']} cache generation(s); {dr['replaced_clips']} clips
@@ -903,6 +928,7 @@ def distill(recipe: DistillRecipe, resume: bool = False, show_progress: bool = T
                     "eval_set": ("held-out videos: " + ", ".join(sorted({c.row["video"] for c in evalset})))
                     if run.eval_videos else "synthetic clips (tiny test teacher; not held-out videos)",
                     "perceptual": perceptual_description(recipe), "student_params": m.student.num_parameters(),
+                    "init": init_description(recipe.student.init),
                     "teacher": run.teacher.spec.name,
                     "teacher_decoder_params": sum(p.numel() for p in run.teacher.vae.decoder.parameters())})
                 out = publish(run, m, report)

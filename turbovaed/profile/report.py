@@ -1,7 +1,7 @@
 """`turbovaed report`: one markdown + HTML page from the artifacts' manifests and the profile records:
 a Turbo-VAED-style table (decoder params, compression, quality, FPS per device), the artifact table,
 plots (latency per device and precision; quality vs artifact size) and side-by-side frames (ground
-truth, teacher, student fp32, int8, int4). Measurements and estimates are always labelled apart."""
+truth, per-frame bicubic, teacher, student fp32, int8, int4). Measurements and estimates are always labelled apart."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import torch
 from turbovaed import data, teachers
 from turbovaed.export.core import ExportRecipe, backend_module
 from turbovaed.io import InputError, atomic_dir
+from turbovaed.metrics import bicubic
 from turbovaed.profile import calibration
 from turbovaed.profile.devices import Unit, load_catalog
 from turbovaed.profile.host import find_manifests
@@ -84,40 +85,60 @@ DEPLOYMENT_SIZES = {"512x512": (512, 512), "480p": (480, 848), "720p": (720, 128
 DEPLOYMENT_LATENT_FRAMES = 5  # 1 + 4 latents: 17 frames for a 4x temporal, first-frame student
 
 
-def deployment_table(manifests: list[dict], catalog: dict, fits: dict) -> str:
+# Rungs users deploy, estimated beside every student: a small student's FPS is not what a phone decoder of a real
+# teacher reaches.
+DEPLOYED_PRESETS = ("wan21-nano", "wan21-base")
+
+
+def deployment_table(manifests: list[dict], catalog: dict, fits: dict,
+                     deployed: tuple[str, ...] = DEPLOYED_PRESETS) -> str:
     """Turbo-VAED-style device table: each student's estimated FPS at 512^2, 480p and 720p per device, the
     fastest calibrated estimate over its exported runtimes/precisions (with its leave-one-out error), and
-    where a uncalibrated unit's roofline bound is faster, that bound beside it."""
-    from turbovaed.profile.estimate import device_estimates, layer_costs
+    where a uncalibrated unit's roofline bound is faster, that bound beside it. The `deployed` preset rungs follow,
+    estimated for the same runtimes and precisions, so a toy student's figure stands beside a deployable one."""
+    from turbovaed import presets
 
-    rows = []
+    rows, exported = [], []
     for sha in sorted({m["student"]["sha256"] for m in manifests}):
         ms = [m for m in manifests if m["student"]["sha256"] == sha and "stream" not in m]
-        if not ms:
-            continue
-        cfg, rule = StudentConfig.from_dict(ms[0]["student"]["config"]), ms[0]["frame_rule"]
-        t, r_t, s = DEPLOYMENT_LATENT_FRAMES, rule["temporal_ratio"], rule["spatial_ratio"]
-        frames = 1 + r_t * (t - 1) if rule.get("first_frame", True) else r_t * t
-        for size, (h, w) in DEPLOYMENT_SIZES.items():
-            costs = layer_costs(cfg, (t, h // s, w // s))
-            cells = []
-            for dev in catalog.values():
-                cal, bound = None, None
-                for m in ms:
-                    for unit, est in device_estimates(dev, costs, m["backend"], m["precision"], fits).items():
-                        fps = frames / est["seconds"]
-                        cand = (fps, f"{m['backend']} {m['precision']} on {unit}", est["calibration"])
-                        if est["calibration"] and (cal is None or fps > cal[0]):
-                            cal = cand
-                        elif not est["calibration"] and (bound is None or fps > bound[0]):
-                            bound = cand
-                cell = (f"{cal[0]:.1f} {cal[1]} (est., LOO {cal[2]['worst_leave_one_out_ratio']:.1f}x)" if cal and
-                        cal[2]["worst_leave_one_out_ratio"] else f"{cal[0]:.1f} {cal[1]} (est.)" if cal else "-")
-                if bound and (cal is None or bound[0] > cal[0]):
-                    cell += f"; <= {bound[0]:.0f} {bound[1]} (roofline bound)"
-                cells.append(cell)
-            rows.append([Path(ms[0]["student"]["checkpoint"]).name, f"{size} x {frames} frames", *cells])
+        if ms:
+            exported = exported or ms
+            rows += _deployment_rows(Path(ms[0]["student"]["checkpoint"]).name,
+                                     StudentConfig.from_dict(ms[0]["student"]["config"]), ms, catalog, fits)
+    for name in deployed if exported else ():
+        family, size = presets.parse_preset(name)
+        config = presets.student_config(teachers.get_spec(family), size=size)
+        rows += _deployment_rows(f"{name} (preset, {family} latents)", config, exported, catalog, fits)
     return _md_table(["student", "decode", *[f"{d} FPS" for d in catalog]], rows)
+
+
+def _deployment_rows(label: str, cfg: StudentConfig, ms: list[dict], catalog: dict, fits: dict) -> list[list[str]]:
+    """One row per deployment size: per device, the fastest estimate over the runtimes / precisions of `ms`."""
+    from turbovaed.profile.estimate import device_estimates, layer_costs
+
+    t, s = DEPLOYMENT_LATENT_FRAMES, cfg.spatial_ratio
+    frames = cfg.frames_for(t)
+    rows = []
+    for size, (h, w) in DEPLOYMENT_SIZES.items():
+        costs = layer_costs(cfg, (t, -(-h // s), -(-w // s)))
+        cells = []
+        for dev in catalog.values():
+            cal, bound = None, None
+            for m in ms:
+                for unit, est in device_estimates(dev, costs, m["backend"], m["precision"], fits).items():
+                    fps = frames / est["seconds"]
+                    cand = (fps, f"{m['backend']} {m['precision']} on {unit}", est["calibration"])
+                    if est["calibration"] and (cal is None or fps > cal[0]):
+                        cal = cand
+                    elif not est["calibration"] and (bound is None or fps > bound[0]):
+                        bound = cand
+            cell = (f"{cal[0]:.1f} {cal[1]} (est., LOO {cal[2]['worst_leave_one_out_ratio']:.1f}x)" if cal and
+                    cal[2]["worst_leave_one_out_ratio"] else f"{cal[0]:.1f} {cal[1]} (est.)" if cal else "-")
+            if bound and (cal is None or bound[0] > cal[0]):
+                cell += f"; <= {bound[0]:.0f} {bound[1]} (roofline bound)"
+            cells.append(cell)
+        rows.append([label, f"{size} x {frames} frames", *cells])
+    return rows
 
 
 def artifact_table(manifests: list[dict]) -> str:
@@ -235,7 +256,7 @@ def plot_quality_size(manifests: list[dict], path: Path) -> None:
 
 
 def side_by_side(manifests: list[dict], path: Path, video: Path | None) -> tuple[Path, str] | None:
-    """Ground truth, teacher, student fp32, int8, int4 on one clip the student never trained on (or the
+    """Ground truth, per-frame bicubic, teacher, student fp32, int8, int4 on one clip the student never trained on (or the
     given video): the student decoded through the int8 / int4 artifacts themselves (ONNX Runtime or
     ExecuTorch), where one runs here. Returns the image and a line saying which clip and why."""
     from turbovaed.evaluate import never_trained_on
@@ -260,7 +281,8 @@ def side_by_side(manifests: list[dict], path: Path, video: Path | None) -> tuple
     h, w = base["outputs"][0]["shape"][3:]
     clip, _ = data.sample_clip(video, frames, (h, w), random.Random(0), resize=min(h, w))
     z = teacher.encode(clip[None])
-    rows = {"ground truth": clip, "teacher": teacher.decode(z)[0]}
+    rows = {"ground truth": clip, "bicubic (per frame)": bicubic(clip[None], teacher.spec.spatial)[0],
+            "teacher": teacher.decode(z)[0]}
     with torch.no_grad():
         rows["student"] = student(z)[0]
     for precision in ("int8", "int4"):
@@ -309,6 +331,10 @@ def write_report(exports: Path, out_dir: Path, results: Path | None = None, vide
             "## Students at deployment sizes (estimated)", deploy,
             "Per device: the fastest calibrated estimate over the exported runtimes and precisions, with the worst "
             "leave-one-out error of its calibration class; a faster uncalibrated roofline bound is shown beside it. "
+            f"The `{'`, `'.join(DEPLOYED_PRESETS)}` rows are student presets of the same design for Wan 2.1 latents "
+            "(16 channels, 8x spatial), estimated for the same runtimes and precisions: what a deployed decoder costs. "
+            "A student of a small teacher (like the quickstart's) is a toy beside them: its FPS say little about a "
+            "phone. "
             "`host` is this machine, its peaks measured now. Measured figures are in the Students table and below.",
             "## Calibration (leave-one-out)", calibration_table(),
             "## Artifacts", artifact_table(manifests),
@@ -324,7 +350,9 @@ def write_report(exports: Path, out_dir: Path, results: Path | None = None, vide
             sections += ["## Failed runs", _md_table(["device", "artifact", "runtime", "error"],
                                                      [[r.device, r.artifact, r.runtime, r.error] for r in failed])]
         if frames:
-            sections += ["## Side-by-side frames", "Rows: ground truth, teacher, student fp32 and the student through its "
+            sections += ["## Side-by-side frames", "Rows: ground truth, per-frame bicubic upscaling of the ground truth "
+                         "downsampled by the teacher's spatial factor (the baseline), teacher, student fp32 and the "
+                         "student through its "
                          f"int8 / int4 artifacts. Clip: {frames[1]}.", "![frames](frames.png)"]
         md = "\n\n".join(sections) + "\n"
         (tmp / "report.md").write_text(md)

@@ -12,9 +12,19 @@ extras="video,export,coreai"
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
-.venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -c constraints.txt "torch==2.13.0"
-.venv/bin/python -m pip install -q -c constraints.txt -e ".[${extras}]"
+# pip's and the build backend's chatter goes to a log; a failure prints its end.
+log=.venv/bootstrap.log
+pip_install() {
+  if ! .venv/bin/python -m pip install -q "$@" >>"$log" 2>&1; then
+    echo "error: pip install $* failed; the end of $log:" >&2
+    tail -n 30 "$log" >&2
+    exit 1
+  fi
+}
+echo "installing turbovaed[${extras}] into .venv (pip's output: $log)"
+pip_install --upgrade pip
+pip_install -c constraints.txt "torch==2.13.0"
+pip_install -c constraints.txt -e ".[${extras}]"
 if [ "${1:-}" = "dev" ]; then
   # The browser test (tests/test_web_demo.py) needs Debian's Chromium and onnxruntime-web from npm.
   # Best effort: without them that one test skips and says why.

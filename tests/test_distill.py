@@ -416,3 +416,18 @@ def test_a_checkpoint_with_any_non_finite_tensor_is_refused(tmp_path):
     with torch.no_grad():
         disc.bias[1] = float("inf")
     assert nonfinite_tensors({"disc": disc}, {"opt_d": opt}) == ["m.disc.bias", "o.opt_d.state.0.exp_avg_sq"]
+
+
+def test_a_training_video_replaced_under_the_same_name_is_noticed_and_named(tmp_path):
+    """Same name, frame count and resolution, other content: the cache made from the old file is refused."""
+    from turbovaed import data
+    from turbovaed.io import CheckpointError
+
+    recipe = load_toml(DistillRecipe, video_recipe(tmp_path, steps=2))
+    recipe.data.workers = 0
+    trainer.distill(recipe, show_progress=False)
+    clip = tmp_path / "videos" / "group0" / "clip0.mp4"
+    data.write_video(clip, data.synthetic_clip(14, 48, 64, seed=99))  # the same frames and size, new content
+    recipe.train.steps = 4
+    with pytest.raises(CheckpointError, match=r"changed \(size or time\) since the cache was made: .*clip0\.mp4"):
+        trainer.distill(recipe, resume=True, show_progress=False)

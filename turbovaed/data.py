@@ -87,6 +87,7 @@ class VideoInfo:
     fps: float
     width: int
     height: int
+    stat: tuple[int, int] = (0, 0)  # (size, mtime_ns) when indexed: a file replaced since then is noticed
 
 
 def video_info(path: str | Path) -> VideoInfo:
@@ -200,7 +201,7 @@ def _infos(videos: list[Path], entries: dict[str, dict]) -> tuple[list[VideoInfo
         if "error" in e:
             bad.append(e["error"])
         else:
-            infos.append(VideoInfo(v, e["frames"], e["fps"], e["width"], e["height"]))
+            infos.append(VideoInfo(v, e["frames"], e["fps"], e["width"], e["height"], tuple(e["stat"])))
     if not infos:
         raise VideoError(f"none of the {len(videos)} videos is readable; first error: {bad[0]}")
     return infos, bad
@@ -263,13 +264,19 @@ def wait_for_index(videos: list[Path], index_path: str | Path, timeout_s: float)
 
 
 def index_digest(infos: list[VideoInfo]) -> str:
-    """A short digest of the indexed training videos (paths, frame counts, sizes): part of a cache's identity."""
+    """A short digest of the indexed training videos (paths, frame counts, sizes, file size and modification
+    time): part of a cache's identity, so a file replaced by other content under the same name is noticed."""
     import hashlib
 
     h = hashlib.sha256()
     for i in infos:
-        h.update(f"{i.path}|{i.frames}|{i.width}x{i.height}\n".encode())
+        h.update(f"{i.path}|{i.frames}|{i.width}x{i.height}|{i.stat[0]}|{i.stat[1]}\n".encode())
     return h.hexdigest()[:16]
+
+
+def video_stats(infos: list[VideoInfo]) -> dict[str, list[int]]:
+    """path -> [size, mtime_ns]: what a cache records of its videos, to name the files that changed since."""
+    return {str(i.path): list(i.stat) for i in infos}
 
 
 class VideoWriter:

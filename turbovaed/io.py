@@ -28,6 +28,12 @@ class VideoError(TurboVAEDError):
     """A video file cannot be read or written."""
 
 
+def listing(names: list[str], limit: int = 5) -> str:
+    """The first `limit` names, and how many more: for messages about thousands of files or tensors."""
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from turbovaed.data import ClipSampler, _quantize, to_uint8
-from turbovaed.io import CheckpointError, atomic_file
+from turbovaed.io import CheckpointError, atomic_file, listing
 
 
 class _Clips(torch.utils.data.Dataset):
@@ -37,6 +37,7 @@ def _columns(rows: list[tuple]) -> list[tuple]:
 
 
 CACHE_VERSION = 3
+VIDEOS_FILE = "videos.json"  # path -> [size, mtime_ns] of the videos a generation was made from
 
 
 class LatentCache:
@@ -85,8 +86,9 @@ class LatentCache:
         bad = sorted({v for part in self.parts.values() for v in part.get("bad_videos", [])})
         return sum(part.get("replaced", 0) for part in self.parts.values()), bad
 
-    def check_identity(self, identity: dict) -> None:
-        """Refuse a cache made for other data, settings or another teacher: one clear error naming what differs."""
+    def check_identity(self, identity: dict, videos: dict[str, list[int]] | None = None) -> None:
+        """Refuse a cache made for other data, settings or another teacher: one clear error naming what differs,
+        and, where `videos` (path -> [size, mtime_ns]) is given, the video files that changed since."""
         for r, part in self.parts.items():
             made = part.get("identity", {})
             if made != identity:
@@ -94,7 +96,28 @@ class LatentCache:
                 raise CheckpointError(
                     f"latent cache {self.dir} (part {r}) was made for other data or another teacher "
                     f"(differs in: {', '.join(diff)}; cached {({k: made.get(k) for k in diff})}, now "
-                    f"{({k: identity.get(k) for k in diff})}): pass --rebuild-cache to rebuild it, or use another folder")
+                    f"{({k: identity.get(k) for k in diff})}){self._changed_videos(videos)}: pass --rebuild-cache "
+                    "to rebuild it, or use another folder")
+
+    def record_videos(self, videos: dict[str, list[int]]) -> None:
+        """Keep the videos' sizes and times beside the cache (once per generation), to name changed files later."""
+        if not (self.dir / VIDEOS_FILE).is_file():
+            self.dir.mkdir(parents=True, exist_ok=True)
+            with atomic_file(self.dir / VIDEOS_FILE) as tmp:
+                tmp.write_text(json.dumps(videos))
+
+    def _changed_videos(self, videos: dict[str, list[int]] | None) -> str:
+        if videos is None or not (self.dir / VIDEOS_FILE).is_file():
+            return ""
+        try:
+            cached = json.loads((self.dir / VIDEOS_FILE).read_text())
+        except ValueError:
+            return ""
+        changed = sorted(p for p in videos if p in cached and cached[p] != videos[p])
+        added, gone = sorted(set(videos) - set(cached)), sorted(set(cached) - set(videos))
+        groups = (("changed (size or time)", changed), ("new", added), ("gone", gone))
+        said = [f"{label} since the cache was made: {listing(names)}" for label, names in groups if names]
+        return "; videos " + "; ".join(said) if said else ""
 
     def fill(self, teacher, sampler: ClipSampler, count: int, rank: int = 0, world: int = 1, shard_size: int = 32,
              batch: int = 4, workers: int = 0, progress=None, first: int = 0, identity: dict | None = None) -> None:

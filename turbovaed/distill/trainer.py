@@ -42,7 +42,7 @@ from turbovaed.distill.guard import NonFiniteGuard, TrainingError, agreed, grads
 from turbovaed.distill.losses import FeatureAlignment, PatchDiscriminator3d, adaptive_gan_weight, hinge_d_loss, msssim_grad_loss
 from turbovaed.distill.recipe import DistillRecipe
 from turbovaed.evaluate import EvalClip, prepare, score
-from turbovaed.io import CheckpointError, InputError, atomic_file
+from turbovaed.io import CheckpointError, InputError, atomic_file, listing
 from turbovaed.recipes import to_toml
 from turbovaed.student import CONFIG_NAME, StudentConfig, StudentDecoder
 
@@ -340,7 +340,10 @@ def fill_cache(run: Run, generation: int = 0) -> LatentCache:
         raise InputError(f"data.clips = {d.clips} leaves some of the {run.world} ranks without clips")
     folder = run.work / "cache" / f"gen-{generation:05d}"
     cache = LatentCache(folder)
-    cache.check_identity(run.cache_identity)
+    videos = data.video_stats(run.train_infos)
+    cache.check_identity(run.cache_identity, videos)
+    if run.rank == 0 and run.train_infos:
+        cache.record_videos(videos)
     first = generation * d.clips
     todo = len(range(run.rank, d.clips, run.world)) - len(cache.items(run.rank, run.world, d.clips, first))
     if todo:
@@ -518,8 +521,7 @@ def save_checkpoint(run: Run, m: Models) -> None:
         return
     bad = nonfinite_tensors(m.modules, m.optimizers)
     if bad:
-        raise TrainingError(f"non-finite values at step {m.step} in {', '.join(bad[:5])}"
-                            f"{f' and {len(bad) - 5} more' if len(bad) > 5 else ''}; the checkpoints in {run.ckpt} "
+        raise TrainingError(f"non-finite values at step {m.step} in {listing(bad)}; the checkpoints in {run.ckpt} "
                             "(newest and previous) are kept")
     save_training_state(run.ckpt, m.modules, m.optimizers, m.step,
                         {"scaler": m.scaler.state_dict(), "identity": _identity(run), "data_stats": run.data_stats})

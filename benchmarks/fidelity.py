@@ -55,7 +55,7 @@ def main() -> None:
             raise SystemExit(f"--report-only needs a published student in {args.out}")
         out = args.out
     else:
-        out = distill(recipe, resume=(args.out.with_name(args.out.name + ".work") / "checkpoint").is_dir())
+        out = distill(recipe, resume=(recipe.work / "checkpoint").is_dir())
     report = json.loads((out / "metrics.json").read_text())
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     m = report["mean"]

@@ -77,7 +77,7 @@ def train(names: list[str], out: Path, minutes: float, threads: int, cache: Path
     runs = {}
     for name in names:
         r = recipe(name, out, minutes, threads)
-        work = Path(r.output).with_name(Path(r.output).name + ".work")
+        work = r.work
         shutil.rmtree(work, ignore_errors=True)
         if cache is not None:
             shutil.copytree(cache, work / "cache")

@@ -431,3 +431,21 @@ def test_a_training_video_replaced_under_the_same_name_is_noticed_and_named(tmp_
     recipe.train.steps = 4
     with pytest.raises(CheckpointError, match=r"changed \(size or time\) since the cache was made: .*clip0\.mp4"):
         trainer.distill(recipe, resume=True, show_progress=False)
+
+
+def test_one_live_run_per_work_folder_and_a_dead_runs_lock_is_taken_over(tmp_path):
+    recipe = tiny_recipe(tmp_path, steps=400)
+    first = run_cli("distill", str(recipe))
+    state = tmp_path / "student.work" / "checkpoint" / "state.json"
+    deadline = time.time() + 240
+    while time.time() < deadline and first.poll() is None and not state.is_file():
+        time.sleep(0.05)
+    assert first.poll() is None, first.stderr.read()
+    second = run_cli("distill", str(recipe), "--resume")
+    assert second.wait(timeout=240) == 2
+    err = second.stderr.read()
+    assert f"in use by another live run (pid {first.pid} on" in err and "Traceback" not in err
+    first.send_signal(signal.SIGKILL)  # a dead holder: its lock went with it
+    first.wait()
+    third = run_cli("distill", str(recipe), "--resume", "--steps", "9")
+    assert third.wait(timeout=240) == 0, third.stderr.read()

@@ -36,7 +36,7 @@ def run(out_dir: Path, videos: list[Path] | None = None, steps: int | None = Non
         recipe.train.steps = steps
     t0 = time.perf_counter()
     progress("distill")
-    student_dir = distill(recipe, resume=has_checkpoint(Path(recipe.output + ".work") / "checkpoint"))
+    student_dir = distill(recipe, resume=has_checkpoint(recipe.work / "checkpoint"))
     summary: dict = {"student": str(student_dir), "steps": recipe.train.steps, "threads": torch.get_num_threads(),
                      "metrics": json.loads((student_dir / "metrics.json").read_text()), "artifacts": []}
     if export:

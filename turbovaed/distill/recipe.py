@@ -4,6 +4,7 @@ which device and at which precision."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from turbovaed.io import InputError
 
@@ -148,6 +149,12 @@ class DistillRecipe:
             problems.append(f"train.ema_decay must be in [0, 1), got {self.train.ema_decay}")
         if problems:
             raise InputError("invalid recipe: " + "; ".join(problems))
+
+    @property
+    def work(self) -> Path:
+        """OUTPUT.work: the run's cache, checkpoints, log and lock (the output folder is published at the end)."""
+        out = Path(self.output)
+        return out.with_name(out.name + ".work")
 
     @property
     def perceptual(self) -> str:

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from turbovaed import data, logs, presets, teachers
+from turbovaed.distill import lock
 from turbovaed.distill.cache import LatentCache, dequantize
 from turbovaed.distill.checkpoint import (
     checkpoint_meta,
@@ -206,10 +207,10 @@ def setup(recipe: DistillRecipe, resume: bool, show_progress: bool, rebuild_cach
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     if t.threads:
         torch.set_num_threads(t.threads)
-    out = Path(recipe.output)
-    work = out.with_name(out.name + ".work")
+    work = recipe.work
     if rank == 0:
         preflight(recipe, work, resume)
+    lock.acquire(work, rank)  # one run per work folder: refused here while another one lives
     # The cache is made once and reused for days: its latents and decodes are made in fp32 weights and
     # compute; teacher.dtype is the autocast dtype of the per-step feature pass only.
     teacher = teachers.load(recipe.teacher.name, recipe.teacher.path, tiny=recipe.teacher.tiny,
@@ -938,5 +939,6 @@ def distill(recipe: DistillRecipe, resume: bool = False, show_progress: bool = T
             dist.barrier()
         return out
     finally:
+        lock.release(recipe.work)
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -279,3 +279,30 @@ def test_latent_files_as_they_come(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a torch file")
     with pytest.raises(Exception, match="not a weights-only torch file"):
         LatentFile(tmp_path / "junk.pt")
+
+
+def test_non_finite_or_changed_student_weights_are_refused_by_decode_and_export(tmp_path):
+    from safetensors.torch import load_file
+
+    config = presets.student_config(teachers.build_tiny("wan21"), mini=True)
+    save_file({"latents": torch.randn(1, 4, 2, 4, 4)}, str(tmp_path / "lat.safetensors"))
+    nan_dir = StudentDecoder(config).save_pretrained(tmp_path / "nan")
+    weights = load_file(str(nan_dir / "model.safetensors"))
+    name = sorted(weights)[3]
+    weights[name].view(-1)[0] = float("nan")
+    save_file(weights, str(nan_dir / "model.safetensors"))
+    (nan_dir / "config.json").write_text((nan_dir / "config.json").read_text().replace("_weights_sha256", "_old"))
+    changed = StudentDecoder(config).save_pretrained(tmp_path / "changed")
+    weights = load_file(str(changed / "model.safetensors"))
+    weights[name].view(-1)[0] += 1.0
+    save_file(weights, str(changed / "model.safetensors"))
+    for folder, message in ((nan_dir, f"non-finite values (NaN or inf) in {name}"),
+                            (changed, "weights changed since they were saved")):
+        for args in (["decode", "--student", str(folder), "--latents", str(tmp_path / "lat.safetensors"),
+                      "--out", str(tmp_path / "o.mp4")],
+                     ["export", "host-onnx-fp32", "--checkpoint", str(folder), "--out", str(tmp_path / "exports"),
+                      "--teacher", "wan21", "--tiny-teacher", "--synthetic"]):
+            result = run(*args)
+            assert result.returncode == 2 and message in result.stderr, (args[0], result.stderr[-2000:])
+            assert "Traceback" not in result.stderr
+    assert not (tmp_path / "o.mp4").exists() and not list((tmp_path / "exports").glob("*/manifest.json"))

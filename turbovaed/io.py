@@ -99,12 +99,42 @@ def save_pretrained(module: torch.nn.Module, directory: str | Path, config: dict
     from safetensors.torch import save_file
 
     with atomic_dir(directory) as tmp:
-        (tmp / "config.json").write_text(json.dumps(config, indent=2))
         save_file({k: v.detach().contiguous() for k, v in module.state_dict().items()}, str(tmp / weights),
                   metadata={"format": "pt"})
         for name, content in (extra_files or {}).items():
             (tmp / name).write_bytes(content if isinstance(content, bytes) else content.encode())
+        sums = {p.name: sha256_file(p) for p in sorted(tmp.glob("*.safetensors"))}
+        (tmp / "config.json").write_text(json.dumps({**config, CHECKSUMS: sums}, indent=2))
     return Path(directory)
+
+
+CHECKSUMS = "_weights_sha256"  # config.json: weight file name -> sha256 when saved, checked when loaded
+
+
+def sha256_file(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def check_saved(path: Path, config: dict) -> None:
+    """Refuse a weights file whose sha256 differs from the one its config.json recorded when it was saved."""
+    want = (config.get(CHECKSUMS) or {}).get(path.name)
+    if want and sha256_file(path) != want:
+        raise CheckpointError(f"{path}: weights changed since they were saved (sha256 differs from the one "
+                              f"{path.parent / 'config.json'} records): the file was replaced or corrupted")
+
+
+def check_finite(state: dict[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:
+    """Refuse weights holding NaN or inf, naming the tensor: they would decode black frames without a word."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(v.isfinite().all())]
+    if bad:
+        raise CheckpointError(f"{path} holds non-finite values (NaN or inf) in {listing(bad)}")
+    return state
 
 
 def _check_safetensors(path: Path) -> None:
@@ -125,9 +155,10 @@ def load_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     _check_safetensors(path)
     try:
-        return load_file(str(path))
+        state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as err:
         raise CheckpointError(f"{path} is not a readable safetensors file (truncated or corrupt?): {err}") from err
+    return check_finite(state, path)
 
 
 LAYOUTS = {"bcthw": "(B, C, T, H, W) as diffusers pipelines return", "btchw": "(N, T, C, H, W) as TAEHV and ComfyUI use"}

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from turbovaed.io import CheckpointError, InputError, load_safetensors, save_pretrained
+from turbovaed.io import CheckpointError, InputError, check_saved, load_safetensors, save_pretrained
 from turbovaed.nn import PADDING_MODES, Conv3d, PixelShuffle3d, ResBlock, RMSNorm, TimeCache
 
 CONFIG_NAME = "config.json"
@@ -109,7 +109,7 @@ class StudentConfig:
     @classmethod
     def from_dict(cls, data: dict) -> StudentConfig:
         known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known - {"_class_name", "preset"})
+        unknown = sorted(k for k in set(data) - known - {"preset"} if not k.startswith("_"))  # _: bookkeeping
         if unknown:
             raise CheckpointError(f"unknown StudentConfig fields {unknown}; expected a subset of {sorted(known)}")
         try:
@@ -213,6 +213,7 @@ class StudentDecoder(nn.Module):
         if not isinstance(data, dict):
             raise CheckpointError(f"{directory / CONFIG_NAME} must hold a JSON object")
         model = cls(StudentConfig.from_dict(data))
+        check_saved(directory / weights, data)
         state = load_safetensors(directory / weights)
         load_state(model, state, directory / weights)
         return model

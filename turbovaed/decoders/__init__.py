@@ -27,7 +27,7 @@ from turbovaed.decoders.flash_vaed_ltx import FlashVAEDLTX
 from turbovaed.decoders.stepping import StepStream
 from turbovaed.decoders.taehv import SUPER, Canonical, TAEHVDecoder, TAEHVStep, TGrow
 from turbovaed.decoders.turbo_vaed import TurboVAED
-from turbovaed.io import CheckpointError, InputError, load_safetensors
+from turbovaed.io import CheckpointError, InputError, check_finite, load_safetensors
 from turbovaed.teachers import LatentNorm
 
 # lighttae: taehv's architecture
@@ -132,7 +132,7 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
         sd = sd["state_dict"]
     if not isinstance(sd, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in sd.items()):
         raise CheckpointError(f"{path} holds a {type(sd).__name__}, not a state dict of named tensors")
-    return sd
+    return check_finite(sd, path)
 
 
 def detect(sd: dict[str, torch.Tensor], name: str = "", variant: str | None = None) -> taehv.Variant:

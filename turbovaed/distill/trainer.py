@@ -838,6 +838,7 @@ Distilled with turbovaed from the frozen `{report['teacher']}` teacher ({report[
 parameters) into a {report['student_params']:,}-parameter student
 ({report['student_params'] / report['teacher_decoder_params']:.1%} of the teacher decoder).
 `model.safetensors` holds the EMA weights (what is evaluated and exported); `raw.safetensors` the last raw weights;
+`config.json` records both files' sha256, checked on every load;
 `sample.mp4` shows ground truth | teacher | student on the first evaluation clip; `latent_norm.json` holds the
 teacher's latent statistics, so `turbovaed decode --normalized` can decode a diffusion pipeline's output.
 

@@ -6,14 +6,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from turbovaed.io import InputError
-
-PERCEPTUAL = ("auto", "msssim_grad", "lpips", "none")
-DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("fp32", "bf16", "fp16")
-TEACHER_DTYPES = ("auto", "fp32", "bf16", "fp16")
-POSTERIOR = ("mean", "sample")
-
 
 @dataclass
 class TeacherSection:
@@ -115,40 +107,9 @@ class DistillRecipe:
     train: TrainSection = field(default_factory=TrainSection)
 
     def __post_init__(self) -> None:
-        problems = []
-        for key, value, allowed in [("loss.perceptual_kind", self.loss.perceptual_kind, PERCEPTUAL),
-                                    ("train.device", self.train.device, DEVICES),
-                                    ("train.precision", self.train.precision, PRECISIONS),
-                                    ("teacher.dtype", self.teacher.dtype, TEACHER_DTYPES),
-                                    ("data.posterior", self.data.posterior, POSTERIOR)]:
-            if value not in allowed:
-                problems.append(f"{key} must be one of {allowed}, got {value!r}")
-        if self.loss.perceptual_kind == "lpips" and not self.loss.perceptual_weights:
-            problems.append("loss.perceptual_kind = 'lpips' needs loss.perceptual_weights (a .safetensors file)")
-        for key, v in [("train.steps", self.train.steps), ("train.batch", self.train.batch),
-                       ("train.grad_accum", self.train.grad_accum), ("data.latent_frames", self.data.latent_frames),
-                       ("data.size", self.data.size), ("data.clips", self.data.clips),
-                       ("data.eval_per_video", self.data.eval_per_video),
-                       ("data.eval_max_clips", self.data.eval_max_clips), ("train.log_every", self.train.log_every)]:
-            if v < 1:
-                problems.append(f"{key} must be >= 1, got {v}")
-        for key, v in [("data.workers", self.data.workers), ("train.eval_every", self.train.eval_every),
-                       ("data.refresh_every", self.data.refresh_every), ("data.probe_workers", self.data.probe_workers),
-                       ("train.max_nonfinite", self.train.max_nonfinite)]:
-            if v < 0:
-                problems.append(f"{key} must be >= 0, got {v}")
-        if self.data.eval_size <= 32:
-            problems.append(f"data.eval_size must be above 32 px (MS-SSIM's five scales), got {self.data.eval_size}")
-        if not self.data.strides or min(self.data.strides) < 1:
-            problems.append(f"data.strides must be a non-empty list of strides >= 1, got {self.data.strides}")
-        if len(self.train.betas) != 2 or not all(0 <= b < 1 for b in self.train.betas):
-            problems.append(f"train.betas must be two numbers in [0, 1), got {self.train.betas}")
-        if not self.loss.feature_blocks and self.loss.feature > 0:
-            problems.append("loss.feature > 0 needs at least one entry in loss.feature_blocks")
-        if not 0.0 <= self.train.ema_decay < 1.0:
-            problems.append(f"train.ema_decay must be in [0, 1), got {self.train.ema_decay}")
-        if problems:
-            raise InputError("invalid recipe: " + "; ".join(problems))
+        from turbovaed.distill.checks import check_values
+
+        check_values(self)
 
     @property
     def work(self) -> Path:

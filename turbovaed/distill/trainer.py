@@ -39,6 +39,7 @@ from turbovaed.distill.checkpoint import (
     nonfinite_tensors,
     save_training_state,
 )
+from turbovaed.distill.checks import preflight
 from turbovaed.distill.guard import NonFiniteGuard, TrainingError, agreed, grads_finite, strict_json
 from turbovaed.distill.losses import FeatureAlignment, PatchDiscriminator3d, adaptive_gan_weight, hinge_d_loss, msssim_grad_loss
 from turbovaed.distill.recipe import DistillRecipe
@@ -209,7 +210,7 @@ def setup(recipe: DistillRecipe, resume: bool, show_progress: bool, rebuild_cach
         torch.set_num_threads(t.threads)
     work = recipe.work
     if rank == 0:
-        preflight(recipe, work, resume)
+        preflight(recipe, resume)
     lock.acquire(work, rank)  # one run per work folder: refused here while another one lives
     # The cache is made once and reused for days: its latents and decodes are made in fp32 weights and
     # compute; teacher.dtype is the autocast dtype of the per-step feature pass only.
@@ -229,30 +230,6 @@ def setup(recipe: DistillRecipe, resume: bool, show_progress: bool, rebuild_cach
     if world > 1:
         dist.barrier()  # a rebuilt cache is gone before any rank writes into it
     return run
-
-
-def preflight(recipe: DistillRecipe, work: Path, resume: bool) -> None:
-    """Refusals that would otherwise come after hours of indexing and caching: a missing TensorBoard,
-    an output that cannot be written, an earlier run's checkpoint without --resume."""
-    if recipe.train.tensorboard:
-        try:
-            import torch.utils.tensorboard  # noqa: F401
-        except ImportError as err:
-            raise InputError("train.tensorboard = true needs TensorBoard: pip install 'turbovaed[tensorboard]'") \
-                from err
-    for folder in (work, Path(recipe.output).parent):
-        existing = next(p for p in (folder, *folder.parents) if p.exists())  # creates nothing on refusal
-        try:
-            if not existing.is_dir():
-                raise NotADirectoryError(f"{existing} is a file")
-            probe = existing / f".turbovaed-write-test-{os.getpid()}"
-            probe.write_bytes(b"")
-            probe.unlink()
-        except OSError as err:
-            raise InputError(f"cannot write the run's output to {folder}: {err}") from err
-    if not resume and has_checkpoint(work / "checkpoint"):
-        raise InputError(f"{work / 'checkpoint'} exists from an earlier run: pass --resume to continue it, "
-                         f"or remove {work}")
 
 
 def cache_bytes_per_clip(run: Run) -> int:

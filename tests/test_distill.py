@@ -478,3 +478,23 @@ def test_one_live_run_per_work_folder_and_a_dead_runs_lock_is_taken_over(tmp_pat
     first.wait()
     third = run_cli("distill", str(recipe), "--resume", "--steps", "9")
     assert third.wait(timeout=240) == 0, third.stderr.read()
+
+
+def test_a_resume_with_a_changed_recipe_says_what_changed_in_the_terminal_log_and_card(tmp_path):
+    recipe = tiny_recipe(tmp_path, steps=6)
+    proc = run_cli("distill", str(recipe), "--steps", "3")
+    assert proc.wait(timeout=240) == 0, proc.stderr.read()
+    recipe.write_text(recipe.read_text().replace("batch = 2", "batch = 3\nlr = 3e-4"))
+    resumed = run_cli("distill", str(recipe), "--resume")
+    assert resumed.wait(timeout=240) == 0
+    err = resumed.stderr.read()
+    assert "resume at step 3 with a changed recipe" in err and "train.batch 2 -> 3" in err and "train.lr 0.0001 -> 0.0003" in err
+    assert "train.steps 3 -> 6" in err
+    log = [json.loads(x) for x in (tmp_path / "student" / "log.jsonl").read_text().splitlines()]
+    assert [r["changed_at_resume"]["train.batch"] for r in log if "changed_at_resume" in r] == [[2, 3]]
+    card = (tmp_path / "student" / "README.md").read_text()
+    assert "Recipe changed at resume (at step 3: `train.batch` 2 -> 3" in card
+    # a change that makes the resume wrong is still refused
+    recipe.write_text(recipe.read_text().replace("mini = true", "mini = false"))
+    refused = run_cli("distill", str(recipe), "--resume", "--steps", "9")
+    assert refused.wait(timeout=240) == 2 and "changes student_config" in refused.stderr.read()

@@ -4,6 +4,7 @@ every path readable or writable (preflight, on rank 0 before the hours of indexi
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 from pathlib import Path
@@ -108,3 +109,24 @@ def preflight(recipe: DistillRecipe, resume: bool) -> None:
     if not resume and has_checkpoint(work / "checkpoint"):
         raise InputError(f"{work / 'checkpoint'} exists from an earlier run: pass --resume to continue it, "
                          f"or remove {work}")
+
+
+def recipe_values(recipe: DistillRecipe) -> dict:
+    """The recipe as dotted key -> value (what a checkpoint keeps, to say what a resume changed)."""
+    flat = {}
+    for section, values in dataclasses.asdict(recipe).items():
+        if isinstance(values, dict):
+            flat.update({f"{section}.{k}": v for k, v in values.items()})
+        else:
+            flat[section] = values
+    return json.loads(json.dumps(flat))  # as the checkpoint stores it (tuples become lists)
+
+
+def resume_changes(saved: dict | None, recipe: DistillRecipe) -> dict[str, list]:
+    """key -> [at the checkpoint, now] for every recipe value a --resume changes. Those that would make the resume
+    wrong (the student, the teacher, the cached data) are refused elsewhere; these are allowed and reported, since
+    the resumed run is then no longer the uninterrupted one."""
+    if saved is None:
+        return {}
+    now = recipe_values(recipe)
+    return {k: [saved.get(k), now.get(k)] for k in sorted({*saved, *now}) if saved.get(k) != now.get(k)}

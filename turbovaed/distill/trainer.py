@@ -39,7 +39,7 @@ from turbovaed.distill.checkpoint import (
     nonfinite_tensors,
     save_training_state,
 )
-from turbovaed.distill.checks import preflight
+from turbovaed.distill.checks import preflight, recipe_values, resume_changes
 from turbovaed.distill.guard import NonFiniteGuard, TrainingError, agreed, grads_finite, strict_json
 from turbovaed.distill.losses import FeatureAlignment, PatchDiscriminator3d, adaptive_gan_weight, hinge_d_loss, msssim_grad_loss
 from turbovaed.distill.recipe import DistillRecipe
@@ -480,6 +480,10 @@ def _resume(run: Run, modules: dict, optimizers: dict, scaler: torch.amp.GradSca
             raise CheckpointError(f"--resume of {run.ckpt} with a recipe that changes {', '.join(changed)}: the "
                                   "checkpoint cannot continue under it; start a new output, or restore the recipe")
     step, extra = load_training_state(run.ckpt, modules, optimizers, fresh=fresh)
+    changes = resume_changes(extra.get("recipe"), run.recipe)
+    if changes and run.rank == 0:
+        logs.say(f"resume at step {step} with a changed recipe (no longer the uninterrupted run): "
+                 + "; ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items()))
     if fresh and run.rank == 0:
         logs.say(f"resume at step {step}: {', '.join(fresh)} not in the checkpoint (a stage switched on): "
                  "starting fresh")
@@ -489,6 +493,8 @@ def _resume(run: Run, modules: dict, optimizers: dict, scaler: torch.amp.GradSca
         scaler.load_state_dict(extra["scaler"])
     run.data_stats.update(extra.get("data_stats", {}))
     run.data_stats["fresh_at_resume"] = {**run.data_stats.get("fresh_at_resume", {}), **({str(step): fresh} if fresh else {})}
+    if changes:
+        run.data_stats["changed_at_resume"] = {**run.data_stats.get("changed_at_resume", {}), str(step): changes}
     return step
 
 
@@ -502,7 +508,8 @@ def save_checkpoint(run: Run, m: Models) -> None:
         raise TrainingError(f"non-finite values at step {m.step} in {listing(bad)}; the checkpoints in {run.ckpt} "
                             "(newest and previous) are kept")
     save_training_state(run.ckpt, m.modules, m.optimizers, m.step,
-                        {"scaler": m.scaler.state_dict(), "identity": _identity(run), "data_stats": run.data_stats})
+                        {"scaler": m.scaler.state_dict(), "identity": _identity(run), "data_stats": run.data_stats,
+                         "recipe": recipe_values(run.recipe)})
 
 
 # ----------------------------------------------------------------------------- 4. loop
@@ -719,6 +726,9 @@ def train_loop(run: Run, m: Models, cache: LatentCache, evalset: list[EvalClip] 
     last_weight = [x for x in m.student.modules() if isinstance(x, (nn.Conv2d, nn.Conv3d))][-1].weight
     started = time.perf_counter()
     guard = NonFiniteGuard(run.data_stats, r.train.max_nonfinite, str(run.ckpt))
+    changes = run.data_stats.get("changed_at_resume", {}).get(str(m.step))
+    if changes:
+        log.write({"step": m.step, "changed_at_resume": changes})
     _log_generation(run, m.step, log)
     while m.step < r.train.steps:
         if _out_of_time(run, m, started):
@@ -803,6 +813,13 @@ def perceptual_description(recipe: DistillRecipe) -> str:
     return "offline fallback: (1 - MS-SSIM) + spatial/temporal gradient L1 (LPIPS weights not supplied)"
 
 
+def changed_at_resume(changes: dict[str, dict]) -> str:
+    """The model card's line on recipe values changed at a resume (empty when none were)."""
+    said = [f"at step {step}: " + ", ".join(f"`{k}` {a!r} -> {b!r}" for k, (a, b) in diff.items())
+            for step, diff in changes.items()]
+    return f"Recipe changed at resume ({'; '.join(said)}): not the uninterrupted run.\n" if said else ""
+
+
 def publish(run: Run, m: Models, report: dict) -> Path:
     """The output folder, diffusers-like: config + EMA weights, raw weights, recipe, card, metrics, log,
     and the last side-by-side sample video."""
@@ -833,7 +850,7 @@ Data: {dr['distinct_videos']:,} distinct videos of {dr['videos_indexed']:,} inde
 out), {dr['distinct_clips']:,} distinct clips in {dr['cache_generations']} cache generation(s); {dr['replaced_clips']} clips
 replaced after their video failed to decode, {dr['eval_videos_failed']} held-out videos replaced in evaluation,
 {dr['nonfinite_steps_skipped']} non-finite steps skipped.
-"""
+{changed_at_resume(dr['changed_at_resume'])}"""
     from safetensors.torch import save
 
     raw = save({k: v.detach().cpu().contiguous() for k, v in m.student.state_dict().items()})
@@ -871,7 +888,8 @@ def data_report(run: Run, steps: int) -> dict:
             "distinct_clips": clips, "cache_generations": generations,
             "replaced_clips": sum(g["replaced_clips"] for g in stats.values()),
             "eval_videos_failed": len(run.data_stats.get("eval_failed", [])),
-            "nonfinite_steps_skipped": run.data_stats.get("nonfinite_skipped", 0)}
+            "nonfinite_steps_skipped": run.data_stats.get("nonfinite_skipped", 0),
+            "changed_at_resume": run.data_stats.get("changed_at_resume", {})}
 
 
 def distill(recipe: DistillRecipe, resume: bool = False, show_progress: bool = True,

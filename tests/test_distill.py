@@ -498,3 +498,21 @@ def test_a_resume_with_a_changed_recipe_says_what_changed_in_the_terminal_log_an
     recipe.write_text(recipe.read_text().replace("mini = true", "mini = false"))
     refused = run_cli("distill", str(recipe), "--resume", "--steps", "9")
     assert refused.wait(timeout=240) == 2 and "changes student_config" in refused.stderr.read()
+
+
+def test_a_complete_checkpoint_left_between_the_two_renames_is_verified_and_used(tmp_path):
+    recipe = tiny_recipe(tmp_path, steps=6)
+    trainer.distill(load_toml(DistillRecipe, recipe), show_progress=False)  # slots: step 6, previous step 3
+    ckpt = tmp_path / "student.work" / "checkpoint"
+    ckpt.rename(ckpt.with_name("checkpoint.next"))  # the crash: previous rotated, next not yet renamed in
+    resumed = run_cli("distill", str(recipe), "--resume", "--steps", "7")
+    assert resumed.wait(timeout=240) == 0
+    assert "(step 6) was complete but a crash stopped it between renames: verified, and used" in resumed.stderr.read()
+    steps = [r["step"] for r in map(json.loads, (tmp_path / "student" / "log.jsonl").read_text().splitlines()) if "loss" in r]
+    assert steps == list(range(1, 8))  # continued from step 6, nothing redone
+    # a staged slot that does not read is removed, out loud, and the older slots serve
+    ckpt.rename(ckpt.with_name("checkpoint.next"))
+    (ckpt.with_name("checkpoint.next") / "state.safetensors").write_bytes(b"\0" * 16)
+    again = run_cli("distill", str(recipe), "--resume", "--steps", "8")
+    assert again.wait(timeout=240) == 0
+    assert "an unfinished checkpoint that does not read" in again.stderr.read()

@@ -54,9 +54,35 @@ def previous_slot(directory: str | Path) -> Path:
     return directory.with_name(directory.name + ".prev")
 
 
+def next_slot(directory: str | Path) -> Path:
+    directory = Path(directory)
+    return directory.with_name(directory.name + ".next")
+
+
 def has_checkpoint(directory: str | Path) -> bool:
-    """Either slot exists (a crash between the renames leaves only the previous one)."""
-    return Path(directory).is_dir() or previous_slot(directory).is_dir()
+    """Any slot exists (a crash between the renames leaves the staged next one and the previous one)."""
+    return any(p.is_dir() for p in (Path(directory), previous_slot(directory), next_slot(directory)))
+
+
+def recover(directory: str | Path) -> str | None:
+    """Finish a save that a crash cut between its renames: a staged DIR.next (written whole, then renamed) that
+    reads completes the rotation and becomes the newest slot; one that does not read is removed. Returns what
+    was done, to be said out loud (None when there was nothing to do). Rank 0 only, before any rank reads."""
+    directory, staged = Path(directory), next_slot(directory)
+    if not staged.is_dir():
+        return None
+    try:
+        step = int(json.loads((staged / META_FILE).read_text())["step"])
+        load_safetensors(staged / STATE_FILE)
+    except (OSError, ValueError, KeyError, CheckpointError) as err:
+        shutil.rmtree(staged)
+        return f"removed {staged}, an unfinished checkpoint that does not read ({err}); resuming from the older slots"
+    if directory.is_dir():
+        shutil.rmtree(previous_slot(directory), ignore_errors=True)
+        directory.rename(previous_slot(directory))
+    staged.rename(directory)
+    _fsync(directory.parent)
+    return f"{staged} (step {step}) was complete but a crash stopped it between renames: verified, and used"
 
 
 def checkpoint_meta(directory: str | Path) -> dict | None:
@@ -113,8 +139,7 @@ def save_training_state(directory: str | Path, modules: dict[str, torch.nn.Modul
         "optimizers": {k: _flatten(f"o.{k}", o.state_dict(), tensors) for k, o in optimizers.items()},
         "rng": _flatten("rng", torch.get_rng_state(), tensors),
     }
-    prev = previous_slot(directory)
-    staged = directory.with_name(directory.name + ".next")
+    prev, staged = previous_slot(directory), next_slot(directory)
     with atomic_dir(staged) as tmp:
         save_file(tensors, str(tmp / STATE_FILE))
         (tmp / META_FILE).write_text(json.dumps(meta))

@@ -10,7 +10,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from turbovaed.distill.checkpoint import has_checkpoint
+from turbovaed import logs
+from turbovaed.distill.checkpoint import has_checkpoint, recover
 from turbovaed.io import InputError
 
 if TYPE_CHECKING:
@@ -106,6 +107,9 @@ def preflight(recipe: DistillRecipe, resume: bool) -> None:
             probe.unlink()
         except OSError as err:
             raise InputError(f"cannot write the run's output to {folder}: {err}") from err
+    recovered = recover(work / "checkpoint")
+    if recovered:
+        logs.say(recovered)
     if not resume and has_checkpoint(work / "checkpoint"):
         raise InputError(f"{work / 'checkpoint'} exists from an earlier run: pass --resume to continue it, "
                          f"or remove {work}")

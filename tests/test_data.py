@@ -1,3 +1,4 @@
+import os
 import random
 
 import numpy as np
@@ -212,3 +213,17 @@ def test_side_by_side_image(tmp_path):
     path = data.save_comparison(tmp_path / "cmp.png", {"a": clip, "b": -clip}, columns=3)
     image = Image.open(path)
     assert image.size == (110 + 3 * 48, 2 * 32)
+
+
+def test_a_data_folder_with_a_symlink_loop_lists_each_real_file_once(tmp_path):
+    from turbovaed import data
+
+    root = tmp_path / "clips"
+    for i in range(3):
+        data.write_video(root / "a" / f"v{i}.mp4", data.synthetic_clip(4, 16, 16, seed=i))
+    (root / "a" / "loop").symlink_to(root)  # a loop
+    (root / "also_a").symlink_to(root / "a")  # a second way into the same folder
+    (root / "alias.mp4").symlink_to(root / "a" / "v0.mp4")  # one file under two names
+    listed = data.list_videos(root)
+    assert sorted(p.name for p in listed) == ["alias.mp4", "v1.mp4", "v2.mp4"]  # each real file by its first path
+    assert len({os.path.realpath(p) for p in listed}) == 3

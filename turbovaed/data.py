@@ -60,18 +60,31 @@ def real_clips() -> list[Path]:
 
 def list_videos(source: str | Path | Iterable[str | Path]) -> list[Path]:
     """Video files in folders (searched recursively, symlinked folders followed), single files, or a list
-    of either; sorted, so every rank of a run sees the same list."""
+    of either; sorted, so every rank of a run sees the same list. Each real file is listed once (by its first
+    path): a folder reached twice through links (a loop, or two links to one folder) is walked once, and a file
+    reached under several names counts once."""
     if isinstance(source, (str, Path)):
         source = [source]
     found: list[Path] = []
+    walked: set[str] = set()
+    seen: set[str] = set()
+
+    def add(path: Path) -> None:
+        real = os.path.realpath(path)
+        if real not in seen:
+            seen.add(real)
+            found.append(path)
+
     for item in source:
         path = Path(item)
         if path.is_dir():
             for root, dirs, files in os.walk(path, followlinks=True):
-                dirs.sort()
-                found += sorted(Path(root) / f for f in files if Path(f).suffix.lower() in VIDEO_SUFFIXES)
+                walked.add(os.path.realpath(root))
+                dirs[:] = sorted(d for d in dirs if os.path.realpath(Path(root) / d) not in walked)
+                for f in sorted(f for f in files if Path(f).suffix.lower() in VIDEO_SUFFIXES):
+                    add(Path(root) / f)
         elif path.is_file():
-            found.append(path)
+            add(path)
         else:
             raise VideoError(f"video source {path} does not exist")
     if not found:

@@ -518,3 +518,23 @@ def test_a_complete_checkpoint_left_between_the_two_renames_is_verified_and_used
     again = run_cli("distill", str(recipe), "--resume", "--steps", "8")
     assert again.wait(timeout=240) == 0
     assert "an unfinished checkpoint that does not read" in again.stderr.read()
+
+
+def test_a_checkpoint_that_hits_a_file_size_limit_is_one_clear_error_and_keeps_the_previous_one(tmp_path):
+    import resource
+
+    recipe = tiny_recipe(tmp_path, steps=3)
+    trainer.distill(load_toml(DistillRecipe, recipe), show_progress=False)
+    state = tmp_path / "student.work" / "checkpoint" / "state.safetensors"
+    before = state.read_bytes()
+    limit = len(before) // 2
+
+    def small_files():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    proc = subprocess.run([sys.executable, "-m", "turbovaed", "distill", str(recipe), "--resume", "--steps", "6"],
+                          capture_output=True, text=True, timeout=240, preexec_fn=small_files)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert f"could not write checkpoint.next in {tmp_path / 'student.work'}: File too large" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert state.read_bytes() == before and not list(state.parent.parent.glob(".checkpoint.next*"))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -34,6 +36,31 @@ def listing(names: list[str], limit: int = 5) -> str:
     return ", ".join(names[:limit]) + more
 
 
+class WriteError(TurboVAEDError):
+    """An output could not be written (no space, a file-size or quota limit, a read-only or forbidden folder)."""
+
+
+WRITE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+@contextmanager
+def _writing(target: Path) -> Iterator[None]:
+    """Turn a failed write into one WriteError naming the folder and the reason; whatever `target` was before
+    stays as it was (the callers write to a temp name first)."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except (OSError, SafetensorError) as err:
+        found = re.search(r"os error (\d+)", str(err))  # safetensors reports the OS error in its message
+        code = err.errno if isinstance(err, OSError) else int(found.group(1)) if found else None
+        if code not in WRITE_ERRNOS:
+            raise
+        reason = os.strerror(code)
+        raise WriteError(f"could not write {target.name} in {target.parent}: {reason}; "
+                         f"{'its previous version is' if target.exists() else 'nothing was'} left there") from err
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -55,12 +82,14 @@ def _publish(path: Path) -> None:
 def atomic_dir(target: str | Path) -> Iterator[Path]:
     """Yield a temp folder beside `target`; on success it replaces `target`, on error it vanishes."""
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    for stale in target.parent.glob(f".{target.name}.*.tmp"):  # left by a killed writer (SIGKILL skips cleanup)
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    with _writing(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        for stale in target.parent.glob(f".{target.name}.*.tmp"):  # left by a killed writer (SIGKILL skips cleanup)
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
-        yield tmp
+        with _writing(target):
+            yield tmp
         _publish(tmp)
         if target.exists():
             old = target.with_name(f".{target.name}.old.{os.getpid()}")
@@ -78,12 +107,14 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
 def atomic_file(target: str | Path) -> Iterator[Path]:
     """Yield a temp path beside `target`; renamed onto it only if the block succeeds."""
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=target.suffix, dir=target.parent)
+    with _writing(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=target.suffix, dir=target.parent)
     os.close(fd)
     tmp = Path(name)
     try:
-        yield tmp
+        with _writing(target):
+            yield tmp
         _publish(tmp)
         tmp.replace(target)
     finally:

@@ -306,3 +306,29 @@ def test_non_finite_or_changed_student_weights_are_refused_by_decode_and_export(
             assert result.returncode == 2 and message in result.stderr, (args[0], result.stderr[-2000:])
             assert "Traceback" not in result.stderr
     assert not (tmp_path / "o.mp4").exists() and not list((tmp_path / "exports").glob("*/manifest.json"))
+
+
+def test_absurd_sizes_are_refused_with_the_memory_they_need_and_the_option_that_lowers_it(tmp_path):
+    config = presets.student_config(teachers.build_tiny("wan21"), mini=True)
+    small = StudentDecoder(config).save_pretrained(tmp_path / "small")
+    huge = tmp_path / "huge"
+    huge.mkdir()
+    (huge / "config.json").write_text((small / "config.json").read_text().replace(
+        f'"channels": [\n    {config.channels[0]}', '"channels": [\n    100000'))
+    (huge / "model.safetensors").write_bytes((small / "model.safetensors").read_bytes())
+    save_file({"latents": torch.randn(1, 4, 2, 4, 4)}, str(tmp_path / "lat.safetensors"))
+    result = run("decode", "--student", str(huge), "--latents", str(tmp_path / "lat.safetensors"),
+                 "--out", str(tmp_path / "o.mp4"))
+    assert result.returncode == 2 and "GiB (estimated)" in result.stderr and "too large to load" in result.stderr
+    save_file({"latents": torch.zeros(1, 4, 1, 3000, 3000, dtype=torch.bfloat16)}, str(tmp_path / "big.safetensors"))
+    result = run("decode", "--student", str(small), "--latents", str(tmp_path / "big.safetensors"),
+                 "--out", str(tmp_path / "o.mp4"))
+    assert result.returncode == 2 and "--stream --chunk 1" in result.stderr and "Traceback" not in result.stderr
+    result = run("export", "host-onnx-fp32", "--checkpoint", str(small), "--out", str(tmp_path / "exports"),
+                 "--teacher", "wan21", "--tiny-teacher", "--synthetic", "--height", "100000", "--width", "100000")
+    assert result.returncode == 2 and "shape.height / shape.width" in result.stderr, result.stderr[-2000:]
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(f'output = "{tmp_path / "student"}"\n[teacher]\nname = "wan21"\ntiny = true\n[student]\nmini = true\n'
+                      "[data]\nsynthetic = true\nsize = 4096\n[train]\nbatch = 64\n")
+    result = run("distill", str(recipe))
+    assert result.returncode == 2 and "lower train.batch" in result.stderr, result.stderr[-2000:]

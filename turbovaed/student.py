@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from turbovaed import memory
 from turbovaed.io import CheckpointError, InputError, check_saved, load_safetensors, save_pretrained
 from turbovaed.nn import PADDING_MODES, Conv3d, PixelShuffle3d, ResBlock, RMSNorm, TimeCache
 
@@ -212,7 +213,10 @@ class StudentDecoder(nn.Module):
             raise CheckpointError(f"{directory / CONFIG_NAME} is not valid JSON: {err}") from err
         if not isinstance(data, dict):
             raise CheckpointError(f"{directory / CONFIG_NAME} must hold a JSON object")
-        model = cls(StudentConfig.from_dict(data))
+        config = StudentConfig.from_dict(data)
+        memory.check(memory.parameter_bytes(config), f"the student in {directory}",
+                     f"its {CONFIG_NAME} describes a model too large to load here (channels {config.channels})")
+        model = cls(config)
         check_saved(directory / weights, data)
         state = load_safetensors(directory / weights)
         load_state(model, state, directory / weights)

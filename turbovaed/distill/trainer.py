@@ -29,7 +29,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from turbovaed import data, logs, presets, teachers
+from turbovaed import data, logs, memory, presets, teachers
 from turbovaed.distill import lock
 from turbovaed.distill.cache import LatentCache, dequantize
 from turbovaed.distill.checkpoint import (
@@ -217,6 +217,12 @@ def setup(recipe: DistillRecipe, resume: bool, show_progress: bool, rebuild_cach
     teacher = teachers.load(recipe.teacher.name, recipe.teacher.path, tiny=recipe.teacher.tiny,
                             dtype=torch.float32).to(device)
     config = student_config(recipe, teacher)
+    d = recipe.data
+    memory.check(memory.student_bytes(config, (d.latent_frames, d.size // teacher.spec.spatial,
+                                               d.size // teacher.spec.spatial), recipe.train.batch, training=True),
+                 f"training this student on batches of {recipe.train.batch} x {d.size}x{d.size} crops",
+                 "lower train.batch (raise train.grad_accum to keep the batch), data.size or data.latent_frames, or "
+                 "the student's channels", device)
     if recipe.data.size % teacher.spec.spatial:
         raise InputError(f"data.size {recipe.data.size} must be a multiple of {teacher.spec.spatial} "
                          f"for {teacher.spec.name}")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from turbovaed import data, teachers
+from turbovaed import data, memory, teachers
 from turbovaed.evaluate import never_trained_on
 from turbovaed.export import backends
 from turbovaed.export.backends import BACKENDS, MissingDependency  # noqa: F401 - re-exported
@@ -168,6 +168,16 @@ def model_of(manifest: dict) -> dict:
             "sha256": s.get("sha256", ""), "config": s["config"]}
 
 
+def check_memory(config, recipe: ExportRecipe) -> None:
+    """Refuse a shape the converters cannot hold here: they keep the eager graph, the traced program and the
+    calibration activations at once (about four passes' worth)."""
+    s, shape = config.spatial_ratio, recipe.shape
+    latent = (shape.stream_chunk or shape.latent_frames, -(-shape.height // s), -(-shape.width // s))
+    memory.check(4 * memory.student_bytes(config, latent), f"exporting {recipe.name} at {shape.height}x{shape.width}",
+                 "export a smaller shape (shape.height / shape.width, --height / --width) or a streaming step graph "
+                 "(shape.stream_chunk)")
+
+
 class StudentSource:
     """A distilled student checkpoint: its 2D mobile graph (or streaming step), latents of the recipe's teacher
     (normalised where the recipe folds de-normalisation in), verified against the fp32 student."""
@@ -175,6 +185,7 @@ class StudentSource:
     def __init__(self, recipe: ExportRecipe, checkpoint: str | Path):
         self.recipe, self.checkpoint = recipe, checkpoint
         self.student = StudentDecoder.from_pretrained(checkpoint).float().eval()
+        check_memory(self.student.config, recipe)
         self.model, self.example, self.io = graph(self.student, recipe)
         self.chunk = recipe.shape.stream_chunk
 

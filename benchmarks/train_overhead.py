@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from results_io import write_results
 
-from turbovaed.distill import trainer
+from turbovaed.distill import loop, trainer
 from turbovaed.distill.recipe import DistillRecipe
 from turbovaed.distill.syncs import counting
 from turbovaed.recipes import build
@@ -44,14 +44,14 @@ def old_reads(losses):
 
 
 def one_run(recipe: DistillRecipe, before: bool) -> dict:
-    real_losses = trainer._losses
+    real_losses = loop.step_losses
     if before:
-        trainer._losses = old_reads(real_losses)
+        loop.step_losses = old_reads(real_losses)
     try:
         with counting(trainer, "train_loop") as counts:
             out = trainer.distill(recipe, show_progress=False)
     finally:
-        trainer._losses = real_losses
+        loop.step_losses = real_losses
     log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
     times = [r["s_per_step"] for r in log if "s_per_step" in r][2:]  # after warm-up
     checkpoints = recipe.train.steps // recipe.train.checkpoint_every

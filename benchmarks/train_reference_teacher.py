@@ -217,6 +217,8 @@ def main() -> None:
                    help="ship only if held-out clip PSNR beats per-frame bicubic by this many dB")
     p.add_argument("--out", type=Path, default=reference.ASSET_DIR, help="where the trained teacher is written")
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--freeze-encoder", action="store_true",
+                   help="train the decoder only: the latents (and every student and cache made from them) stay valid")
     p.add_argument("--report-only", action="store_true",
                    help="write benchmarks/results/reference_teacher_two_phase.json and its curve from --work's log")
     args = p.parse_args()
@@ -252,6 +254,9 @@ def main() -> None:
     print(f"{type(vae).__name__} ({args.arch}): {sum(p.numel() for p in vae.parameters()) / 1e6:.2f}M parameters",
           flush=True)
     opt = torch.optim.AdamW(vae.parameters(), lr=phases[0].lr, betas=(0.9, 0.99), weight_decay=1e-4)
+    if args.freeze_encoder:  # AdamW leaves parameters without gradients as they are
+        for module in (vae.encoder, vae.quant_conv):
+            module.requires_grad_(False)
     step, minutes = 0, 0.0
     ckpt = args.work / "checkpoint"
     log_path = args.work / "log.jsonl"

@@ -122,14 +122,17 @@ def quickstart() -> str:
     m, mean = r["metrics"], r["metrics"]["mean"]
     arts = ", ".join(f"{a['name']} {a['numerics']['psnr_db']:.1f}" + (" (weights)" if a["backend"] == "coreml" else "")
                      for a in r["artifacts"] if "psnr_db" in a["numerics"])
-    bicubic = mean.get("bicubic_psnr")
+    bicubic, scratch = mean["bicubic_psnr"], r["from_scratch"]["mean"]
     return "\n".join([
         f"`turbovaed quickstart` end to end in **{r['minutes']:.1f} min** ({r['threads']} threads, "
         f"`benchmarks/quickstart.py`): {r['steps']} distillation steps of a {m['student_params']:,}-parameter student "
-        f"({100 * m['student_params'] / m['teacher_decoder_params']:.1f}% of the teacher decoder); held-out PSNR "
-        f"{mean['student_psnr']:.2f} dB vs the teacher's {mean['teacher_psnr']:.2f}, SSIM {mean['student_ssim']:.3f} vs "
-        f"{mean['teacher_ssim']:.3f}" + (f", per-frame bicubic {bicubic:.2f} dB on the same windows" if bicubic else "")
-        + f"; then {len(r['artifacts'])} artifacts, each verified against the fp32 student on clips it never trained "
+        f"({100 * m['student_params'] / m['teacher_decoder_params']:.1f}% of the teacher decoder), started from "
+        f"{m['init']}; held-out PSNR **{mean['student_psnr']:.2f} dB, {mean['student_psnr'] - bicubic:+.2f} dB over "
+        f"per-frame bicubic ({bicubic:.2f})** on the same windows, the teacher {mean['teacher_psnr']:.2f} "
+        f"({mean['teacher_psnr'] - bicubic:+.2f}); SSIM {mean['student_ssim']:.3f} vs the teacher's "
+        f"{mean['teacher_ssim']:.3f}. The same {r['from_scratch']['steps']} steps from random initialisation reach "
+        f"{scratch['student_psnr']:.2f} dB ({scratch['student_psnr'] - bicubic:+.2f} over bicubic). Then "
+        f"{len(r['artifacts'])} artifacts, each verified against the fp32 student on clips it never trained "
         f"on (PSNR dB): {arts}; then the host profile and the report. "
         "Source: `benchmarks/results/quickstart.json`."])
 

@@ -131,15 +131,23 @@ def test_bad_input_gives_one_clear_error_and_writes_nothing(tmp_path, args, mess
     assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing written
 
 
-def test_quickstart_distils_from_the_shipped_teacher(tmp_path):
-    from turbovaed.reference import ASSET_DIR
-
-    if not (ASSET_DIR / "config.json").is_file():
-        pytest.skip("the reference teacher is not in this checkout")
+def test_quickstart_fine_tunes_the_shipped_student_from_the_shipped_teacher(tmp_path):
     result = run("quickstart", "--out", str(tmp_path / "qs"), "--steps", "3", "--no-export")
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "student (EMA)" in result.stdout
+    assert "student (EMA)" in result.stdout and "vs bicubic dB" in result.stdout and "per-frame bicubic" in result.stdout
+    assert "started from the shipped reference student" in result.stdout
     assert (tmp_path / "qs" / "student" / "model.safetensors").is_file()
+    assert "Started from the shipped reference student" in (tmp_path / "qs" / "student" / "README.md").read_text()
+
+
+def test_a_starting_point_of_another_architecture_is_refused_before_any_work(tmp_path):
+    other = StudentDecoder(presets.student_config(teachers.get_spec("reference"), mini=True)).save_pretrained(
+        tmp_path / "other")
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(f'output = "{tmp_path / "student"}"\n[student]\npreset = "reference"\ninit = "{other}"\n')
+    result = run("distill", str(recipe))
+    assert result.returncode == 2 and "is a different student than the recipe's: " in result.stderr
+    assert "channels" in result.stderr and not (tmp_path / "student.work" / "cache").exists()
 
 
 def test_decode_takes_generator_latents_in_either_layout_normalised_and_bf16(tmp_path):

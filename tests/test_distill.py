@@ -14,10 +14,11 @@ import torch
 from safetensors.torch import load_file
 
 from turbovaed import presets, teachers
-from turbovaed.distill import trainer
+from turbovaed.distill import guard, loop, setup, trainer
 from turbovaed.distill.recipe import DistillRecipe
 from turbovaed.io import InputError
 from turbovaed.recipes import build, load_toml, to_toml
+from turbovaed.student import StudentDecoder
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -200,14 +201,14 @@ def test_sigkill_mid_run_then_resume_gives_identical_weights(tmp_path):
 
 def _poison(monkeypatch, bad_calls) -> None:
     """Make the perceptual loss NaN on the given calls (one call per step here)."""
-    real = trainer.msssim_grad_loss
+    real = loop.msssim_grad_loss
     calls = {"n": 0}
 
     def poisoned(pred, target):
         calls["n"] += 1
         return real(pred, target) * (float("nan") if bad_calls(calls["n"]) else 1.0)
 
-    monkeypatch.setattr(trainer, "msssim_grad_loss", poisoned)
+    monkeypatch.setattr(loop, "msssim_grad_loss", poisoned)
 
 
 def test_a_non_finite_step_is_skipped_counted_and_the_run_finishes(tmp_path, monkeypatch):
@@ -224,11 +225,11 @@ def test_non_finite_steps_in_a_row_stop_the_run_and_keep_finite_checkpoints(tmp_
     recipe = load_toml(DistillRecipe, tiny_recipe(tmp_path, steps=8))
     recipe.train.max_nonfinite = 2
     _poison(monkeypatch, lambda n: n > 4)
-    with pytest.raises(trainer.TrainingError, match="2 steps in a row.*up to step 6"):
+    with pytest.raises(guard.TrainingError, match="2 steps in a row.*up to step 6"):
         trainer.distill(recipe, show_progress=False)
     from turbovaed.distill.checkpoint import load_training_state
 
-    student = trainer.StudentDecoder(presets.student_config(teachers.build_tiny("wan21"), mini=True))
+    student = StudentDecoder(presets.student_config(teachers.build_tiny("wan21"), mini=True))
     step, _ = load_training_state(tmp_path / "student.work" / "checkpoint", {"student": student}, {})
     assert step == 3 and all(torch.isfinite(p).all() for p in student.parameters())
     assert not (tmp_path / "student").exists()
@@ -322,9 +323,9 @@ def test_a_dtype_the_device_cannot_do_is_refused(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, **k: "Tesla V100")
     with pytest.raises(InputError, match="Tesla V100 has no bf16"):
-        trainer.check_dtype(torch.device("cuda", 0), torch.bfloat16, "train.precision")
-    trainer.check_dtype(torch.device("cuda", 0), torch.float16, "train.precision")  # fp16 is fine there
-    trainer.check_dtype(torch.device("cpu"), torch.bfloat16, "train.precision")
+        setup.check_dtype(torch.device("cuda", 0), torch.bfloat16, "train.precision")
+    setup.check_dtype(torch.device("cuda", 0), torch.float16, "train.precision")  # fp16 is fine there
+    setup.check_dtype(torch.device("cpu"), torch.bfloat16, "train.precision")
 
 
 def test_eval_videos_inside_the_training_folder_are_never_trained_on(tmp_path):
@@ -336,7 +337,7 @@ def test_eval_videos_inside_the_training_folder_are_never_trained_on(tmp_path):
     recipe.data.synthetic = False
     recipe.data.videos = [str(tmp_path / "train")]
     recipe.data.eval_videos = [str(tmp_path / "train" / "heldout")]
-    train, held_out, unreadable = trainer._videos(recipe, tmp_path / "work", rank=0, show_progress=False)
+    train, held_out, unreadable = setup.videos_of(recipe, tmp_path / "work", rank=0, show_progress=False)
     assert sorted(i.path.name for i in train) == ["a.mp4", "b.mp4"] and [v.name for v in held_out] == ["c.mp4"]
     assert unreadable == []
 
@@ -400,19 +401,21 @@ def test_a_nan_on_one_rank_in_the_discriminator_or_alignment_loss_is_skipped_by_
     script.write_text(f"""
 import os
 import torch
-from turbovaed.distill import trainer
+from turbovaed.distill import loop
+from turbovaed.distill.losses import FeatureAlignment
 from turbovaed.distill.recipe import DistillRecipe
+from turbovaed.distill.trainer import distill
 from turbovaed.recipes import load_toml
 rank1, calls = os.environ["RANK"] == "1", {{"d": 0, "a": 0}}
-real_d, real_a = trainer.hinge_d_loss, trainer.FeatureAlignment.forward
+real_d, real_a = loop.hinge_d_loss, FeatureAlignment.forward
 def hinge(*a):
     calls["d"] += 1
     return real_d(*a) * (float("nan") if rank1 and calls["d"] == 2 else 1.0)
 def align(self, *a):
     calls["a"] += 1
     return real_a(self, *a) * (float("nan") if rank1 and calls["a"] == 4 else 1.0)
-trainer.hinge_d_loss, trainer.FeatureAlignment.forward = hinge, align
-trainer.distill(load_toml(DistillRecipe, {str(recipe)!r}), show_progress=False)
+loop.hinge_d_loss, FeatureAlignment.forward = hinge, align
+distill(load_toml(DistillRecipe, {str(recipe)!r}), show_progress=False)
 """)
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
                            "29544", str(script)], capture_output=True, text=True, timeout=900,

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from test_distill import tiny_recipe
 
 from turbovaed import data, presets
-from turbovaed.distill import trainer
+from turbovaed.distill import setup, trainer
 from turbovaed.distill.checkpoint import previous_slot
 from turbovaed.distill.recipe import DistillRecipe
 from turbovaed.io import CheckpointError, InputError, VideoError
@@ -133,15 +133,15 @@ def test_two_ranks_on_real_clips_with_bad_files_and_a_non_finite_step_on_one_ran
     script.write_text(textwrap.dedent(f"""
         import os, sys
         sys.path.insert(0, {str(Path(__file__).parent)!r})
-        from turbovaed.distill import trainer
+        from turbovaed.distill import loop, trainer
         from turbovaed.distill.recipe import DistillRecipe
         from turbovaed.recipes import load_toml
-        real, calls = trainer.msssim_grad_loss, [0]
+        real, calls = loop.msssim_grad_loss, [0]
         def poisoned(pred, target):
             calls[0] += 1
             nan = os.environ["RANK"] == "1" and calls[0] == 2
             return real(pred, target) * (float("nan") if nan else 1.0)
-        trainer.msssim_grad_loss = poisoned
+        loop.msssim_grad_loss = poisoned
         trainer.distill(load_toml(DistillRecipe, {str(recipe)!r}), show_progress=False)
     """))
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
@@ -241,12 +241,12 @@ def test_setup_refuses_before_any_heavy_work(tmp_path, monkeypatch):
     blocked.output = str(tmp_path / "afile" / "student")
     with pytest.raises(InputError, match="cannot write the run's output"):
         trainer.distill(blocked, show_progress=False)
-    monkeypatch.setattr(trainer.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000))
+    monkeypatch.setattr(setup.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000))
     with pytest.raises(InputError, match=r"latent cache needs about .* GB free"):
         trainer.distill(recipe, show_progress=False)
     assert not (tmp_path / "student.work" / "cache").exists() and not (tmp_path / "student").exists()
     recipe.teacher.tiny, recipe.teacher.path = False, str(tmp_path / "no-such-teacher")
-    with pytest.raises(CheckpointError, match="does not exist"):
+    with pytest.raises(InputError, match="teacher.path = .* does not exist"):
         trainer.distill(recipe, show_progress=False)
 
 

@@ -120,8 +120,12 @@ def nonfinite_tensors(modules: dict[str, torch.nn.Module], optimizers: dict[str,
 
     states = {**{f"m.{k}": m.state_dict() for k, m in modules.items()},
               **{f"o.{k}": o.state_dict() for k, o in optimizers.items()}}
-    return [name for key, state in states.items() for name, t in walk(key, state)
-            if t.is_floating_point() and not bool(t.isfinite().all())]
+    floats = [(name, t) for key, state in states.items() for name, t in walk(key, state) if t.is_floating_point()]
+    if not floats:
+        return []
+    device = floats[0][1].device  # one host read for all of them (a GPU waits once per checkpoint)
+    bad = torch.stack([(~t.isfinite()).any().to(device) for _, t in floats]).tolist()
+    return [name for (name, _), b in zip(floats, bad) if b]
 
 
 def save_training_state(directory: str | Path, modules: dict[str, torch.nn.Module],

@@ -9,6 +9,7 @@ import datetime
 import fcntl
 import json
 import os
+import shutil
 import socket
 from pathlib import Path
 from typing import TextIO
@@ -46,9 +47,12 @@ def acquire(work: Path, rank: int) -> None:
 
 
 def release(work: Path) -> None:
+    """Drop this rank's lock; a work folder that holds nothing but locks (a run refused before any work) goes."""
     handle = _held.pop(work, None)
     if handle is not None:
         handle.close()
+        if work.is_dir() and {p.name for p in work.iterdir()} == {".lock"}:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def _describe(holder: str) -> str:

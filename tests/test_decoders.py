@@ -163,6 +163,9 @@ def test_info_describes_a_decoder_file(tmp_path):
         assert needed in result.stdout, (needed, result.stdout)
     from turbovaed.decoders import load as load_decoder
 
+    sized = subprocess.run([sys.executable, "-m", "turbovaed", "info", "--decoder", str(path), "--size", "256x448"],
+                           capture_output=True, text=True, timeout=300)
+    assert "GMACs per output frame, 256x448" in sized.stdout and "720p" not in sized.stdout
     published = load_decoder(random_file("taehv", tmp_path)).describe()["gmacs_per_frame"]["512x512"]
     assert abs(published - 52.5) < 0.1  # TAEHV's published cost per frame at 512x512
 
@@ -331,3 +334,23 @@ def test_lighttae_files_are_told_by_name_and_state_their_convention(tmp_path):
     hy = load(random_file("taehv1_5", tmp_path, "pth", stem="lighttae_hy1_5"))
     assert (wan.family, wan.variant.name) == ("lighttae", "lighttaew2_1") and "de-normalised" in wan.variant.convention
     assert (hy.family, hy.variant.name) == ("lighttae", "lighttae_hy1_5") and "1.03682" in hy.variant.convention
+
+
+def test_lighttae_hy1_5_is_built_as_lightx2v_builds_it(tmp_path):
+    """LightX2V's LightTaeHy15 (model_type hy15): LeakyReLU(0.2) wherever TAEHV has ReLU, and frames clamped to
+    [-1, 1], the canonical range already (no [0, 1] -> [-1, 1] map). Checked against LightX2V's own code on the
+    same random weights: exact (max error 0); here, the structure and the range that check found."""
+    hy = load(random_file("taehv1_5", tmp_path, "pth", stem="lighttae_hy1_5"))
+    taehv = load(random_file("taehv1_5", tmp_path))
+    acts = [type(m) for m in hy.module.modules() if isinstance(m, (torch.nn.ReLU, torch.nn.LeakyReLU))]
+    assert acts and set(acts) == {torch.nn.LeakyReLU} and all(m.negative_slope == 0.2 for m in hy.module.modules()
+                                                              if isinstance(m, torch.nn.LeakyReLU))
+    assert {type(m) for m in taehv.module.modules() if isinstance(m, (torch.nn.ReLU, torch.nn.LeakyReLU))} == {
+        torch.nn.ReLU}
+    z = torch.randn(1, 32, 2, 4, 4) * 3
+    with torch.no_grad():
+        frames = hy.module.frames(z.transpose(1, 2), lambda f: torch.nn.functional.pad(f, (0,) * 6 + (1, 0))[:, :-1])
+        canonical = hy.canonical()(z)
+    assert frames.min() < -0.1 and frames.min() >= -1 and frames.max() <= 1
+    assert torch.allclose(canonical, frames[:, hy.variant.frames_to_trim:].transpose(1, 2))
+    assert "[-1, 1]" in hy.describe()["output"] and "[0, 1]" in taehv.describe()["output"]

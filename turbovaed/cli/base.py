@@ -74,7 +74,7 @@ def parse_size(size: str) -> tuple[int, int]:
 TeacherPath = Annotated[Optional[Path], typer.Option(help="local diffusers folder of the teacher")]
 TinyTeacher = Annotated[bool, typer.Option(help="use a tiny random teacher of the class (tests)")]
 DecoderFile = Annotated[Optional[Path], typer.Option(
-    help="a decoder file people already use (TAEHV/TAEW, LightTAE, Turbo-VAED: .safetensors or .pth)")]
+    help="a decoder file people already use (TAEHV/TAEW, LightTAE, Turbo-VAED, Flash-VAED: .safetensors or .pth)")]
 Variant = Annotated[Optional[str], typer.Option(help="with --decoder: the variant, where a layout fits several "
                                                      "(e.g. taehv vs taew2_1)")]
 StudentDir = Annotated[Optional[str], typer.Option(help="student checkpoint folder")]

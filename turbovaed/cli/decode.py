@@ -26,22 +26,24 @@ Normalized = Annotated[Optional[bool], typer.Option(
 def info(target: Annotated[Optional[str], typer.Argument(
             help="preset name (family, optionally -mini/-base/-turbo: ltx, wan21-base) or checkpoint folder; "
                  "none: the whole preset ladder")] = None,
-         size: Annotated[str, typer.Option(help="output HEIGHTxWIDTH")] = "256x256",
+         size: Annotated[Optional[str], typer.Option(
+             help="output HEIGHTxWIDTH (default: 256x256; a decoder file: 512x512 and 720p)")] = None,
          frames: Annotated[int, typer.Option(help="output frames")] = 17,
          decoder: DecoderFile = None, variant: Variant = None) -> None:
     """Parameters, MACs per frame, compression and frame rule of a student (or of every preset), or of a
     decoder file (--decoder)."""
     if decoder is not None:
-        out.print(decoder_table(decoder, variant))
+        out.print(decoder_table(decoder, variant, {size: parse_size(size)} if size else None))
     elif target is None:
         out.print(ladder_table())
     else:
-        out.print(student_table(target, parse_size(size), frames))
+        out.print(student_table(target, parse_size(size or "256x256"), frames))
 
 
 @app.command()
 @logged(lambda a: a["out_path"].parent)
-def decode(out_path: Annotated[Path, typer.Option("--out", help="output .mp4 (a .png comparison is written beside it)")],
+def decode(out_path: Annotated[Path, typer.Option("--out", help="output .mp4 (whole-clip decodes by a student or "
+                                                  "teacher also write a .png comparison beside it)")],
            latents: Annotated[Optional[Path], typer.Option(
                help="latents: .safetensors ('latents' tensor) or torch.save .pt/.pth (a tensor, or a dict with "
                     "'latents'/'latent'/'z'; loaded weights-only)")] = None,

@@ -61,10 +61,10 @@ def student_table(target: str, size: tuple[int, int], frames: int) -> Table:
         ("GMACs per output frame", f"{macs / 1e9 / frames:.3f}")])
 
 
-def decoder_table(path: Path, variant: str | None) -> Table:
+def decoder_table(path: Path, variant: str | None, sizes: dict[str, tuple[int, int]] | None = None) -> Table:
     from turbovaed import decoders
 
-    d = decoders.load(path, variant).describe()
+    d = decoders.load(path, variant).describe(sizes)
     return _properties(f"decoder {path}", [
         ("family / variant", f"{d['family']} / {d['variant']}"), ("decodes latents of", d["decodes"]),
         ("parameters", f"{d['params']:,}"),

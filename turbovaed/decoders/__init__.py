@@ -102,7 +102,8 @@ class LoadedDecoder:
         for label, (h, w) in sizes.items():
             shape = (1, v.latent_channels, t, math.ceil(h / f), math.ceil(w / f))
             macs[label] = module_macs(model, shape) / 1e9 / v.output_frames(t)
-        output = "NTCHW RGB in [0, 1]" if isinstance(self.module, TAEHVDecoder) else "BCTHW RGB in [-1, 1] (unclamped)"
+        output = "BCTHW RGB in [-1, 1] (unclamped)" if not isinstance(self.module, TAEHVDecoder) else \
+            f"NTCHW RGB in {'[-1, 1]' if v.signed else '[0, 1]'}"
         return {"family": self.family, "variant": v.name, "decodes": v.vae, "params": self.module.num_parameters(),
                 "gmacs_per_frame": macs, "frame_rule": v.frame_rule, "spatial_ratio": f, "latents": v.convention,
                 "output": output, "causal": self.causal, "sha256": self.sha256, "skipped_tensors": len(self.skipped),

@@ -4,7 +4,8 @@ trimmed frames), the code is ours.
 
 The decoder is a sequence of 2D layers over N*T frames: Clamp (tanh(x/3)*3), a 3x3 conv, then three stages
 of [3 MemBlocks, nearest 2x upsample, TGrow, 3x3 conv], ReLU and a 3x3 conv to 3*patch^2 channels, pixel
-shuffle, clamp to [0, 1]. A MemBlock sees its own input one frame earlier (zeros before the first frame);
+shuffle, clamp to [0, 1] (LightX2V's HunyuanVideo 1.5 LightTAE: LeakyReLU(0.2) throughout and a clamp to
+[-1, 1]). A MemBlock sees its own input one frame earlier (zeros before the first frame);
 a TGrow with stride 2 doubles the frames (a 1x1 conv to 2C channels read as two consecutive frames). The
 first t_upscale - 1 output frames are dropped (taecvx keeps them when T is even). Input NTCHW raw latents of
 the variant's VAE, output NTCHW RGB in [0, 1]."""
@@ -30,6 +31,8 @@ class Variant:
     time_upscale: tuple[bool, bool, bool]  # per decoder stage
     vae: str  # whose latents it decodes
     convention: str  # what the latents must be
+    leaky: bool = False  # LeakyReLU(0.2) instead of ReLU (LightX2V's LightTAE for HunyuanVideo 1.5)
+    signed: bool = False  # frames clamped to [-1, 1] (already the canonical range), not [0, 1]
 
     @property
     def t_upscale(self) -> int:
@@ -71,8 +74,10 @@ VARIANTS = {v.name: v for v in (
     # LightX2V's LightTAE: TAEHV's architecture and tensor names, retrained; LightX2V feeds it de-normalised latents
     Variant("lighttaew2_1", 16, 1, (False, True, True), "Wan 2.1 (LightX2V LightTAE)",
             "de-normalised Wan 2.1 latents (latents * latents_std + latents_mean, as LightX2V feeds it), NTCHW"),
+    # LightX2V builds this one with LeakyReLU(0.2) and clamps its frames to [-1, 1] (LightTaeHy15, model_type hy15)
     Variant("lighttae_hy1_5", 32, 2, (False, True, True), "HunyuanVideo 1.5 (LightX2V LightTAE)",
-            "HunyuanVideo 1.5 latents divided by its scaling factor 1.03682 (as LightX2V feeds it), NTCHW"),
+            "HunyuanVideo 1.5 latents divided by its scaling factor 1.03682 (as LightX2V feeds it), NTCHW",
+            leaky=True, signed=True),
 )}
 SUPER = ("taew2_2_super", "taehv1_5_super")  # a different decoder block: recognised, not built yet
 
@@ -86,13 +91,17 @@ class Clamp(nn.Module):
         return torch.tanh(x / 3) * 3
 
 
-class MemBlock(nn.Module):
-    """conv(cat(x, past)) -> ReLU -> conv -> ReLU -> conv, plus a skip, then ReLU."""
+def act(variant: Variant) -> nn.Module:
+    return nn.LeakyReLU(0.2) if variant.leaky else nn.ReLU()
 
-    def __init__(self, n: int):
+
+class MemBlock(nn.Module):
+    """conv(cat(x, past)) -> act -> conv -> act -> conv, plus a skip, then act (ReLU, or the variant's)."""
+
+    def __init__(self, n: int, variant: Variant):
         super().__init__()
-        self.conv = nn.Sequential(conv(2 * n, n), nn.ReLU(), conv(n, n), nn.ReLU(), conv(n, n))
-        self.act = nn.ReLU()
+        self.conv = nn.Sequential(conv(2 * n, n), act(variant), conv(n, n), act(variant), conv(n, n))
+        self.act = act(variant)
 
     def forward(self, x: torch.Tensor, past: torch.Tensor) -> torch.Tensor:
         return self.act(self.conv(torch.cat([x, past], 1)) + x)
@@ -117,12 +126,12 @@ class TAEHVDecoder(nn.Module):
     def __init__(self, variant: Variant):
         super().__init__()
         self.variant = variant
-        layers: list[nn.Module] = [Clamp(), conv(variant.latent_channels, C[0]), nn.ReLU()]
+        layers: list[nn.Module] = [Clamp(), conv(variant.latent_channels, C[0]), act(variant)]
         for stage, grow in enumerate(variant.time_upscale):
             n = C[stage]
-            layers += [MemBlock(n), MemBlock(n), MemBlock(n), nn.Upsample(scale_factor=2),
+            layers += [MemBlock(n, variant), MemBlock(n, variant), MemBlock(n, variant), nn.Upsample(scale_factor=2),
                        TGrow(n, 2 if grow else 1), conv(n, C[stage + 1], bias=False)]
-        layers += [nn.ReLU(), conv(C[3], 3 * variant.patch_size ** 2)]
+        layers += [act(variant), conv(C[3], 3 * variant.patch_size ** 2)]
         self.decoder = nn.Sequential(*layers)
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
@@ -137,7 +146,8 @@ class TAEHVDecoder(nn.Module):
 
     def frames(self, latents: torch.Tensor, past) -> torch.Tensor:
         """The layers over every frame of NTCHW latents, untrimmed: `past(frames)` gives each MemBlock the
-        (N, T', C, H, W) inputs one frame earlier than its own `frames`. Output NTCHW in [0, 1]."""
+        (N, T', C, H, W) inputs one frame earlier than its own `frames`. Output NTCHW in [0, 1] ([-1, 1] for a
+        signed variant)."""
         n = latents.shape[0]
         x = latents.reshape(-1, *latents.shape[2:])
         for layer in self.decoder:
@@ -148,7 +158,7 @@ class TAEHVDecoder(nn.Module):
                 x = layer(x)
         if self.variant.patch_size > 1:
             x = F.pixel_shuffle(x, self.variant.patch_size)
-        return x.clamp(0, 1).reshape(n, -1, *x.shape[1:])
+        return x.clamp(-1 if self.variant.signed else 0, 1).reshape(n, -1, *x.shape[1:])
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -201,11 +211,13 @@ class Canonical(nn.Module):
     def __init__(self, inner: nn.Module):
         super().__init__()
         self.inner = inner
+        self.variant = inner.variant
 
     def forward(self, latents: torch.Tensor, *states: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         out = self.inner(latents.transpose(1, 2), *states)
         frames, rest = (out[0], out[1:]) if isinstance(out, tuple) else (out, ())
-        frames = frames.transpose(1, 2) * 2 - 1
+        frames = frames.transpose(1, 2)
+        frames = frames if self.variant.signed else frames * 2 - 1
         return (frames, *rest) if states else frames
 
     @property

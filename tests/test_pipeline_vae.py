@@ -1,0 +1,108 @@
+"""A student as `pipe.vae` of real diffusers pipelines (tiny transformers, prompt embeddings given): the video a
+pipeline decodes is the student's decode of the latents the same pipeline returns with output_type="latent"."""
+
+import json
+
+import pytest
+import torch
+from conftest import randomize
+from diffusers import FlowMatchEulerDiscreteScheduler
+
+from turbovaed import presets, teachers
+from turbovaed.io import InputError, TurboVAEDError
+from turbovaed.pipeline_vae import StudentVAE, raw_latents
+from turbovaed.student import StudentDecoder
+
+
+def student_folder(tmp_path, family: str):
+    teacher = teachers.build_tiny(family)
+    student = randomize(StudentDecoder(presets.student_config(teacher, mini=True)), std=0.05).eval()
+    folder = student.save_pretrained(tmp_path / family, extra_files={
+        "latent_norm.json": json.dumps(teacher.norm.to_dict())})
+    return student, folder
+
+
+def wan_pipeline(vae, channels: int = 4):
+    from diffusers import WanPipeline, WanTransformer3DModel
+
+    torch.manual_seed(0)
+    transformer = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12,
+                                        in_channels=channels, out_channels=channels, text_dim=32, freq_dim=256, ffn_dim=32,
+                                        num_layers=1, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
+                                        rope_max_seq_len=32)
+    return WanPipeline(tokenizer=None, text_encoder=None, transformer=transformer, vae=vae,
+                       scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0))
+
+
+def ltx_pipeline(vae):
+    from diffusers import LTXPipeline, LTXVideoTransformer3DModel
+
+    torch.manual_seed(0)
+    transformer = LTXVideoTransformer3DModel(in_channels=8, out_channels=8, patch_size=1, patch_size_t=1,
+                                             num_attention_heads=2, attention_head_dim=8, cross_attention_dim=16,
+                                             num_layers=1, caption_channels=32)
+    return LTXPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=None, tokenizer=None,
+                       transformer=transformer)
+
+
+@pytest.mark.parametrize("family,build,size,frames", [("wan21", wan_pipeline, 32, 9), ("ltx", ltx_pipeline, 64, 9)])
+def test_a_student_decodes_inside_the_pipeline_exactly_as_on_its_own(tmp_path, family, build, size, frames):
+    student, folder = student_folder(tmp_path, family)
+    pipe = build(StudentVAE.from_student(folder))
+    embeds = torch.randn(1, 8, 32, generator=torch.Generator().manual_seed(1))
+    kw = dict(prompt_embeds=embeds, height=size, width=size, num_frames=frames, num_inference_steps=2,
+              guidance_scale=1.0)
+    if family == "ltx":
+        kw["prompt_attention_mask"] = torch.ones(1, 8, dtype=torch.long)
+    video = pipe(**kw, output_type="pt", generator=torch.Generator().manual_seed(0)).frames  # (B, T, 3, H, W), [0, 1]
+    latents = pipe(**kw, output_type="latent", generator=torch.Generator().manual_seed(0)).frames
+    if family == "ltx":
+        assert latents.dim() == 3  # LTX returns packed (B, S, D) latents
+    z = raw_latents(pipe, latents, frames, size, size)
+    assert z.shape[1:3] == (student.config.latent_channels, student.config.latents_for(frames))
+    with torch.no_grad():
+        expected = (student(z).clamp(-1, 1) + 1) / 2
+    assert video.shape == (1, frames, 3, size, size)
+    assert torch.allclose(video, expected.permute(0, 2, 1, 3, 4), atol=1e-5)
+
+
+def test_a_decoder_file_people_use_replaces_the_pipelines_vae(tmp_path):
+    """taew2_1 (the published names and shapes, random values) as a WanPipeline's VAE: the statistics stay the
+    pipeline's own (like=pipe.vae), the frames are the decoder's own decode of the pipeline's latents."""
+    from diffusers import AutoencoderKLWan
+    from test_decoders import random_file
+
+    from turbovaed import decoders
+
+    wan = AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                           temperal_downsample=[False, True, True], latents_mean=[0.1 * i for i in range(16)],
+                           latents_std=[1.0 + 0.1 * i for i in range(16)])
+    pipe = wan_pipeline(wan, channels=16)
+    path = random_file("taew2_1", tmp_path)
+    pipe.vae = StudentVAE.from_decoder_file(path, like=wan)
+    assert pipe.vae.config.latents_mean == wan.config.latents_mean and pipe.vae.config.z_dim == 16
+    kw = dict(prompt_embeds=torch.randn(1, 8, 32, generator=torch.Generator().manual_seed(1)), height=32, width=32,
+              num_frames=9, num_inference_steps=2, guidance_scale=1.0)
+    video = pipe(**kw, output_type="pt", generator=torch.Generator().manual_seed(0)).frames
+    z = raw_latents(pipe, pipe(**kw, output_type="latent", generator=torch.Generator().manual_seed(0)).frames,
+                    9, 32, 32)
+    with torch.no_grad():
+        expected = (decoders.load(path).canonical()(z).clamp(-1, 1) + 1) / 2
+    assert torch.allclose(video, expected.permute(0, 2, 1, 3, 4), atol=1e-5)
+
+
+def test_pipeline_vae_attributes_tiling_and_refusals(tmp_path):
+    student, folder = student_folder(tmp_path, "hunyuan")
+    vae = StudentVAE.from_student(folder)
+    assert (vae.config.scaling_factor, vae.config.z_dim, vae.spatial_compression_ratio) == (0.476986, 4, 8)
+    assert vae.config.timestep_conditioning is False and vae.dtype == torch.float32
+    z = torch.randn(1, 4, 2, 12, 16)
+    whole = vae.decode(z).sample
+    vae.enable_tiling(6)
+    assert torch.allclose(vae.decode(z, return_dict=False)[0], whole, atol=1e-4)
+    with pytest.raises(TurboVAEDError, match="decodes only"):
+        vae.encode(torch.zeros(1, 3, 5, 64, 64))
+    (folder / "latent_norm.json").unlink()
+    with pytest.raises(InputError, match="no latent_norm.json"):
+        StudentVAE.from_student(folder)
+    assert StudentVAE.from_student(folder, like=vae).config.scaling_factor == 0.476986  # the pipeline's own

@@ -354,3 +354,24 @@ def test_lighttae_hy1_5_is_built_as_lightx2v_builds_it(tmp_path):
     assert frames.min() < -0.1 and frames.min() >= -1 and frames.max() <= 1
     assert torch.allclose(canonical, frames[:, hy.variant.frames_to_trim:].transpose(1, 2))
     assert "[-1, 1]" in hy.describe()["output"] and "[0, 1]" in taehv.describe()["output"]
+
+
+@pytest.mark.parametrize("latent_frames,frames", [(1, 5), (5, 5), (7, 22), (11, 39)])
+def test_taeh3_follows_minimax_h3s_chunked_frame_rule(tmp_path, latent_frames, frames):
+    """madebyollin/taehv decodes taeh3 in chunks of 5 latents (20 frames, zeros padding the last), drops each
+    chunk's first 3 frames and the clip's last 12. Checked against taehv.py itself (commit 1f14a56) on the same
+    weights for T = 1, 3, 5, 7, 10, 11: exact; here, the frame counts and which frames survive."""
+    loaded = load(random_file("taeh3", tmp_path))
+    z = torch.randn(1, 24, latent_frames, 4, 4)
+    with torch.no_grad():
+        out = loaded.canonical()(z)
+        plain = (loaded.module.frames(z.transpose(1, 2), lambda f: torch.nn.functional.pad(
+            f, (0,) * 6 + (1, 0))[:, :-1]) * 2 - 1).transpose(1, 2)
+    assert out.shape[2] == frames == loaded.variant.output_frames(latent_frames)
+    real = min(17, plain.shape[2] - 3, frames)  # chunk 1 keeps frames 3..19; past the decoded ones: zero padding
+    assert torch.equal(out[:, :, :real], plain[:, :, 3:3 + real]) and bool((out[:, :, real:17] == -1).all())
+    if latent_frames > 5:
+        assert torch.equal(out[:, :, 17:22], plain[:, :, 23:28])  # chunk 2 starts at frame 20, its first 3 dropped
+    assert "per started chunk of 5 latents" in loaded.variant.frame_rule
+    with pytest.raises(InputError, match="no streaming step graph"):
+        loaded.step()

@@ -25,7 +25,7 @@ from turbovaed.decoders import flash_vaed, flash_vaed_ltx, taehv, turbo_vaed
 from turbovaed.decoders.flash_vaed import FlashVAED, FlashVAEDStep
 from turbovaed.decoders.flash_vaed_ltx import FlashVAEDLTX
 from turbovaed.decoders.stepping import StepStream
-from turbovaed.decoders.taehv import SUPER, Canonical, TAEHVDecoder, TAEHVStep, TGrow
+from turbovaed.decoders.taehv import H3_CHUNK, SUPER, Canonical, TAEHVDecoder, TAEHVStep, TGrow
 from turbovaed.decoders.turbo_vaed import TurboVAED
 from turbovaed.io import CheckpointError, InputError, check_finite, load_safetensors
 from turbovaed.teachers import LatentNorm
@@ -73,6 +73,9 @@ class LoadedDecoder:
         """The streaming step graph (one latent frame per call, memory as explicit state); causal decoders only.
         It has `initial_states(latents BCTHW)`, `frames_to_trim`, `stream(latents, run)` and, where it takes
         the `first` flag after the latents, `takes_first`."""
+        if isinstance(self.module, TAEHVDecoder) and self.variant.h3_chunks:
+            raise InputError(f"{self.variant.name} drops frames per chunk of {H3_CHUNK} latents and at the clip's end "
+                             "(MiniMax-H3's frame rule): it has no streaming step graph; decode or export whole clips")
         if not self.causal:
             raise InputError(f"{self.variant.name} is not causal (its temporal convs see later frames too): it has "
                              "no streaming step graph; decode or export whole clips")
@@ -81,7 +84,9 @@ class LoadedDecoder:
 
     @property
     def causal(self) -> bool:
-        return isinstance(self.module, (TAEHVDecoder, FlashVAED))
+        """Whether it streams: TAEHV (but taeh3, whose chunk rule needs the clip's length) and Flash-VAED-Wan."""
+        return isinstance(self.module, FlashVAED) or (isinstance(self.module, TAEHVDecoder)
+                                                      and not self.variant.h3_chunks)
 
     @property
     def norm(self) -> LatentNorm | None:

@@ -7,7 +7,8 @@ of [3 MemBlocks, nearest 2x upsample, TGrow, 3x3 conv], ReLU and a 3x3 conv to 3
 shuffle, clamp to [0, 1] (LightX2V's HunyuanVideo 1.5 LightTAE: LeakyReLU(0.2) throughout and a clamp to
 [-1, 1]). A MemBlock sees its own input one frame earlier (zeros before the first frame);
 a TGrow with stride 2 doubles the frames (a 1x1 conv to 2C channels read as two consecutive frames). The
-first t_upscale - 1 output frames are dropped (taecvx keeps them when T is even). Input NTCHW raw latents of
+first t_upscale - 1 output frames are dropped (taecvx keeps them when T is even; taeh3 drops them per chunk of 5
+latents and drops the last 3 latents' frames, as MiniMax-H3's VAE does). Input NTCHW raw latents of
 the variant's VAE, output NTCHW RGB in [0, 1]."""
 
 from __future__ import annotations
@@ -42,8 +43,18 @@ class Variant:
     def frames_to_trim(self) -> int:
         return self.t_upscale - 1
 
+    @property
+    def h3_chunks(self) -> bool:
+        """taeh3 follows MiniMax-H3's VAE: frames in chunks of 5 latents, each chunk's first frames_to_trim frames
+        dropped, then the last 3 latents' worth of frames (madebyollin/taehv's _decode_h3_video)."""
+        return self.name == "taeh3"
+
     def output_frames(self, latent_frames: int) -> int:
-        """Output frames for T latent frames: T * t_upscale, minus the trimmed start (taecvx keeps it for even T)."""
+        """Output frames for T latent frames: T * t_upscale, minus the trimmed start (taecvx keeps it for even T);
+        taeh3: per started chunk of 5 latents 5 * t_upscale - frames_to_trim, minus 3 * t_upscale at the end."""
+        if self.h3_chunks:
+            chunks = -(-latent_frames // H3_CHUNK)
+            return chunks * (H3_CHUNK * self.t_upscale - self.frames_to_trim) - H3_DROP * self.t_upscale
         keep_all = self.name == "taecvx" and latent_frames % 2 == 0
         return latent_frames * self.t_upscale - (0 if keep_all else self.frames_to_trim)
 
@@ -53,6 +64,11 @@ class Variant:
 
     @property
     def frame_rule(self) -> str:
+        if self.h3_chunks:
+            per = H3_CHUNK * self.t_upscale - self.frames_to_trim
+            return (f"T latent frames -> {per} per started chunk of {H3_CHUNK} latents (its first "
+                    f"{self.frames_to_trim} frames dropped; zeros pad the last chunk), minus the last "
+                    f"{H3_DROP * self.t_upscale} frames (as MiniMax-H3's VAE)")
         return f"T latent frames -> {self.t_upscale}T - {self.frames_to_trim} frames" + (
             " (all 4T when T is even)" if self.name == "taecvx" else "")
 
@@ -61,6 +77,7 @@ class Variant:
 
 
 RAW = "raw VAE latents (no mean/std normalisation), NTCHW"
+H3_CHUNK, H3_DROP = 5, 3  # taeh3: latents per decode chunk, latents' worth of frames dropped at the end
 VARIANTS = {v.name: v for v in (
     Variant("taehv", 16, 1, (False, True, True), "HunyuanVideo", RAW),
     Variant("taew2_1", 16, 1, (False, True, True), "Wan 2.1 (also Wan 2.2 14B, Qwen Image)", RAW),
@@ -138,11 +155,17 @@ class TAEHVDecoder(nn.Module):
         if latents.ndim != 5 or latents.shape[2] != self.variant.latent_channels:
             raise ValueError(f"{self.variant.name} takes NTCHW latents with {self.variant.latent_channels} channels, "
                              f"got shape {tuple(latents.shape)}")
-        t = latents.shape[1]
+        t, v = latents.shape[1], self.variant
         # each MemBlock sees its own input one frame earlier, zeros before the first frame
         x = self.frames(latents, lambda frames: F.pad(frames, (0, 0, 0, 0, 0, 0, 1, 0))[:, :-1])
-        keep_all = self.variant.name == "taecvx" and t % 2 == 0
-        return x if keep_all else x[:, self.variant.frames_to_trim:]
+        if v.h3_chunks:  # zero frames fill the last chunk; each chunk drops its first frames, the clip its last
+            chunk = H3_CHUNK * v.t_upscale
+            x = F.pad(x, (0, 0, 0, 0, 0, 0, 0, -x.shape[1] % chunk))
+            n, frames = x.shape[:2]
+            x = x.reshape(n * frames // chunk, chunk, *x.shape[2:])[:, v.frames_to_trim:]  # rank 5: it exports
+            return x.reshape(n, -1, *x.shape[2:])[:, :-H3_DROP * v.t_upscale]
+        keep_all = v.name == "taecvx" and t % 2 == 0
+        return x if keep_all else x[:, v.frames_to_trim:]
 
     def frames(self, latents: torch.Tensor, past) -> torch.Tensor:
         """The layers over every frame of NTCHW latents, untrimmed: `past(frames)` gives each MemBlock the

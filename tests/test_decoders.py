@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from turbovaed.decoders import load
-from turbovaed.decoders.taehv import SUPER, VARIANTS, MemBlock, TAEHVDecoder, TGrow
+from turbovaed.decoders.taehv import VARIANTS, MemBlock, TAEHVDecoder, TGrow
 from turbovaed.io import CheckpointError, InputError
 
 LAYOUTS = Path(__file__).resolve().parent / "fixtures" / "taehv_state_dicts.json"  # a copy of shared/decoders'
@@ -56,10 +56,19 @@ def test_every_published_variant_builds_the_published_layout_and_loads_strictly(
         assert len(loaded.skipped) == len(entry["encoder_keys"])  # the encoder is recognised, not used
 
 
-def test_super_variants_are_recognised_and_refused_clearly(tmp_path):
-    for name in SUPER:
-        with pytest.raises(InputError, match="'super' decoder .* not supported yet"):
-            load(random_file(name, tmp_path))
+@pytest.mark.parametrize("name", ["taew2_2_super", "taehv1_5_super"])
+def test_super_decoders_load_strictly_and_stream_like_their_whole_clip(tmp_path, name):
+    """The Super decoder (madebyollin/taehv 1f14a56: SuperMemBlocks, pixel-shuffle stages). Checked against
+    taehv.py itself on the same weights, whole clip and its sequential decode: exact; here, the published layout
+    fills every parameter, and the step graph streams the whole clip's frames."""
+    loaded = load(random_file(name, tmp_path))
+    assert loaded.variant.name == name and loaded.module.num_parameters() == layouts()[name]["decoder_params"]
+    z = torch.randn(1, loaded.variant.latent_channels, 3, 4, 4)
+    with torch.no_grad():
+        whole = loaded.canonical()(z)
+        streamed = loaded.step().stream(z)
+    assert whole.shape == (1, 3, loaded.variant.output_frames(3), 64, 64)  # 16x: 8x and a 2x patch
+    assert (streamed - whole).abs().max() < 1e-4  # float reassociation only (the frames reach +-1)
 
 
 def test_layouts_shared_by_several_variants_need_the_file_name_or_variant(tmp_path):
@@ -214,11 +223,12 @@ def test_decoder_export_and_decode_refuse_what_does_not_apply(tmp_path):
     from turbovaed.export.core import export
 
     path = random_file("taehv", tmp_path)
-    for extra, message in (({"input_latents": "normalized"}, "ships no latent statistics"),
-                           ({"shape": {"latent_frames": 2, "height": 32, "width": 32, "stream_chunk": 2}},
-                            "streams one latent frame per call")):
+    light = random_file("taew2_1", tmp_path, stem="lighttaew2_1")  # de-normalised latents, no statistics shipped
+    for file, extra, message in ((light, {"input_latents": "normalized"}, "ships no latent statistics"),
+                                 (path, {"shape": {"latent_frames": 2, "height": 32, "width": 32, "stream_chunk": 2}},
+                                  "streams one latent frame per call")):
         with pytest.raises(InputError, match=message):
-            export(recipe_for("onnx", "fp32", **extra), path, tmp_path / "out")
+            export(recipe_for("onnx", "fp32", **extra), file, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
@@ -256,8 +266,12 @@ def test_cli_decodes_taehv_layout_latents_with_a_decoder_file(tmp_path):
     ok = run("--out", str(tmp_path / "v.mp4"))
     assert ok.returncode == 0, ok.stderr
     assert "9 frames 32x40" in ok.stdout and (tmp_path / "v.mp4").stat().st_size > 0
-    bad = run("--out", str(tmp_path / "w.mp4"), "--normalized")
-    assert bad.returncode == 2 and "ships no latent statistics" in bad.stderr and not (tmp_path / "w.mp4").exists()
+    # TAEHV decodes the diffusion model's latents as they are (madebyollin/taehv): --normalized is its convention,
+    # raw latents cannot be normalised without the VAE's statistics
+    assert run("--out", str(tmp_path / "n.mp4"), "--normalized").returncode == 0
+    assert (tmp_path / "n.mp4").read_bytes() == (tmp_path / "v.mp4").read_bytes()
+    bad = run("--out", str(tmp_path / "w.mp4"), "--raw")
+    assert bad.returncode == 2 and "raw latents would need" in bad.stderr and not (tmp_path / "w.mp4").exists()
     wrong = subprocess.run([sys.executable, "-m", "turbovaed", "decode", "--decoder", str(random_file("taew2_2", tmp_path)),
                             "--latents", str(tmp_path / "z.safetensors"), "--out", str(tmp_path / "x.mp4")],
                            capture_output=True, text=True, timeout=300)

@@ -104,16 +104,17 @@ def denormalizer(stats: dict | None, what: str):
     return teachers.LatentNorm.from_dict(stats).to_raw
 
 
-def open_latents(r: DecodeRequest) -> tuple[LatentFile | None, bool]:
-    """The latent file (if any) and whether it holds normalised latents: the flag, else its metadata, else raw."""
+def open_latents(r: DecodeRequest) -> tuple[LatentFile | None, bool | None]:
+    """The latent file (if any) and whether it holds normalised latents: the flag, else its metadata, else None
+    (unsaid: raw for students and teachers, the decoder's own convention for a decoder file)."""
     if r.latents is None:
-        return None, False
+        return None, None
     source = LatentFile(r.latents, layout=r.layout)
     stated = source.stated_normalized()
     if None not in (r.normalized, stated) and r.normalized != stated:
         raise InputError(f"{r.latents} states in its metadata that its latents are "
                          f"{'normalized' if stated else 'raw'}, but --{'normalized' if r.normalized else 'raw'} was given")
-    return source, bool(stated) if r.normalized is None else r.normalized
+    return source, stated if r.normalized is None else r.normalized
 
 
 def run(r: DecodeRequest, say: Callable[[str], None] = lambda line: None,
@@ -124,21 +125,20 @@ def run(r: DecodeRequest, say: Callable[[str], None] = lambda line: None,
     if r.decoder is not None:
         return with_decoder_file(r, source, normalized, say)
     if r.stream:
-        return streamed(r, source, normalized, progress)
-    return whole(r, source, normalized, say)
+        return streamed(r, source, bool(normalized), progress)
+    return whole(r, source, bool(normalized), say)
 
 
-def with_decoder_file(r: DecodeRequest, source: LatentFile, normalized: bool, say) -> str:
+def with_decoder_file(r: DecodeRequest, source: LatentFile, normalized: bool | None, say) -> str:
     from turbovaed import decoders
 
     loaded = decoders.load(r.decoder, r.variant)
     if r.stream:  # causal decoders only (the step says so otherwise); one latent frame in memory at a time
         v = loaded.variant
-        if normalized and loaded.norm is None:
-            raise InputError(f"{v.name} takes {v.convention} and ships no latent statistics to undo a normalisation")
+        decoders.check_convention(loaded, normalized)
         source.check_channels(v.latent_channels, f"decoder {v.name}")
-        to_raw = (lambda z, start: loaded.norm.to_raw(z)) if normalized else None
-        n = stream_to_video(decoders.DecoderStreamer(loaded), source, r.out, 1, r.fps, to_raw=to_raw)
+        n = stream_to_video(decoders.DecoderStreamer(loaded), source, r.out, 1, r.fps,
+                            to_raw=lambda z, start: decoders.as_decoder_takes(loaded, z, normalized))
         return f"wrote {r.out} ({n} frames, streamed one latent frame at a time by {v.name} from {r.decoder.name})"
     t0 = time.perf_counter()
     frames = decoders.decode_file(loaded, source, normalized)

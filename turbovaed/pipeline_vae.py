@@ -9,8 +9,9 @@ latents (they undo the normalisation themselves) and expect (B, 3, T, H, W) in [
 - Hunyuan: `config.scaling_factor`, `spatial_compression_ratio / temporal_compression_ratio`.
 The student carries its teacher's statistics (latent_norm.json), so one object serves all of them.
 
-For `output_type="latent"` results, `raw_latents` turns what a pipeline returned (normalised; LTX packs them to
-(B, S, D)) into what a decoder takes, through the pipeline's own unpacking."""
+For `output_type="latent"` results, `decode_latents` decodes what a pipeline returned (the diffusion model's
+latents; LTX packs them to (B, S, D), unpacked by the pipeline's own code) with any StudentVAE, whole or streamed;
+`preview` is a `callback_on_step_end` that shows the denoising as it goes."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import torch
 from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 from diffusers.models.autoencoders.vae import DecoderOutput
+from diffusers.utils.accelerate_utils import apply_forward_hook
 
 from turbovaed.io import InputError, TurboVAEDError
 from turbovaed.stream import decode_tiled
@@ -41,20 +43,40 @@ class StudentVAE(ModelMixin, ConfigMixin):
                  scaling_factor: float = 1.0, timestep_conditioning: bool = False, source: str = "") -> None:
         super().__init__()
         self.decoder: torch.nn.Module | None = None  # set by from_student / from_decoder_file
-        # LTX's pipeline reads these as tensors; Wan's reads the config lists
-        self.register_buffer("latents_mean", torch.tensor(latents_mean or [0.0] * z_dim), persistent=False)
-        self.register_buffer("latents_std", torch.tensor(latents_std or [1.0] * z_dim), persistent=False)
+        self.loaded = None  # the decoder file (turbovaed.decoders.LoadedDecoder) behind `decoder`, if any
+        # LTX's pipeline reads the statistics as tensors (the properties below); Wan's reads the config lists
+        self.register_buffer("mean_tensor", torch.tensor(latents_mean or [0.0] * z_dim), persistent=False)
+        self.register_buffer("std_tensor", torch.tensor(latents_std or [1.0] * z_dim), persistent=False)
         self.spatial_compression_ratio, self.temporal_compression_ratio = scale_factor_spatial, scale_factor_temporal
         self.tile = 0
+
+    @property
+    def latents_mean(self) -> torch.Tensor:
+        return self.mean_tensor
+
+    @property
+    def latents_std(self) -> torch.Tensor:
+        return self.std_tensor
 
     @classmethod
     def _wrap(cls, decoder: torch.nn.Module, channels: int, spatial: int, temporal: int, norm: LatentNorm,
               source: str) -> StudentVAE:
         if norm.mean is not None and len(norm.mean) != channels:
             raise InputError(f"{source}: per-frame latent statistics (Cosmos) have no diffusers VAE equivalent")
-        vae = cls(channels, spatial, temporal, norm.mean, norm.std, norm.scale, source=source)
+        # explicit zeros and ones where a convention has no statistics: Wan's pipeline builds tensors from the lists
+        vae = cls(channels, spatial, temporal, norm.mean or [0.0] * channels, norm.std or [1.0] * channels,
+                  norm.scale, source=source)
         vae.decoder = decoder.float().eval()
         return vae.eval()
+
+    def streamer(self):
+        """One latent frame per call, the decoder's causal memory carried: a student's or a causal decoder file's."""
+        from turbovaed import decoders
+        from turbovaed.stream import Streamer
+
+        if isinstance(self.decoder, StudentDecoder):
+            return Streamer(self.decoder)
+        return decoders.DecoderStreamer(self.loaded)
 
     @classmethod
     def from_student(cls, folder: str | Path, like=None) -> StudentVAE:
@@ -73,16 +95,27 @@ class StudentVAE(ModelMixin, ConfigMixin):
         return cls._wrap(student, c.latent_channels, c.spatial_ratio, c.temporal_ratio, norm, str(folder))
 
     @classmethod
-    def from_decoder_file(cls, path: str | Path, like, variant: str | None = None) -> StudentVAE:
-        """A decoder file (turbovaed.decoders.load) as a pipeline VAE; `like` is the pipeline's own VAE, whose
-        statistics the pipeline keeps using to undo its normalisation."""
+    def from_decoder_file(cls, path: str | Path, like=None, variant: str | None = None) -> StudentVAE:
+        """A decoder file (turbovaed.decoders.load) as a pipeline VAE, in its own latent convention: TAEHV / TAEW
+        decode the diffusion model's latents as they are (statistics zeros and ones, scaling 1: the pipeline's
+        de-normalisation does nothing); Flash-VAED ships its statistics; LightTAE and Turbo-VAED take raw latents,
+        de-normalised with those of `like` (the pipeline's own VAE, required for them)."""
         from turbovaed import decoders
 
         loaded = decoders.load(path, variant)
         v = loaded.variant
-        return cls._wrap(loaded.canonical(), v.latent_channels, v.spatial_ratio,
-                         getattr(like, "temporal_compression_ratio", None) or like.config.scale_factor_temporal,
-                         pipeline_norm(like, v.latent_channels), f"{path} ({v.name})")
+        if loaded.takes_normalized:
+            norm = LatentNorm(None, None, 1.0)
+        elif loaded.norm is not None:
+            norm = loaded.norm
+        elif like is not None:
+            norm = pipeline_norm(like, v.latent_channels)
+        else:
+            raise InputError(f"{v.name} takes {v.convention}: pass like=pipe.vae, so the pipeline de-normalises "
+                             "with its own VAE's statistics before decoding")
+        vae = cls._wrap(loaded.canonical(), v.latent_channels, v.spatial_ratio, v.t_upscale, norm, f"{path} ({v.name})")
+        vae.loaded = loaded
+        return vae
 
     def enable_tiling(self, tile: int = 48) -> None:
         """Decode in spatial tiles of `tile` latent pixels, blended (what pipelines call for large videos)."""
@@ -100,6 +133,7 @@ class StudentVAE(ModelMixin, ConfigMixin):
     def encode(self, *args, **kwargs):
         raise TurboVAEDError("StudentVAE decodes only: encode with the teacher VAE (image-to-video pipelines need it)")
 
+    @apply_forward_hook  # enable_model_cpu_offload's hooks move the decoder to the device for decode
     @torch.no_grad()
     def decode(self, z: torch.Tensor, temb: torch.Tensor | None = None, return_dict: bool = True):
         """Raw latents (B, C, T, h, w) -> frames (B, 3, T', H, W) in [-1, 1]. `temb` (LTX's decode timestep) is
@@ -119,19 +153,56 @@ def pipeline_norm(vae, channels: int) -> LatentNorm:
     return LatentNorm(as_list(mean), as_list(std), float(vae.config.get("scaling_factor", 1.0) or 1.0))
 
 
-def raw_latents(pipe, latents: torch.Tensor, num_frames: int, height: int, width: int) -> torch.Tensor:
-    """What `pipe(..., output_type="latent")` returned -> raw latents (B, C, T, h, w) for any decoder: LTX's packed
-    (B, S, D) unpacked by the pipeline's own `_unpack_latents` with its transformer's patch sizes, then the
-    normalisation undone with the pipeline VAE's statistics (as the pipeline itself does before decoding)."""
+def latent_grid(pipe, num_frames: int, height: int, width: int) -> tuple[int, int, int]:
+    """(latent frames, height, width) of a pipeline's latents for a video of this size."""
     vae = pipe.vae
-    t = (num_frames - 1) // vae.temporal_compression_ratio + 1 if hasattr(vae, "temporal_compression_ratio") \
-        else (num_frames - 1) // vae.config.scale_factor_temporal + 1
+    t = getattr(vae, "temporal_compression_ratio", None) or vae.config.scale_factor_temporal
     s = getattr(vae, "spatial_compression_ratio", None) or vae.config.scale_factor_spatial
+    return (num_frames - 1) // t + 1, height // s, width // s
+
+
+def unpack(pipe, latents: torch.Tensor, num_frames: int, height: int, width: int) -> torch.Tensor:
+    """What a pipeline returned with output_type="latent" (or hands a step callback) as (B, C, T, h, w), still
+    normalised: LTX's packed (B, S, D) through the pipeline's own `_unpack_latents` and its transformer's patches."""
     if latents.dim() == 3:
         if not hasattr(pipe, "_unpack_latents"):
             raise InputError(f"{type(pipe).__name__} returned packed (B, S, D) latents and has no _unpack_latents")
-        latents = pipe._unpack_latents(latents, t, height // s, width // s, pipe.transformer_spatial_patch_size,
-                                       pipe.transformer_temporal_patch_size)
+        latents = pipe._unpack_latents(latents, *latent_grid(pipe, num_frames, height, width),
+                                       pipe.transformer_spatial_patch_size, pipe.transformer_temporal_patch_size)
     if latents.dim() != 5:
         raise InputError(f"expected (B, C, T, h, w) or packed (B, S, D) latents, got shape {tuple(latents.shape)}")
-    return pipeline_norm(vae, latents.shape[1]).to_raw(latents.float())
+    return latents
+
+
+def raw_latents(pipe, latents: torch.Tensor, num_frames: int, height: int, width: int) -> torch.Tensor:
+    """What a pipeline returned with output_type="latent" -> what its VAE's decode takes: unpacked (LTX), then
+    de-normalised with the pipeline VAE's statistics, as the pipeline itself does before decoding."""
+    z = unpack(pipe, latents, num_frames, height, width)
+    return pipeline_norm(pipe.vae, z.shape[1]).to_raw(z.float())
+
+
+def decode_latents(vae: StudentVAE, pipe, latents: torch.Tensor, num_frames: int, height: int, width: int,
+                   stream: bool = False) -> torch.Tensor:
+    """Decode what `pipe` returned with output_type="latent" (or hands a step callback) with `vae`, which need not
+    be pipe.vae: frames (B, 3, T', H, W) in [-1, 1] on the latents' device. The latents are the diffusion model's,
+    whatever the VAE; they are de-normalised with `vae`'s statistics, exactly as the pipeline would before calling
+    `vae.decode`. `stream=True` decodes one latent frame at a time (causal decoders: memory flat in time)."""
+    z = pipeline_norm(vae, vae.config.z_dim).to_raw(unpack(pipe, latents, num_frames, height, width).float())
+    if not stream:
+        return vae.decode(z).sample
+    streamer = vae.streamer()
+    with torch.no_grad():
+        frames = torch.cat([streamer(z[:, :, i:i + 1]) for i in range(z.shape[2])], 2)
+    streamer.close()
+    return frames.clamp(-1, 1)
+
+
+def preview(vae: StudentVAE, show, num_frames: int, height: int, width: int, every: int = 5):
+    """A `callback_on_step_end` for live previews: every `every` steps (and at the last), the current latents
+    decoded by `vae` (a tiny decoder: milliseconds) go to `show(step, frames)`, frames (B, 3, T', H, W) in [-1, 1].
+    The pipeline's latents are left as they are."""
+    def callback(pipe, step: int, timestep, kwargs: dict) -> dict:
+        if (step + 1) % every == 0 or step + 1 == getattr(pipe, "num_timesteps", step + 1):
+            show(step, decode_latents(vae, pipe, kwargs["latents"], num_frames, height, width))
+        return {}
+    return callback

@@ -101,6 +101,20 @@ def eval_table(report: dict, title: str) -> Table:
     return table
 
 
+def deployment_table(markdown: str, size: str, title: str) -> Table:
+    """The report's deployment table (markdown) at one size, each cell cut to its FPS and how it was got: what a
+    terminal can show of it."""
+    lines = [line.strip().strip("|").split("|") for line in markdown.strip().splitlines()]
+    header = [c.strip().removesuffix(" FPS") for c in lines[0]]
+    table = _table(title, (header[0], *header[2:]), first_left=True)
+    for row in lines[2:]:
+        cells = [c.strip() for c in row]
+        if cells[1].startswith(size):
+            table.add_row(cells[0], *(c.split(" ")[0] + (" est." if "(est" in c else " bound" if "bound" in c else "")
+                                      for c in cells[2:]))
+    return table
+
+
 def markdown_table(markdown: str, title: str) -> Table:
     """A pipe table from a report (markdown) as a terminal table."""
     lines = [line.strip().strip("|").split("|") for line in markdown.strip().splitlines()]

@@ -3,11 +3,12 @@
 and shapes (the file name only breaks a tie; `variant=` overrides), builds our module of that published
 architecture and fills it strictly: every decoder tensor used, every parameter filled.
 
-Families: TAEHV / TAEW and LightX2V's LightTAE (madebyollin/taehv, `taehv.py`; the 'super' variants are
-recognised and refused until their block is built), Turbo-VAED's released students (hustvl/Turbo-VAED,
+Families: TAEHV / TAEW (the Super decoders included) and LightX2V's LightTAE (madebyollin/taehv, `taehv.py`),
+Turbo-VAED's released students (hustvl/Turbo-VAED,
 `turbo_vaed.py`) and Flash-VAED's Wan 2.1 and LTX-Video students (Aoko955/Flash-VAED, `flash_vaed.py`,
 `flash_vaed_ltx.py`). Whatever the family, `LoadedDecoder.canonical()` runs the published forward with
-turbovaed's I/O ((B, C, T, h, w) raw latents in, (B, 3, T', H, W) frames in [-1, 1] out), `mobile()` is its
+turbovaed's I/O ((B, C, T, h, w) latents in, as the family takes them: `takes_normalized`; (B, 3, T', H, W) frames
+in [-1, 1] out), `mobile()` is its
 exact 2D graph and `step()` its streaming step graph where the decoder is causal."""
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from turbovaed.decoders import flash_vaed, flash_vaed_ltx, taehv, turbo_vaed
 from turbovaed.decoders.flash_vaed import FlashVAED, FlashVAEDStep
 from turbovaed.decoders.flash_vaed_ltx import FlashVAEDLTX
 from turbovaed.decoders.stepping import StepStream
-from turbovaed.decoders.taehv import H3_CHUNK, SUPER, Canonical, TAEHVDecoder, TAEHVStep, TGrow
+from turbovaed.decoders.taehv import H3_CHUNK, Canonical, TAEHVDecoder, TAEHVStep, TGrow
 from turbovaed.decoders.turbo_vaed import TurboVAED
 from turbovaed.io import CheckpointError, InputError, check_finite, load_safetensors
 from turbovaed.teachers import LatentNorm
@@ -89,6 +90,12 @@ class LoadedDecoder:
                                                       and not self.variant.h3_chunks)
 
     @property
+    def takes_normalized(self) -> bool:
+        """Whether it decodes the diffusion model's (normalised) latents as they are (TAEHV / TAEW), rather than
+        raw VAE latents (LightTAE, Turbo-VAED, Flash-VAED)."""
+        return getattr(self.variant, "takes_normalized", False)
+
+    @property
     def norm(self) -> LatentNorm | None:
         """The latent statistics the family publishes (None: its convention carries none)."""
         v = self.variant
@@ -143,16 +150,15 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
 
 def detect(sd: dict[str, torch.Tensor], name: str = "", variant: str | None = None) -> taehv.Variant:
     """The TAEHV variant these tensors fit; the file name breaks a tie between variants sharing one layout."""
-    if "decoder.1.weight" not in sd or "decoder.22.weight" not in sd:
-        if "decoder.0.weight" in sd and "decoder.1.conv.0.weight" in sd:
-            raise InputError(f"{name}: a TAEHV 'super' decoder ({' / '.join(SUPER)}): recognised, but its decoder "
-                             "block is not supported yet; use the non-super file of the same family")
+    is_super = "decoder.0.weight" in sd and "decoder.1.conv.0.weight" in sd  # the Super decoder's 1x1 conv in
+    first_conv = "decoder.0.weight" if is_super else "decoder.1.weight"
+    if first_conv not in sd or "decoder.22.weight" not in sd:
         first = next(iter(sorted(sd)), "nothing")
         raise InputError(f"{name} matches no known decoder layout (closest: TAEHV, which needs decoder.1.weight and "
                          f"decoder.22.weight; the file starts with {first!r})")
-    lc, out = sd["decoder.1.weight"].shape[1], sd["decoder.22.weight"].shape[0]
+    lc, out = sd[first_conv].shape[1], sd["decoder.22.weight"].shape[0]
     patch = math.isqrt(out // 3)
-    fits = [v for v in taehv.VARIANTS.values() if (v.latent_channels, v.patch_size) == (lc, patch)]
+    fits = [v for v in taehv.VARIANTS.values() if (v.latent_channels, v.patch_size, v.super_block) == (lc, patch, is_super)]
     if variant is not None:
         if variant not in taehv.VARIANTS:
             raise InputError(f"unknown TAEHV variant {variant!r}; known: {', '.join(taehv.VARIANTS)}")
@@ -177,17 +183,23 @@ def detect(sd: dict[str, torch.Tensor], name: str = "", variant: str | None = No
 def _turbo_tensors(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
     """The decoder's tensors of a Turbo-VAED file (a bare decoder state dict, as the released .pth, or a whole
     AutoencoderKLTurboVAED one with `decoder.` names) and the names it does not use: the latent statistics
-    buffers (zeros and ones as the class registers them) and the training-only feature-alignment heads."""
+    buffers (zeros and ones as the class registers them), the training-only feature-alignment heads, and the
+    statistics of the BatchNorm3d norm_out that upstream replaced by a parameter-free RMS norm (commit 32be94c;
+    its loader ignores them, loading with strict=False)."""
     prefixed = "decoder.conv_in.conv.weight" in sd
     decoder = {k.removeprefix("decoder."): t for k, t in sd.items() if k.startswith("decoder.") or not prefixed}
     skipped = sorted(k for k in sd if prefixed and not k.startswith("decoder."))
-    for k in [k for k in decoder if k in ("latents_mean", "latents_std") or k.startswith("aligned_feature")]:
+    for k in [k for k in decoder if _unused_turbo_tensor(k)]:
         skipped.append(k)
         del decoder[k]
-    extra = [k for k in skipped if k not in ("latents_mean", "latents_std") and not k.startswith("aligned_feature")]
+    extra = [k for k in skipped if not _unused_turbo_tensor(k)]
     if extra:
         raise InputError(f"tensor {extra[0]!r} belongs to no part of a Turbo-VAED model")
     return decoder, sorted(skipped)
+
+
+def _unused_turbo_tensor(name: str) -> bool:
+    return name in ("latents_mean", "latents_std") or name.startswith(("aligned_feature", "norm_out."))
 
 
 @functools.cache
@@ -345,14 +357,30 @@ class DecoderStreamer(StepStream):
         self.states = None
 
 
-def decode_file(loaded: LoadedDecoder, latents, normalized: bool = False) -> torch.Tensor:
+def decode_file(loaded: LoadedDecoder, latents, normalized: bool | None = None) -> torch.Tensor:
     """Decode a LatentFile (read as (B, C, T, h, w) whatever its stored layout) with a loaded decoder; returns
     the first clip as (3, T', H, W) in [-1, 1], what turbovaed's video writer takes."""
     v = loaded.variant
-    if normalized and loaded.norm is None:
-        raise InputError(f"{v.name} takes {v.convention} and ships no latent statistics to undo a normalisation: "
-                         f"de-normalise with the {v.vae} VAE's latents_mean / latents_std first, then pass --raw")
     latents.check_channels(v.latent_channels, f"decoder {v.name}")
     z = latents.read()
     with torch.no_grad():
-        return loaded.canonical()(loaded.norm.to_raw(z) if normalized else z)[0].clamp(-1, 1)
+        return loaded.canonical()(as_decoder_takes(loaded, z, normalized))[0].clamp(-1, 1)
+
+
+def as_decoder_takes(loaded: LoadedDecoder, z: torch.Tensor, normalized: bool | None) -> torch.Tensor:
+    """Latents in the decoder's own convention: normalised ones as they are for TAEHV (None: as the decoder takes
+    them), raw ones as they are for the rest, normalised ones de-normalised with statistics the file ships."""
+    check_convention(loaded, normalized)
+    return loaded.norm.to_raw(z) if normalized and not loaded.takes_normalized else z
+
+
+def check_convention(loaded: LoadedDecoder, normalized: bool | None) -> None:
+    """Refuse latents a decoder cannot be given: raw ones to TAEHV, normalised ones to a raw-latent decoder that
+    ships no statistics to undo the normalisation."""
+    v = loaded.variant
+    if loaded.takes_normalized and normalized is False:
+        raise InputError(f"{v.name} decodes {v.convention}; raw latents would need the {v.vae} VAE's "
+                         "latents_mean / latents_std to normalise them: pass the pipeline's latents (--normalized)")
+    if not loaded.takes_normalized and normalized and loaded.norm is None:
+        raise InputError(f"{v.name} takes {v.convention} and ships no latent statistics to undo a normalisation: "
+                         f"de-normalise with the {v.vae} VAE's latents_mean / latents_std first, then pass --raw")

@@ -8,8 +8,9 @@ shuffle, clamp to [0, 1] (LightX2V's HunyuanVideo 1.5 LightTAE: LeakyReLU(0.2) t
 [-1, 1]). A MemBlock sees its own input one frame earlier (zeros before the first frame);
 a TGrow with stride 2 doubles the frames (a 1x1 conv to 2C channels read as two consecutive frames). The
 first t_upscale - 1 output frames are dropped (taecvx keeps them when T is even; taeh3 drops them per chunk of 5
-latents and drops the last 3 latents' frames, as MiniMax-H3's VAE does). Input NTCHW raw latents of
-the variant's VAE, output NTCHW RGB in [0, 1]."""
+latents and drops the last 3 latents' frames, as MiniMax-H3's VAE does). Input NTCHW latents as the diffusion
+model makes them (TAEHV applies no latent scale or shift; LightX2V's LightTAE takes de-normalised ones), output
+NTCHW RGB in [0, 1]."""
 
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ class Variant:
     vae: str  # whose latents it decodes
     convention: str  # what the latents must be
     leaky: bool = False  # LeakyReLU(0.2) instead of ReLU (LightX2V's LightTAE for HunyuanVideo 1.5)
+    super_block: bool = False  # the Super decoder: SuperMemBlocks, wider stages, pixel-shuffle upsampling
     signed: bool = False  # frames clamped to [-1, 1] (already the canonical range), not [0, 1]
 
     @property
@@ -42,6 +44,11 @@ class Variant:
     @property
     def frames_to_trim(self) -> int:
         return self.t_upscale - 1
+
+    @property
+    def takes_normalized(self) -> bool:
+        """TAEHV decodes the diffusion model's latents as they are; LightX2V feeds its LightTAE de-normalised ones."""
+        return self.convention == NORMALIZED
 
     @property
     def h3_chunks(self) -> bool:
@@ -76,18 +83,22 @@ class Variant:
         return {**asdict(self), "t_upscale": self.t_upscale, "frames_to_trim": self.frames_to_trim}
 
 
-RAW = "raw VAE latents (no mean/std normalisation), NTCHW"
+# madebyollin/taehv: "TAEHV encodes / decodes exactly what diffusion models use" (no latent scale or shift)
+NORMALIZED = "the diffusion model's latents (a pipeline's output_type='latent'; TAEHV applies no scale or shift), NTCHW"
 H3_CHUNK, H3_DROP = 5, 3  # taeh3: latents per decode chunk, latents' worth of frames dropped at the end
 VARIANTS = {v.name: v for v in (
-    Variant("taehv", 16, 1, (False, True, True), "HunyuanVideo", RAW),
-    Variant("taew2_1", 16, 1, (False, True, True), "Wan 2.1 (also Wan 2.2 14B, Qwen Image)", RAW),
-    Variant("taecvx", 16, 1, (False, True, True), "CogVideoX", RAW),
-    Variant("taeos1_3", 16, 1, (False, True, True), "Open-Sora 1.3", RAW),
-    Variant("taew2_2", 48, 2, (False, True, True), "Wan 2.2 5B", RAW),
-    Variant("taehv1_5", 32, 2, (False, True, True), "HunyuanVideo 1.5", RAW),
-    Variant("taeh3", 24, 2, (False, True, True), "Hunyuan (24-channel)", RAW),
-    Variant("taeltx_2", 128, 4, (True, True, True), "LTX-Video 2", RAW),
-    Variant("taeltx2_3", 128, 4, (True, True, True), "LTX-Video 2.3", RAW),
+    Variant("taehv", 16, 1, (False, True, True), "HunyuanVideo", NORMALIZED),
+    Variant("taew2_1", 16, 1, (False, True, True), "Wan 2.1 (also Wan 2.2 14B, Qwen Image)", NORMALIZED),
+    Variant("taecvx", 16, 1, (False, True, True), "CogVideoX", NORMALIZED),
+    Variant("taeos1_3", 16, 1, (False, True, True), "Open-Sora 1.3", NORMALIZED),
+    Variant("taew2_2", 48, 2, (False, True, True), "Wan 2.2 5B", NORMALIZED),
+    Variant("taehv1_5", 32, 2, (False, True, True), "HunyuanVideo 1.5", NORMALIZED),
+    Variant("taeh3", 24, 2, (False, True, True), "Hunyuan (24-channel)", NORMALIZED),
+    Variant("taew2_2_super", 48, 2, (False, True, True), "Wan 2.2 5B (Super decoder)", NORMALIZED, super_block=True),
+    Variant("taehv1_5_super", 32, 2, (False, True, True), "HunyuanVideo 1.5 (Super decoder)", NORMALIZED,
+            super_block=True),
+    Variant("taeltx_2", 128, 4, (True, True, True), "LTX-Video 2", NORMALIZED),
+    Variant("taeltx2_3", 128, 4, (True, True, True), "LTX-Video 2.3", NORMALIZED),
     # LightX2V's LightTAE: TAEHV's architecture and tensor names, retrained; LightX2V feeds it de-normalised latents
     Variant("lighttaew2_1", 16, 1, (False, True, True), "Wan 2.1 (LightX2V LightTAE)",
             "de-normalised Wan 2.1 latents (latents * latents_std + latents_mean, as LightX2V feeds it), NTCHW"),
@@ -96,7 +107,7 @@ VARIANTS = {v.name: v for v in (
             "HunyuanVideo 1.5 latents divided by its scaling factor 1.03682 (as LightX2V feeds it), NTCHW",
             leaky=True, signed=True),
 )}
-SUPER = ("taew2_2_super", "taehv1_5_super")  # a different decoder block: recognised, not built yet
+C_SUPER = (512, 256, 128, 64)  # the Super decoder's stages
 
 
 def conv(n_in: int, n_out: int, bias: bool = True) -> nn.Conv2d:
@@ -124,6 +135,19 @@ class MemBlock(nn.Module):
         return self.act(self.conv(torch.cat([x, past], 1)) + x)
 
 
+class SuperMemBlock(nn.Module):
+    """The Super decoder's block (ConvNeXt-like): 7x7 depthwise over cat(x, past), 1x1 to 4n, ReLU, 1x1 back to
+    n, plus x; no activation after the sum."""
+
+    def __init__(self, n: int):
+        super().__init__()
+        self.conv = nn.Sequential(nn.Conv2d(2 * n, 2 * n, 7, padding=3, groups=2 * n, bias=False),
+                                  nn.Conv2d(2 * n, 4 * n, 1), nn.ReLU(), nn.Conv2d(4 * n, n, 1, bias=False))
+
+    def forward(self, x: torch.Tensor, past: torch.Tensor) -> torch.Tensor:
+        return self.conv(torch.cat([x, past], 1)) + x
+
+
 class TGrow(nn.Module):
     """1x1 conv to stride*C channels, read as `stride` consecutive frames of C channels."""
 
@@ -143,13 +167,27 @@ class TAEHVDecoder(nn.Module):
     def __init__(self, variant: Variant):
         super().__init__()
         self.variant = variant
+        self.decoder = nn.Sequential(*(self.super_layers(variant) if variant.super_block else self.layers(variant)))
+
+    @staticmethod
+    def super_layers(variant: Variant) -> list[nn.Module]:
+        """1x1 conv in (no Clamp), then per stage 3 SuperMemBlocks, a 3x3 conv to 4x the next stage's channels,
+        ReLU, 2x pixel shuffle, TGrow; a 3x3 conv out."""
+        layers: list[nn.Module] = [nn.Conv2d(variant.latent_channels, C_SUPER[0], 1, bias=False)]
+        for stage, grow in enumerate(variant.time_upscale):
+            n, m = C_SUPER[stage], C_SUPER[stage + 1]
+            layers += [SuperMemBlock(n), SuperMemBlock(n), SuperMemBlock(n), conv(n, 4 * m), nn.ReLU(),
+                       nn.PixelShuffle(2), TGrow(m, 2 if grow else 1)]
+        return layers + [conv(C_SUPER[3], 3 * variant.patch_size ** 2)]
+
+    @staticmethod
+    def layers(variant: Variant) -> list[nn.Module]:
         layers: list[nn.Module] = [Clamp(), conv(variant.latent_channels, C[0]), act(variant)]
         for stage, grow in enumerate(variant.time_upscale):
             n = C[stage]
             layers += [MemBlock(n, variant), MemBlock(n, variant), MemBlock(n, variant), nn.Upsample(scale_factor=2),
                        TGrow(n, 2 if grow else 1), conv(n, C[stage + 1], bias=False)]
-        layers += [act(variant), conv(C[3], 3 * variant.patch_size ** 2)]
-        self.decoder = nn.Sequential(*layers)
+        return layers + [act(variant), conv(C[3], 3 * variant.patch_size ** 2)]
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
         if latents.ndim != 5 or latents.shape[2] != self.variant.latent_channels:
@@ -174,7 +212,7 @@ class TAEHVDecoder(nn.Module):
         n = latents.shape[0]
         x = latents.reshape(-1, *latents.shape[2:])
         for layer in self.decoder:
-            if isinstance(layer, MemBlock):
+            if isinstance(layer, (MemBlock, SuperMemBlock)):
                 frames = x.reshape(n, -1, *x.shape[1:])
                 x = layer(x, past(frames).reshape(x.shape))
             else:
@@ -227,9 +265,9 @@ class TAEHVStep(nn.Module):
 
 
 class Canonical(nn.Module):
-    """TAEHV (or its step) with turbovaed's I/O: (B, C, T, h, w) raw latents in, (B, 3, T', H, W) frames in
-    [-1, 1] out, so its artifacts drop into bundles, apps and profilers like a student's. The conversion is a
-    transpose and an affine map inside the graph; any states pass through unchanged."""
+    """TAEHV (or its step) with turbovaed's I/O: (B, C, T, h, w) latents (the variant's convention) in,
+    (B, 3, T', H, W) frames in [-1, 1] out, so its artifacts drop into bundles, apps and profilers like a student's.
+    The conversion is a transpose and an affine map inside the graph; any states pass through unchanged."""
 
     def __init__(self, inner: nn.Module):
         super().__init__()

@@ -9,8 +9,10 @@ a skip (LayerNorm + 1x1 conv where the width changes); the first act is ReLU in 
 at latent resolution use 5x5x5 depthwise-separable convs, the rest dense 3x3x3 convs; every temporal conv is
 non-causal (edge frames repeated on both sides), spatial padding is zeros. An upsampler is a dense conv to
 C * s_t * 4 channels, a temporal split, a 2D pixel shuffle and (except Video DC-AE) the first s_t - 1 frames
-dropped. norm_out is an RMSNorm (patch 1) or a BatchNorm3d without affine, run on its running statistics
-(patch 2/4). Input (B, C, T, h, w) raw latents of the teacher VAE (its posterior), output (B, 3, T', H, W)
+dropped. norm_out is a parameter-free RMS norm over channels (eps 1e-8) for every patch size, as upstream's
+current forward has it since commit 32be94c ("fix norm"; patch 2/4 decoders ended with a BatchNorm3d before, and
+files holding its statistics still load: upstream ignores them, loading with strict=False). Input
+(B, C, T, h, w) raw latents of the teacher VAE (its posterior), output (B, 3, T', H, W)
 in [-1, 1] (unclamped, as published; writers clamp).
 
 `TurboVAED.to_mobile()` is the exact 2D form: frames folded into the batch, every temporal tap a Conv2d
@@ -287,7 +289,6 @@ class TurboVAED(LTXTrunk):
         if v.patch_size >= 4:
             self.upsampler2d_2 = FrameUpsampler(cin)
             cin //= 4
-        self.norm_out = nn.BatchNorm3d(cin, affine=False) if v.patch_size > 1 else None
         self.conv_out = TimeConv(cin, 3, 3)
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
@@ -295,8 +296,7 @@ class TurboVAED(LTXTrunk):
         for name in ("upsampler2d_1", "upsampler2d_2"):
             if hasattr(self, name):
                 x = getattr(self, name)(F.silu(rms_norm(x)))
-        x = rms_norm(x) if self.norm_out is None else self.norm_out(x)
-        return self.conv_out(F.silu(x))
+        return self.conv_out(F.silu(rms_norm(x)))
 
     def resnet(self, cin: int, cout: int, dw: bool, relu_first: bool = False) -> ResnetBlock:
         k = self.variant.dw_kernel if dw else 3
@@ -304,9 +304,8 @@ class TurboVAED(LTXTrunk):
 
     def to_mobile(self) -> MobileDecoder:
         blocks = self.trunk_blocks() + [getattr(self, n) for n in ("upsampler2d_1", "upsampler2d_2") if hasattr(self, n)]
-        c = self.conv_out.conv.in_channels
-        norm_out = MobileRMSNorm(c) if self.norm_out is None else MobileBatchNorm(self.norm_out)
-        return MobileDecoder(self.conv_in.to_mobile(), [m.to_mobile() for m in blocks], norm_out,
+        return MobileDecoder(self.conv_in.to_mobile(), [m.to_mobile() for m in blocks],
+                             MobileRMSNorm(self.conv_out.conv.in_channels),
                              self.conv_out.to_mobile())
 
 
@@ -368,22 +367,6 @@ def folded_shortcut(block: ResnetBlock) -> nn.Module:
             first.bias += first.weight.flatten() * b
             first.weight *= w.view(-1, 1, *ones)
     return sc.to_mobile()
-
-
-class MobileBatchNorm(nn.Module):
-    """BatchNorm3d (no affine) on its running statistics, as a 1x1 depthwise conv (scale and shift)."""
-
-    def __init__(self, norm: nn.BatchNorm3d):
-        super().__init__()
-        c = norm.num_features
-        scale = torch.rsqrt(norm.running_var.detach() + norm.eps)
-        self.conv = nn.Conv2d(c, c, 1, groups=c)
-        with torch.no_grad():
-            self.conv.weight.copy_(scale.view(c, 1, 1, 1))
-            self.conv.bias.copy_(-norm.running_mean.detach() * scale)
-
-    def forward(self, x: torch.Tensor, t: int) -> torch.Tensor:
-        return self.conv(x)
 
 
 class MobileResnetBlock(nn.Module):

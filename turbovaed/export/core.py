@@ -251,7 +251,7 @@ class DecoderSource:
         if s.stream_chunk not in (0, 1):
             raise InputError(f"{v.name} streams one latent frame per call: shape.stream_chunk must be 1 (or 0 for "
                              f"the whole-clip graph), got {s.stream_chunk}")
-        if recipe.input_latents != "raw" and self.loaded.norm is None:
+        if recipe.input_latents != "raw" and self.loaded.norm is None and not self.loaded.takes_normalized:
             raise InputError(f"{v.name} takes {v.convention} and ships no latent statistics to fold in: "
                              "input_latents = 'normalized' does not apply (de-normalise before feeding it)")
         f = v.spatial_ratio
@@ -264,7 +264,7 @@ class DecoderSource:
         self.example = (clip,)
         self.io = {"inputs": ["latents"], "outputs": ["frames"]}
         self.feed = lambda z: z  # raw latents, as the graph takes them
-        if recipe.input_latents == "normalized":  # the family's published statistics, folded into its first conv
+        if recipe.input_latents == "normalized" and not self.loaded.takes_normalized:  # statistics folded in
             self.feed = self.loaded.norm.normalize
             (self.step.net if self.step is not None else self.model).fold_denormalization(self.loaded.norm)
         if self.step is not None:  # one latent frame per call, the causal memory as explicit state

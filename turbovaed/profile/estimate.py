@@ -123,6 +123,8 @@ DECODER_PASSES = {**STUDENT_PASSES,
                   "MobileStandardize": 7,  # subtract the mean, square, its mean conv, rsqrt, multiply
                   "MobileResnetBlock": 7, "MobileUpsampler": 2, "MobileFrameUpsampler": 4,
                   "MemBlock": 4,  # the cat with the past frame, the residual add, ReLU
+                  "SuperMemBlock": 3,  # the cat with the past frame, the residual add
+                  "PixelShuffle": 2,  # the depth-to-space copy
                   "MobileResidualBlockFast": 7, "MobileResidualBlock2D": 7, "MobileResample": 3,
                   "CausalTaps": _tap_passes,
                   "Upsample": 1, "Clamp": 2}

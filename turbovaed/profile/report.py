@@ -357,7 +357,8 @@ def write_report(exports: Path, out_dir: Path, results: Path | None = None, vide
         md = "\n\n".join(sections) + "\n"
         (tmp / "report.md").write_text(md)
         (tmp / "report.html").write_text(_html(md))
-    return {"markdown": out_dir / "report.md", "html": out_dir / "report.html", "table": top, "host_ratios": ratios}
+    return {"markdown": out_dir / "report.md", "html": out_dir / "report.html", "table": top, "host_ratios": ratios,
+            "deployment": deploy}
 
 
 def _html(markdown: str) -> str:

@@ -340,3 +340,29 @@ def test_absurd_sizes_are_refused_with_the_memory_they_need_and_the_option_that_
                       "[data]\nsynthetic = true\nsize = 4096\n[train]\nbatch = 64\n")
     result = run("distill", str(recipe))
     assert result.returncode == 2 and "lower train.batch" in result.stderr, result.stderr[-2000:]
+
+
+def test_messages_reach_the_terminal_whole_and_without_escape_codes(tmp_path):
+    """Square brackets are not markup (an extra, a shape), and an error carrying ANSI codes (torch's weights-only
+    message) reaches a pipe without them."""
+    import io
+
+    from turbovaed import logs
+
+    buffer = io.StringIO()
+    logs.console(file=buffer).print("pip install 'turbovaed[coreai]' for latents [1, 16, 5, 32, 32] [bold]x[/]")
+    assert buffer.getvalue().strip() == "pip install 'turbovaed[coreai]' for latents [1, 16, 5, 32, 32] [bold]x[/]"
+    missing = subprocess.run([sys.executable, "-c", "import sys; sys.modules['coreai_torch'] = None\n"
+                              "from turbovaed.export.backends import get\nget('coreai').module()"],
+                             capture_output=True, text=True, timeout=120)
+    assert "turbovaed[coreai]" in missing.stderr  # the library's own message
+    cli = subprocess.run([sys.executable, "-c", "import sys; sys.modules['coreai_torch'] = None\n"
+                          "from turbovaed.cli import main\nsys.argv = ['turbovaed', 'export', 'iphone-coreai-fp16', "
+                          f"'--checkpoint', {str(tmp_path / 'none')!r}, '--out', {str(tmp_path / 'x')!r}]\nmain()"],
+                         capture_output=True, text=True, timeout=300)
+    assert cli.returncode == 2 and "pip install 'turbovaed[coreai]'" in cli.stderr, cli.stderr[-1500:]
+    torch.save({"latents": torch.nn.Linear(2, 2)}, tmp_path / "module.pt")  # a pickled module
+    pickled = run("decode", "--student", str(tmp_path / "none"), "--latents", str(tmp_path / "module.pt"),
+                  "--out", str(tmp_path / "o.mp4"))
+    assert pickled.returncode == 2 and "weights-only" in pickled.stderr and "\x1b" not in pickled.stderr
+    assert "trust the source" in pickled.stderr  # torch's own words, without its bold

@@ -66,7 +66,7 @@ def plain(text: str) -> str:
 def console(stderr: bool = True, **kwargs) -> Console:
     """A rich console that writes to the terminal even while third-party output is captured. It reads no
     markup: styles are given as `style=` or `Text`, so square brackets in a message are printed as they are."""
-    return Console(file=STDERR if stderr else STDOUT, markup=False, **kwargs)
+    return Console(**{"file": STDERR if stderr else STDOUT, "markup": False, **kwargs})
 
 
 def say(message: str) -> None:

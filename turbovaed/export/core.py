@@ -43,12 +43,28 @@ def calibration_videos(c: CalibrationSection) -> list[Path]:
     return data.list_videos(c.videos) if c.videos else data.real_clips()
 
 
+_ENCODED: dict[str, tuple] = {}  # calibration_latents of this process, by what they depend on
+
+
 def calibration_latents(recipe: ExportRecipe, student: StudentDecoder, checkpoint: str | Path
                         ) -> tuple[list[torch.Tensor], list[torch.Tensor], str, teachers.Teacher, str]:
     """(calibration, verification) latents: the teacher encoding real clips (synthetic only when asked
     or when no video exists on this machine), the source, the teacher, and what verification ran on.
     Verification clips come from videos the student never trained on (evaluate.never_trained_on) when
-    any is here; calibration clips from the others."""
+    any is here; calibration clips from the others. Encoded once per process for the same teacher, shape, clips
+    and checkpoint (`export --all` and the quickstart export many recipes of one student)."""
+    held_out_from = Path(checkpoint) / "recipe.toml"  # what never_trained_on reads of the checkpoint
+    key = json.dumps([recipe.teacher, recipe.teacher_path, recipe.teacher_tiny, asdict(recipe.shape),
+                      asdict(recipe.calibration), str(checkpoint), student.config.latent_channels,
+                      held_out_from.stat().st_mtime_ns if held_out_from.is_file() else None])
+    if key not in _ENCODED:
+        _ENCODED.clear()  # one student at a time: no growth over a long process
+        _ENCODED[key] = _encode_calibration(recipe, student, checkpoint)
+    calib, verify, *rest = _ENCODED[key]
+    return [z.clone() for z in calib], [z.clone() for z in verify], *rest
+
+
+def _encode_calibration(recipe: ExportRecipe, student: StudentDecoder, checkpoint: str | Path) -> tuple:
     teacher = teachers.load(recipe.teacher, recipe.teacher_path, tiny=recipe.teacher_tiny)
     if teacher.latent_channels != student.config.latent_channels:
         raise InputError(f"teacher {recipe.teacher} makes {teacher.latent_channels} latent channels but the "

@@ -187,9 +187,10 @@ class _Worker:
 
 
 def profile_artifacts(path: Path, runs: int = 10, warmup: int = 2, threads: int = 2, eager: bool = True,
-                      device: str = "host") -> tuple[list[Record], list[str]]:
+                      device: str = "host", untimed: dict[str, str] | None = None) -> tuple[list[Record], list[str]]:
     """Measured host records (isolated loads, interleaved timing; failed runs recorded with status
-    'failed') and a list of what was skipped and why (no runtime on this machine)."""
+    'failed') and a list of what was skipped and why (no runtime on this machine, or a backend in `untimed`:
+    backend -> why)."""
     catalog_mod.get_device(device)
     manifests = find_manifests(path)
     jobs, skipped = {}, []
@@ -197,6 +198,9 @@ def profile_artifacts(path: Path, runs: int = 10, warmup: int = 2, threads: int 
         recipe = build(ExportRecipe, m["recipe"])
         if m["backend"] == "coreml" or recipe.delegate == "coreml":
             skipped.append(f"{m['name']}: Core ML runs only on Apple devices (use the iOS app's benchmark mode)")
+            continue
+        if m["backend"] in (untimed or {}):
+            skipped.append(f"{m['name']}: {untimed[m['backend']]}")
             continue
         jobs[m["name"]] = m
     if eager:  # the PyTorch reference the ratios are taken against, one per distinct input shape
@@ -305,13 +309,14 @@ def stamp() -> str:
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
 
 
-def profile(path: Path, runs: int = 10, warmup: int = 2, threads: int = 2, results_dir: Path | None = None) -> dict:
+def profile(path: Path, runs: int = 10, warmup: int = 2, threads: int = 2, results_dir: Path | None = None,
+            untimed: dict[str, str] | None = None) -> dict:
     """Measure the host, estimate every device; write both record files. Returns paths and records."""
     from turbovaed.profile.schema import RESULTS_DIR
 
     results_dir = results_dir or RESULTS_DIR
     devices = catalog_mod.load_catalog()
-    measured, skipped = profile_artifacts(path, runs, warmup, threads)
+    measured, skipped = profile_artifacts(path, runs, warmup, threads, untimed=untimed)
     devices["host"] = catalog_mod.measured_host(threads, devices)  # the host estimate is for this machine
     manifests = find_manifests(path)
     estimates = estimate_records(manifests, devices)

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import torch
 
-from turbovaed import data, memory, presets, teachers
-from turbovaed.io import InputError, LatentFile
+from turbovaed import data, presets, teachers
+from turbovaed.io import InputError, LatentFile, check_memory
 from turbovaed.stream import ArtifactStreamer, Streamer, decode_tiled, stream_to_video
-from turbovaed.student import StudentConfig, StudentDecoder, check_latents
+from turbovaed.student import StudentConfig, StudentDecoder, check_latents, memory_bytes
 
 
 @dataclass
@@ -196,7 +196,7 @@ def whole(r: DecodeRequest, source: LatentFile | None, normalized: bool, say) ->
         net = model.to_mobile().eval() if r.mobile else model.eval()
         check_latents(z, config)
         if not r.tile:
-            memory.check(memory.student_bytes(config, tuple(z.shape[2:]), z.shape[0]),
+            check_memory(memory_bytes(config, tuple(z.shape[2:]), z.shape[0]),
                          f"decoding {tuple(z.shape)} latents as one clip",
                          "decode with --stream --chunk 1 (flat memory over time) and/or --tile 48 (spatial tiles)")
         t0 = time.perf_counter()

@@ -335,3 +335,27 @@ def convert_latents(source: str | Path, target: str | Path, layout: str | None, 
     with atomic_file(target) as tmp:
         save_file({"latents": src.read().to(dtype).contiguous()}, str(tmp), metadata={"layout": "bcthw", "latents": state})
     return f"wrote {target}: latents {tuple(src.shape)} (B, C, T, h, w), {state}, {src.dtype}"
+
+
+GIB = 2**30
+
+
+def available_memory(device: torch.device | str = "cpu") -> int:
+    """Bytes free on `device`: the GPU's free memory, or the host's MemAvailable."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+def check_memory(needed: int, what: str, lower: str, device: torch.device | str = "cpu") -> None:
+    """Refuse `what` when its estimated bytes exceed what `device` has free, before anything is allocated: one
+    error with the number and what lowers it, instead of an allocator's traceback."""
+    free = available_memory(device)
+    if needed > free:
+        raise InputError(f"{what} needs about {needed / GIB:.1f} GiB (estimated) but {torch.device(device)} has "
+                         f"{free / GIB:.1f} GiB free: {lower}")

@@ -20,8 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from turbovaed import memory
-from turbovaed.io import CheckpointError, InputError, check_saved, load_safetensors, save_pretrained
+from turbovaed.io import CheckpointError, InputError, check_memory, check_saved, load_safetensors, save_pretrained
 from turbovaed.nn import PADDING_MODES, Conv3d, PixelShuffle3d, ResBlock, RMSNorm, TimeCache
 
 CONFIG_NAME = "config.json"
@@ -214,7 +213,7 @@ class StudentDecoder(nn.Module):
         if not isinstance(data, dict):
             raise CheckpointError(f"{directory / CONFIG_NAME} must hold a JSON object")
         config = StudentConfig.from_dict(data)
-        memory.check(memory.parameter_bytes(config), f"the student in {directory}",
+        check_memory(memory_bytes(config), f"the student in {directory}",
                      f"its {CONFIG_NAME} describes a model too large to load here (channels {config.channels})")
         model = cls(config)
         check_saved(directory / weights, data)
@@ -387,6 +386,35 @@ def count_macs(config: StudentConfig, latent_shape: tuple[int, int, int]) -> int
     with torch.device("meta"):
         model = StudentDecoder(config)
     return module_macs(model, (1, config.latent_channels, *latent_shape))
+
+
+def memory_bytes(config: StudentConfig, latent_shape: tuple[int, int, int] | None = None, batch: int = 1,
+                 training: bool = False) -> int:
+    """Estimated peak fp32 bytes of the student (its weights alone without `latent_shape`): for inference the
+    weights and the largest layer's input + output, for training the weights four more times (gradients, two Adam
+    moments, EMA) and every layer's activations (what autograd keeps). Traced on the meta device: nothing is
+    allocated, so a size that cannot fit is refused before it is tried."""
+    with torch.device("meta"):
+        model = StudentDecoder(config)
+    weights = model.num_parameters()
+    if latent_shape is None:
+        return 4 * weights
+    acts: list[int] = []
+
+    def hook(module: nn.Module, inputs, out) -> None:
+        if isinstance(out, torch.Tensor) and inputs and isinstance(inputs[0], torch.Tensor):
+            acts.append(inputs[0].numel() + out.numel())
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]
+    try:
+        with torch.no_grad():
+            model(torch.empty(1, config.latent_channels, *latent_shape, device="meta"))
+    finally:
+        for h in handles:
+            h.remove()
+    if training:
+        return 4 * (5 * weights + batch * sum(acts))
+    return 4 * (weights + batch * max(acts))
 
 
 def module_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:

@@ -8,14 +8,12 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from turbovaed import logs
 from turbovaed.distill.checkpoint import has_checkpoint, recover
 from turbovaed.io import InputError
 
-if TYPE_CHECKING:
-    from turbovaed.distill.recipe import DistillRecipe
+# The recipe module calls these on itself (DistillRecipe.__post_init__): they take it without importing it.
 
 PERCEPTUAL = ("auto", "msssim_grad", "lpips", "none")
 DEVICES = ("auto", "cpu", "cuda")
@@ -32,7 +30,7 @@ NOT_NEGATIVE = ("train.warmup", "train.weight_decay", "train.max_minutes", "trai
                 "gan.start_step", "gan.weight", "loss.frames", "loss.teacher", "loss.perceptual", "loss.feature")
 
 
-def _numbers(recipe: DistillRecipe) -> dict[str, float]:
+def _numbers(recipe: DistillRecipe) -> dict[str, float]:  # noqa: F821 (see above)
     """Every number of the recipe by its dotted key (lists of numbers as key[i])."""
     found = {}
     for section in dataclasses.fields(recipe):
@@ -48,7 +46,7 @@ def _numbers(recipe: DistillRecipe) -> dict[str, float]:
     return found
 
 
-def check_values(recipe: DistillRecipe) -> None:
+def check_values(recipe: DistillRecipe) -> None:  # noqa: F821 (see above)
     """One InputError listing every bad value: choices, finiteness, ranges, cadences."""
     r, problems = recipe, []
     for key, value, allowed in [("loss.perceptual_kind", r.loss.perceptual_kind, PERCEPTUAL),
@@ -80,7 +78,7 @@ def check_values(recipe: DistillRecipe) -> None:
         raise InputError("invalid recipe: " + "; ".join(problems))
 
 
-def preflight(recipe: DistillRecipe, resume: bool) -> None:
+def preflight(recipe: DistillRecipe, resume: bool) -> None:  # noqa: F821 (see above)
     """Refusals that would otherwise come after hours of indexing and caching: a missing TensorBoard, an input
     that cannot be read, an output that cannot be written, an earlier run's checkpoint without --resume."""
     work = recipe.work
@@ -115,7 +113,7 @@ def preflight(recipe: DistillRecipe, resume: bool) -> None:
                          f"or remove {work}")
 
 
-def recipe_values(recipe: DistillRecipe) -> dict:
+def recipe_values(recipe: DistillRecipe) -> dict:  # noqa: F821 (see above)
     """The recipe as dotted key -> value (what a checkpoint keeps, to say what a resume changed)."""
     flat = {}
     for section, values in dataclasses.asdict(recipe).items():
@@ -126,7 +124,7 @@ def recipe_values(recipe: DistillRecipe) -> dict:
     return json.loads(json.dumps(flat))  # as the checkpoint stores it (tuples become lists)
 
 
-def resume_changes(saved: dict | None, recipe: DistillRecipe) -> dict[str, list]:
+def resume_changes(saved: dict | None, recipe: DistillRecipe) -> dict[str, list]:  # noqa: F821 (see above)
     """key -> [at the checkpoint, now] for every recipe value a --resume changes. Those that would make the resume
     wrong (the student, the teacher, the cached data) are refused elsewhere; these are allowed and reported, since
     the resumed run is then no longer the uninterrupted one."""

@@ -19,8 +19,8 @@ from turbovaed.distill.recipe import DistillRecipe
 from turbovaed.distill.setup import Run, init_description
 
 if TYPE_CHECKING:
-    from turbovaed.distill.loop import Logger
     from turbovaed.distill.models import Models
+    from turbovaed.distill.runlog import Logger
 from turbovaed.evaluate import EvalClip, score
 from turbovaed.io import atomic_file
 from turbovaed.recipes import to_toml

@@ -15,12 +15,12 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from turbovaed import data, logs, memory, presets, teachers
+from turbovaed import data, logs, presets, teachers
 from turbovaed.distill import lock
 from turbovaed.distill.checks import preflight
 from turbovaed.distill.recipe import DistillRecipe
-from turbovaed.io import InputError
-from turbovaed.student import CONFIG_NAME, StudentConfig
+from turbovaed.io import InputError, check_memory
+from turbovaed.student import CONFIG_NAME, StudentConfig, memory_bytes
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -178,8 +178,8 @@ def setup(recipe: DistillRecipe, resume: bool, show_progress: bool, rebuild_cach
                             dtype=torch.float32).to(device)
     config = student_config(recipe, teacher)
     d = recipe.data
-    memory.check(memory.student_bytes(config, (d.latent_frames, d.size // teacher.spec.spatial,
-                                               d.size // teacher.spec.spatial), recipe.train.batch, training=True),
+    check_memory(memory_bytes(config, (d.latent_frames, d.size // teacher.spec.spatial, d.size // teacher.spec.spatial),
+                              recipe.train.batch, training=True),
                  f"training this student on batches of {recipe.train.batch} x {d.size}x{d.size} crops",
                  "lower train.batch (raise train.grad_accum to keep the batch), data.size or data.latent_frames, or "
                  "the student's channels", device)

@@ -20,10 +20,11 @@ from torch import nn
 
 from turbovaed.distill import lock
 from turbovaed.distill.feed import fill_cache
-from turbovaed.distill.loop import Logger, train_loop
+from turbovaed.distill.loop import train_loop
 from turbovaed.distill.models import build_models
 from turbovaed.distill.publish import eval_clips, final_report, publish, resume_step, trim_log, weights_checksum
 from turbovaed.distill.recipe import DistillRecipe
+from turbovaed.distill.runlog import Logger
 from turbovaed.distill.setup import setup
 from turbovaed.evaluate import prepare
 

@@ -13,16 +13,16 @@ from pathlib import Path
 
 import torch
 
-from turbovaed import data, memory, teachers
+from turbovaed import data, teachers
 from turbovaed.evaluate import never_trained_on
 from turbovaed.export import backends
 from turbovaed.export.backends import BACKENDS, MissingDependency  # noqa: F401 - re-exported
 from turbovaed.export.lowering import latent_shape, mobile_graph
 from turbovaed.export.quantize import check_keep_float, in_modules, outside_modules  # noqa: F401 - re-exported
 from turbovaed.export.recipe import CalibrationSection, ExportRecipe, ShapeSection  # noqa: F401 - re-exported
-from turbovaed.io import InputError, atomic_dir
+from turbovaed.io import InputError, atomic_dir, check_memory
 from turbovaed.metrics import psnr
-from turbovaed.student import WEIGHTS_NAME, StreamingStep, StudentDecoder, dropped_frames
+from turbovaed.student import WEIGHTS_NAME, StreamingStep, StudentDecoder, dropped_frames, memory_bytes
 
 # Verification floor (PSNR dB against the fp32 student's frames) per precision.
 MIN_PSNR = {"fp32": 60.0, "fp16": 45.0, "int8": 40.0, "int8-dynamic": 40.0, "int4": 34.0, "palettize4": 34.0}
@@ -184,12 +184,12 @@ def model_of(manifest: dict) -> dict:
             "sha256": s.get("sha256", ""), "config": s["config"]}
 
 
-def check_memory(config, recipe: ExportRecipe) -> None:
+def check_export_memory(config, recipe: ExportRecipe) -> None:
     """Refuse a shape the converters cannot hold here: they keep the eager graph, the traced program and the
     calibration activations at once (about four passes' worth)."""
     s, shape = config.spatial_ratio, recipe.shape
     latent = (shape.stream_chunk or shape.latent_frames, -(-shape.height // s), -(-shape.width // s))
-    memory.check(4 * memory.student_bytes(config, latent), f"exporting {recipe.name} at {shape.height}x{shape.width}",
+    check_memory(4 * memory_bytes(config, latent), f"exporting {recipe.name} at {shape.height}x{shape.width}",
                  "export a smaller shape (shape.height / shape.width, --height / --width) or a streaming step graph "
                  "(shape.stream_chunk)")
 
@@ -201,7 +201,7 @@ class StudentSource:
     def __init__(self, recipe: ExportRecipe, checkpoint: str | Path):
         self.recipe, self.checkpoint = recipe, checkpoint
         self.student = StudentDecoder.from_pretrained(checkpoint).float().eval()
-        check_memory(self.student.config, recipe)
+        check_export_memory(self.student.config, recipe)
         self.model, self.example, self.io = graph(self.student, recipe)
         self.chunk = recipe.shape.stream_chunk
 

@@ -239,10 +239,9 @@ def index_videos(videos: list[Path], index_path: str | Path | None = None, worke
                 tmp.write_text(json.dumps({"version": INDEX_VERSION, "videos": entries}))
 
     if todo:
-        from rich.progress import Progress
 
         saved = time.monotonic()
-        with Progress(disable=not show_progress, transient=True, console=logs.console()) as bar, \
+        with logs.progress(disable=not show_progress) as bar, \
                 ThreadPoolExecutor(max(1, workers)) as pool:
             task = bar.add_task(f"indexing {len(todo)} videos", total=len(todo))
             for v, entry in zip(todo, pool.map(_probe, todo)):

@@ -69,6 +69,16 @@ def console(stderr: bool = True, **kwargs) -> Console:
     return Console(**{"file": STDERR if stderr else STDOUT, "markup": False, **kwargs})
 
 
+def progress(*columns, disable: bool = False, **kwargs):
+    """A rich progress bar on the terminal (transient), or nothing where the output is not a terminal: a log or a
+    pipe gets no bar frames or blank lines (the callers print plain progress lines there)."""
+    from rich.progress import Progress
+
+    bar_console = console()
+    return Progress(*columns, console=bar_console, transient=True, disable=disable or not bar_console.is_terminal,
+                    **kwargs)
+
+
 def say(message: str) -> None:
     """One of turbovaed's own status lines (stderr: results stay alone on stdout)."""
     print(plain(message), file=STDERR, flush=True)

@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
-from turbovaed import teachers
+from turbovaed import logs, teachers
 from turbovaed.cli.base import DecoderFile, StudentDir, TeacherPath, TinyTeacher, Variant, app, console, logged, out, parse_size
 from turbovaed.cli.tables import decoder_table, ladder_table, student_table
 
@@ -69,8 +69,8 @@ def decode(out_path: Annotated[Path, typer.Option("--out", help="output .mp4 (wh
     request = DecodeRequest(out_path, latents, video, teacher, teacher_path, tiny_teacher, student, mobile, frames,
                             parse_size(size), fps, stream, chunk, artifact, tile, overlap, layout, normalized,
                             decoder, variant)
-    with Progress(TextColumn("[bold]stream"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True, disable=not stream) as bar:
+    with logs.progress(TextColumn("[bold]stream"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                       disable=not stream) as bar:
         task = bar.add_task("streaming decode (latent frames)", total=None)
         out.print(run(request, say=console.print,
                       progress=lambda done, total: bar.update(task, completed=done, total=total)))

@@ -32,9 +32,8 @@ def fill_cache(run: Run, generation: int = 0) -> LatentCache:
     first = generation * d.clips
     todo = len(range(run.rank, d.clips, run.world)) - len(cache.items(run.rank, run.world, d.clips, first))
     if todo:
-        from rich.progress import Progress
 
-        with Progress(disable=not run.show_progress or run.rank != 0, transient=True, console=logs.console()) as bar:
+        with logs.progress(disable=not run.show_progress or run.rank != 0) as bar:
             task = bar.add_task(f"caching teacher latents, generation {generation} (rank {run.rank})", total=todo)
             cache.fill(run.teacher, run.sampler, d.clips, rank=run.rank, world=run.world,
                        batch=run.recipe.train.batch, workers=d.workers, progress=lambda: bar.advance(task),

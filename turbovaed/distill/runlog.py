@@ -15,14 +15,14 @@ class Logger:
     """log.jsonl always; TensorBoard when asked; a rich bar on a terminal, else a plain line every N steps."""
 
     def __init__(self, run: Run, start: int) -> None:
-        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.progress import BarColumn, TextColumn, TimeRemainingColumn
 
         self.run, self.active = run, run.rank == 0
         t = run.recipe.train
         terminal = logs.console().is_terminal
-        self.bar = Progress(TextColumn("[bold]distill"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                            TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=logs.console(),
-                            disable=not (self.active and run.show_progress and terminal))
+        self.bar = logs.progress(TextColumn("[bold]distill"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                                 TextColumn("{task.fields[info]}"), TimeRemainingColumn(),
+                                 disable=not (self.active and run.show_progress))
         self.plain = self.active and run.show_progress and not terminal
         self.task = self.bar.add_task("distill", total=t.steps, completed=start, info="")
         self.tb = None

@@ -389,3 +389,91 @@ def test_taeh3_follows_minimax_h3s_chunked_frame_rule(tmp_path, latent_frames, f
     assert "per started chunk of 5 latents" in loaded.variant.frame_rule
     with pytest.raises(InputError, match="no streaming step graph"):
         loaded.step()
+
+
+def reference_super_decode(sd: dict[str, torch.Tensor], z: torch.Tensor, patch: int = 2) -> torch.Tensor:
+    """The Super decoder written out with functional ops from madebyollin/taehv's definition (1f14a56), on the file's
+    tensors by name, independent of turbovaed's module: NTCHW latents -> NTCHW frames in [0, 1], trimmed."""
+    import torch.nn.functional as F
+
+    n, t = z.shape[:2]
+    x = F.conv2d(z.reshape(n * t, *z.shape[2:]), sd["decoder.0.weight"])
+    i = 1
+    for grow in (1, 2, 2):  # decoder_time_upscale (False, True, True)
+        for _ in range(3):  # SuperMemBlock: dw 7x7 over cat(x, past), 1x1 up, ReLU, 1x1 down, plus x
+            frames = x.reshape(n, -1, *x.shape[1:])
+            past = F.pad(frames, (0, 0, 0, 0, 0, 0, 1, 0))[:, :-1].reshape(x.shape)
+            y = torch.cat([x, past], 1)
+            y = F.conv2d(y, sd[f"decoder.{i}.conv.0.weight"], padding=3, groups=y.shape[1])
+            y = F.relu(F.conv2d(y, sd[f"decoder.{i}.conv.1.weight"], sd[f"decoder.{i}.conv.1.bias"]))
+            x = F.conv2d(y, sd[f"decoder.{i}.conv.3.weight"]) + x
+            i += 1
+        x = F.pixel_shuffle(F.relu(F.conv2d(x, sd[f"decoder.{i}.weight"], sd[f"decoder.{i}.bias"], padding=1)), 2)
+        w = sd[f"decoder.{i + 3}.conv.weight"][-x.shape[1] * grow:]  # TGrow (a file may hold more rows)
+        x = F.conv2d(x, w).reshape(-1, x.shape[1], *x.shape[2:])
+        i += 4
+    x = F.conv2d(x, sd[f"decoder.{i}.weight"], sd[f"decoder.{i}.bias"], padding=1)
+    x = F.pixel_shuffle(x, patch).clamp(0, 1)
+    return x.reshape(n, -1, *x.shape[1:])[:, 3:]
+
+
+def test_super_decoder_matches_a_reference_written_from_the_published_definition(tmp_path):
+    path = random_file("taehv1_5_super", tmp_path)
+    sd = load_file(str(path)) if path.suffix == ".safetensors" else torch.load(path)
+    z = torch.randn(1, 3, 32, 4, 4)  # NTCHW
+    with torch.no_grad():
+        ours = (load(path).canonical()(z.transpose(1, 2)).transpose(1, 2) + 1) / 2
+        ref = reference_super_decode(sd, z)
+    assert ours.shape == ref.shape == (1, 9, 3, 64, 64) and (ours - ref).abs().max() < 1e-5
+
+
+def reference_taehv_decode(sd: dict[str, torch.Tensor], z: torch.Tensor, patch: int, leaky: bool = False,
+                           signed: bool = False, h3: bool = False) -> torch.Tensor:
+    """TAEHV's decoder written out with functional ops from madebyollin/taehv's definition (and LightX2V's hy15
+    variant: LeakyReLU 0.2, clamp to [-1, 1]; and taeh3's chunk rule), on the file's tensors by name, independent
+    of turbovaed's module: NTCHW latents -> NTCHW frames."""
+    import torch.nn.functional as F
+
+    act = (lambda x: F.leaky_relu(x, 0.2)) if leaky else F.relu  # noqa: E731
+    n, t = z.shape[:2]
+    x = torch.tanh(z.reshape(n * t, *z.shape[2:]) / 3) * 3
+    x = act(F.conv2d(x, sd["decoder.1.weight"], sd["decoder.1.bias"], padding=1))
+    i = 3
+    for grow in (1, 2, 2):
+        for _ in range(3):  # MemBlock: conv(cat(x, past)) -> act -> conv -> act -> conv, plus x, then act
+            frames = x.reshape(n, -1, *x.shape[1:])
+            past = F.pad(frames, (0, 0, 0, 0, 0, 0, 1, 0))[:, :-1].reshape(x.shape)
+            y = torch.cat([x, past], 1)
+            for k in (0, 2, 4):
+                y = F.conv2d(y, sd[f"decoder.{i}.conv.{k}.weight"], sd[f"decoder.{i}.conv.{k}.bias"], padding=1)
+                y = act(y) if k < 4 else y
+            x = act(y + x)
+            i += 1
+        x = F.interpolate(x, scale_factor=2, mode="nearest")
+        w = sd[f"decoder.{i + 1}.conv.weight"][-x.shape[1] * grow:]
+        x = F.conv2d(x, w).reshape(-1, x.shape[1], *x.shape[2:])
+        x = F.conv2d(x, sd[f"decoder.{i + 2}.weight"], padding=1)
+        i += 3
+    x = F.conv2d(act(x), sd["decoder.22.weight"], sd["decoder.22.bias"], padding=1)
+    x = F.pixel_shuffle(x, patch).clamp(-1 if signed else 0, 1)
+    x = x.reshape(n, -1, *x.shape[1:])
+    if not h3:
+        return x[:, 3:]
+    x = torch.cat([x, x.new_zeros(n, -x.shape[1] % 20, *x.shape[2:])], 1)  # chunks of 5 latents, zero-filled
+    return torch.cat([c[:, 3:] for c in x.split(20, 1)], 1)[:, :-12]
+
+
+@pytest.mark.parametrize("name,stem,leaky,signed,h3", [("taew2_1", "taew2_1", False, False, False),
+                                                       ("taehv1_5", "lighttae_hy1_5", True, True, False),
+                                                       ("taeh3", "taeh3", False, False, True)])
+def test_taehv_family_matches_a_reference_written_from_the_published_definitions(tmp_path, name, stem, leaky,
+                                                                                   signed, h3):
+    path = random_file(name, tmp_path, stem=stem)
+    loaded, sd = load(path), load_file(str(path))
+    for t in (2, 7):
+        z = torch.randn(1, t, loaded.variant.latent_channels, 4, 4)
+        with torch.no_grad():
+            ours = loaded.canonical()(z.transpose(1, 2)).transpose(1, 2)
+            ref = reference_taehv_decode(sd, z, loaded.variant.patch_size, leaky, signed, h3)
+        ref = ref if signed else ref * 2 - 1
+        assert ours.shape == ref.shape and (ours - ref).abs().max() < 1e-5, (name, t)

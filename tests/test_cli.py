@@ -367,3 +367,20 @@ def test_messages_reach_the_terminal_whole_and_without_escape_codes(tmp_path):
                   "--out", str(tmp_path / "o.mp4"))
     assert pickled.returncode == 2 and "weights-only" in pickled.stderr and "\x1b" not in pickled.stderr
     assert "trust the source" in pickled.stderr  # torch's own words, without its bold
+
+
+def test_a_failed_command_keeps_its_log_and_names_its_complete_outputs(tmp_path, student_dir):
+    """Two exports, the second without its backend's package: the first is complete and said so, the failing stage
+    is named (its partial output removed), and the log with the traceback stays in the output folder."""
+    out = tmp_path / "exports"
+    proc = subprocess.run([sys.executable, "-c", "import sys; sys.modules['coreai_torch'] = None\n"
+                           "from turbovaed.cli import main\nsys.argv = ['turbovaed', 'export', 'host-onnx-fp32', "
+                           f"'iphone-coreai-fp16', '--checkpoint', {str(student_dir)!r}, '--out', {str(out)!r}, "
+                           "'--teacher', 'wan21', '--tiny-teacher', '--synthetic', '--height', '32', '--width', '32']\n"
+                           "main()"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "stopped in stage 'iphone-coreai-fp16': its partial output was removed" in proc.stderr
+    assert f"complete in {out}: host-onnx-fp32/" in proc.stderr
+    assert f"third-party output: {out / 'turbovaed.log'}" in proc.stderr
+    assert "Traceback" in (out / "turbovaed.log").read_text() and "Traceback" not in proc.stderr
+    assert (out / "host-onnx-fp32" / "manifest.json").is_file() and not (out / "iphone-coreai-fp16").exists()

@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 
 from turbovaed import data, presets, teachers
-from turbovaed.io import InputError, LatentFile, check_memory
+from turbovaed.io import InputError, LatentFile
 from turbovaed.stream import ArtifactStreamer, Streamer, decode_tiled, stream_to_video
-from turbovaed.student import StudentConfig, StudentDecoder, check_latents, memory_bytes
+from turbovaed.student import StudentConfig, StudentDecoder, check_fits, check_latents
 
 
 @dataclass
@@ -196,9 +196,8 @@ def whole(r: DecodeRequest, source: LatentFile | None, normalized: bool, say) ->
         net = model.to_mobile().eval() if r.mobile else model.eval()
         check_latents(z, config)
         if not r.tile:
-            check_memory(memory_bytes(config, tuple(z.shape[2:]), z.shape[0]),
-                         f"decoding {tuple(z.shape)} latents as one clip",
-                         "decode with --stream --chunk 1 (flat memory over time) and/or --tile 48 (spatial tiles)")
+            check_fits(config, tuple(z.shape[2:]), z.shape[0], f"decoding {tuple(z.shape)} latents as one clip",
+                       "decode with --stream --chunk 1 (flat memory over time) and/or --tile 48 (spatial tiles)")
         t0 = time.perf_counter()
         with torch.no_grad():
             decoded = decode_tiled(lambda zt, _: net(zt), z, r.tile, r.overlap, config.spatial_ratio) if r.tile \

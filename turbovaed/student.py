@@ -20,7 +20,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from turbovaed.io import CheckpointError, InputError, check_memory, check_saved, load_safetensors, save_pretrained
+from turbovaed.io import (
+    CheckpointError,
+    InputError,
+    available_memory,
+    check_memory,
+    check_saved,
+    load_safetensors,
+    save_pretrained,
+)
 from turbovaed.nn import PADDING_MODES, Conv3d, PixelShuffle3d, ResBlock, RMSNorm, TimeCache
 
 CONFIG_NAME = "config.json"
@@ -415,6 +423,23 @@ def memory_bytes(config: StudentConfig, latent_shape: tuple[int, int, int] | Non
     if training:
         return 4 * (5 * weights + batch * sum(acts))
     return 4 * (weights + batch * max(acts))
+
+
+def check_fits(config: StudentConfig, latent_shape: tuple[int, int, int], batch: int, what: str, lower: str,
+               training: bool = False, passes: int = 1, device: torch.device | str = "cpu") -> None:
+    """Refuse a decode (or training step) that cannot fit in `device`'s free memory, before allocating. A cheap
+    upper bound (every layer at the widest channels and the output's size) clears the common case at once; only
+    above it are the layers traced (memory_bytes)."""
+    with torch.device("meta"):
+        model = StudentDecoder(config)
+    weights = model.num_parameters()
+    layers = sum(1 for m in model.modules() if not list(m.children()))
+    t, h, w = latent_shape
+    widest = max(max(config.channels), config.latent_channels, 3) * config.frames_for(t) * h * w \
+        * config.spatial_ratio ** 2 * 2  # input + output of a layer at full size
+    bound = 4 * (5 * weights + batch * layers * widest) if training else 4 * (weights + batch * widest)
+    if passes * bound > available_memory(device):
+        check_memory(passes * memory_bytes(config, latent_shape, batch, training), what, lower, device)
 
 
 def module_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:

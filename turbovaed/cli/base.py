@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import shutil
 import time
+import traceback
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -30,7 +31,8 @@ def options(verbose: Annotated[bool, typer.Option("-v", "--verbose", help="show 
 def logged(folder):
     """Run the command with third-party output captured (`folder` maps the command's arguments to its output
     folder, where the log lands as turbovaed.log); the log is named at the end when anything was written to it.
-    After a failure it also says at which stage the command stopped and which of its outputs are complete."""
+    After a failure the log also holds its traceback, and the terminal says at which stage the command stopped
+    and which of its outputs are complete."""
     def wrap(command):
         @functools.wraps(command)
         def run(**kwargs):
@@ -39,7 +41,11 @@ def logged(folder):
             logs.reset_stage()
             try:
                 with logs.capture(where / "turbovaed.log", VERBOSE["on"]) as captured:
-                    return command(**kwargs)
+                    try:
+                        return command(**kwargs)
+                    except Exception:  # the whole story goes to the log; the terminal gets one line
+                        traceback.print_exc()
+                        raise
             except Exception:
                 failed_outputs(where, start)
                 raise

@@ -19,8 +19,8 @@ from turbovaed import data, logs, presets, teachers
 from turbovaed.distill import lock
 from turbovaed.distill.checks import preflight
 from turbovaed.distill.recipe import DistillRecipe
-from turbovaed.io import InputError, check_memory
-from turbovaed.student import CONFIG_NAME, StudentConfig, memory_bytes
+from turbovaed.io import InputError
+from turbovaed.student import CONFIG_NAME, StudentConfig, check_fits
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -178,11 +178,10 @@ def setup(recipe: DistillRecipe, resume: bool, show_progress: bool, rebuild_cach
                             dtype=torch.float32).to(device)
     config = student_config(recipe, teacher)
     d = recipe.data
-    check_memory(memory_bytes(config, (d.latent_frames, d.size // teacher.spec.spatial, d.size // teacher.spec.spatial),
-                              recipe.train.batch, training=True),
-                 f"training this student on batches of {recipe.train.batch} x {d.size}x{d.size} crops",
-                 "lower train.batch (raise train.grad_accum to keep the batch), data.size or data.latent_frames, or "
-                 "the student's channels", device)
+    check_fits(config, (d.latent_frames, d.size // teacher.spec.spatial, d.size // teacher.spec.spatial),
+               recipe.train.batch, f"training this student on batches of {recipe.train.batch} x {d.size}x{d.size} crops",
+               "lower train.batch (raise train.grad_accum to keep the batch), data.size or data.latent_frames, or the "
+               "student's channels", training=True, device=device)
     if recipe.data.size % teacher.spec.spatial:
         raise InputError(f"data.size {recipe.data.size} must be a multiple of {teacher.spec.spatial} "
                          f"for {teacher.spec.name}")

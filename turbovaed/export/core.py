@@ -20,9 +20,9 @@ from turbovaed.export.backends import BACKENDS, MissingDependency  # noqa: F401 
 from turbovaed.export.lowering import latent_shape, mobile_graph
 from turbovaed.export.quantize import check_keep_float, in_modules, outside_modules  # noqa: F401 - re-exported
 from turbovaed.export.recipe import CalibrationSection, ExportRecipe, ShapeSection  # noqa: F401 - re-exported
-from turbovaed.io import InputError, atomic_dir, check_memory
+from turbovaed.io import InputError, atomic_dir
 from turbovaed.metrics import psnr
-from turbovaed.student import WEIGHTS_NAME, StreamingStep, StudentDecoder, dropped_frames, memory_bytes
+from turbovaed.student import WEIGHTS_NAME, StreamingStep, StudentDecoder, check_fits, dropped_frames
 
 # Verification floor (PSNR dB against the fp32 student's frames) per precision.
 MIN_PSNR = {"fp32": 60.0, "fp16": 45.0, "int8": 40.0, "int8-dynamic": 40.0, "int4": 34.0, "palettize4": 34.0}
@@ -189,9 +189,9 @@ def check_export_memory(config, recipe: ExportRecipe) -> None:
     calibration activations at once (about four passes' worth)."""
     s, shape = config.spatial_ratio, recipe.shape
     latent = (shape.stream_chunk or shape.latent_frames, -(-shape.height // s), -(-shape.width // s))
-    check_memory(4 * memory_bytes(config, latent), f"exporting {recipe.name} at {shape.height}x{shape.width}",
-                 "export a smaller shape (shape.height / shape.width, --height / --width) or a streaming step graph "
-                 "(shape.stream_chunk)")
+    check_fits(config, latent, 1, f"exporting {recipe.name} at {shape.height}x{shape.width}",
+               "export a smaller shape (shape.height / shape.width, --height / --width) or a streaming step graph "
+               "(shape.stream_chunk)", passes=4)
 
 
 class StudentSource:

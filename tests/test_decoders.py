@@ -168,7 +168,7 @@ def test_info_describes_a_decoder_file(tmp_path):
     result = subprocess.run([sys.executable, "-m", "turbovaed", "info", "--decoder", str(path)], capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    for needed in ("taew2_2", "Wan 2.2 5B", "9,923,532", "4T - 3", "raw VAE latents", "512x512", "720p"):
+    for needed in ("taew2_2", "Wan 2.2 5B", "9,923,532", "4T - 3", "the diffusion model's latents", "512x512", "720p"):
         assert needed in result.stdout, (needed, result.stdout)
     from turbovaed.decoders import load as load_decoder
 

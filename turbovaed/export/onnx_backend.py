@@ -85,8 +85,11 @@ def convert(model: torch.nn.Module, example: tuple, options: ConvertOptions, cal
             if len(excluded) < len(kept):
                 raise TurboVAEDError(f"keep_float: {len(kept) - len(excluded)} of the kept modules' ONNX nodes were "
                                      "renamed by onnxruntime's pre-processing; cannot exclude them by name")
+            # reduce_range: 7-bit int8 weights, so x86 CPUs without VNNI (AVX2's u8 x s8 pairwise multiply-add
+            # saturates at 16 bits) compute them exactly; the browser's clients are any CPU
             quantize_static(str(pre), str(target), _Reader(inputs, calib), quant_format=QuantFormat.QDQ,
-                            per_channel=True, activation_type=QuantType.QInt16 if int4 else QuantType.QInt8,
+                            per_channel=True, reduce_range=not int4,
+                            activation_type=QuantType.QInt16 if int4 else QuantType.QInt8,
                             weight_type=QuantType.QInt4 if int4 else QuantType.QInt8, nodes_to_exclude=excluded)
     notes = ["int4 = 4-bit QDQ weights with 16-bit QDQ activations (W4A16)"] if options.precision == "int4" else []
     return {"artifact": "decoder.onnx", "ops": {**op_counts(target), "kept_float_nodes": sorted(kept)}, "notes": notes}

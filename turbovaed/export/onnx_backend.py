@@ -85,14 +85,36 @@ def convert(model: torch.nn.Module, example: tuple, options: ConvertOptions, cal
             if len(excluded) < len(kept):
                 raise TurboVAEDError(f"keep_float: {len(kept) - len(excluded)} of the kept modules' ONNX nodes were "
                                      "renamed by onnxruntime's pre-processing; cannot exclude them by name")
-            # reduce_range: 7-bit int8 weights, so x86 CPUs without VNNI (AVX2's u8 x s8 pairwise multiply-add
-            # saturates at 16 bits) compute them exactly; the browser's clients are any CPU
-            quantize_static(str(pre), str(target), _Reader(inputs, calib), quant_format=QuantFormat.QDQ,
-                            per_channel=True, reduce_range=not int4,
-                            activation_type=QuantType.QInt16 if int4 else QuantType.QInt8,
-                            weight_type=QuantType.QInt4 if int4 else QuantType.QInt8, nodes_to_exclude=excluded)
+            def quantize(path: Path, reduce_range: bool) -> Path:
+                quantize_static(str(pre), str(path), _Reader(inputs, calib), quant_format=QuantFormat.QDQ,
+                                per_channel=True, reduce_range=reduce_range,
+                                activation_type=QuantType.QInt16 if int4 else QuantType.QInt8,
+                                weight_type=QuantType.QInt4 if int4 else QuantType.QInt8, nodes_to_exclude=excluded)
+                return path
+
+            if int4:
+                quantize(target, False)
+            else:  # 8-bit weights, or 7-bit ones (reduce_range) where 8-bit ones saturate an x86 CPU without VNNI
+                # (AVX2's u8 x s8 multiply-add): the one nearer fp32 on the calibration inputs, here
+                candidates = [quantize(Path(tmp) / f"int8-{r}.onnx", r) for r in (False, True)]
+                closest(candidates, fp32, inputs, calib).replace(target)
     notes = ["int4 = 4-bit QDQ weights with 16-bit QDQ activations (W4A16)"] if options.precision == "int4" else []
     return {"artifact": "decoder.onnx", "ops": {**op_counts(target), "kept_float_nodes": sorted(kept)}, "notes": notes}
+
+
+def closest(candidates: list[Path], reference: Path, names: list[str], calib: list[tuple]) -> Path:
+    """The candidate model whose outputs are nearest the reference model's over the calibration inputs."""
+    import numpy as np
+    import onnxruntime as ort
+
+    feeds = [{n: x.numpy() for n, x in zip(names, inputs)} for inputs in calib]
+
+    def outputs(path: Path) -> list:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return [session.run(None, feed)[0] for feed in feeds]
+
+    want = outputs(reference)
+    return min(candidates, key=lambda p: sum(float(np.mean((a - b) ** 2)) for a, b in zip(outputs(p), want)))
 
 
 def runner(artifact: Path, model=None, options: ConvertOptions | None = None):

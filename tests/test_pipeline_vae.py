@@ -10,7 +10,9 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 
 from turbovaed import presets, teachers
 from turbovaed.io import InputError, TurboVAEDError
+from turbovaed.metrics import psnr
 from turbovaed.pipeline_vae import StudentVAE, decode_latents, preview, raw_latents
+from turbovaed.stream import decode_tiled
 from turbovaed.student import StudentDecoder
 
 
@@ -150,7 +152,10 @@ def test_pipeline_vae_attributes_tiling_and_refusals(tmp_path):
     z = torch.randn(1, 4, 2, 12, 16)
     whole = vae.decode(z).sample
     vae.enable_tiling(6)
-    assert torch.allclose(vae.decode(z, return_dict=False)[0], whole, atol=1e-4)
+    tiled = vae.decode(z, return_dict=False)[0]
+    with torch.no_grad():  # the project's spatial tiles (blended overlaps), not the whole clip's exact values
+        expected = decode_tiled(lambda zt, _: student(zt), z, 6, 2, 8).clamp(-1, 1)
+    assert torch.allclose(tiled, expected, atol=1e-6) and psnr(tiled, whole) > 25
     with pytest.raises(TurboVAEDError, match="decodes only"):
         vae.encode(torch.zeros(1, 3, 5, 64, 64))
     (folder / "latent_norm.json").unlink()

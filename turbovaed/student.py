@@ -224,8 +224,8 @@ class StudentDecoder(nn.Module):
         check_memory(memory_bytes(config), f"the student in {directory}",
                      f"its {CONFIG_NAME} describes a model too large to load here (channels {config.channels})")
         model = cls(config)
+        state = load_safetensors(directory / weights)  # a truncated or pickled file is named as such first
         check_saved(directory / weights, data)
-        state = load_safetensors(directory / weights)
         load_state(model, state, directory / weights)
         return model
 

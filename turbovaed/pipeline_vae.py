@@ -174,11 +174,11 @@ def unpack(pipe, latents: torch.Tensor, num_frames: int, height: int, width: int
     return latents
 
 
-def raw_latents(pipe, latents: torch.Tensor, num_frames: int, height: int, width: int) -> torch.Tensor:
-    """What a pipeline returned with output_type="latent" -> what its VAE's decode takes: unpacked (LTX), then
-    de-normalised with the pipeline VAE's statistics, as the pipeline itself does before decoding."""
+def raw_latents(pipe, latents: torch.Tensor, num_frames: int, height: int, width: int, vae=None) -> torch.Tensor:
+    """What a pipeline returned with output_type="latent" -> what a VAE's decode takes (pipe.vae's unless `vae` is
+    given): unpacked (LTX), then de-normalised with that VAE's statistics, as the pipeline itself does."""
     z = unpack(pipe, latents, num_frames, height, width)
-    return pipeline_norm(pipe.vae, z.shape[1]).to_raw(z.float())
+    return pipeline_norm(vae if vae is not None else pipe.vae, z.shape[1]).to_raw(z.float())
 
 
 def decode_latents(vae: StudentVAE, pipe, latents: torch.Tensor, num_frames: int, height: int, width: int,
@@ -187,7 +187,7 @@ def decode_latents(vae: StudentVAE, pipe, latents: torch.Tensor, num_frames: int
     be pipe.vae: frames (B, 3, T', H, W) in [-1, 1] on the latents' device. The latents are the diffusion model's,
     whatever the VAE; they are de-normalised with `vae`'s statistics, exactly as the pipeline would before calling
     `vae.decode`. `stream=True` decodes one latent frame at a time (causal decoders: memory flat in time)."""
-    z = pipeline_norm(vae, vae.config.z_dim).to_raw(unpack(pipe, latents, num_frames, height, width).float())
+    z = raw_latents(pipe, latents, num_frames, height, width, vae)
     if not stream:
         return vae.decode(z).sample
     streamer = vae.streamer()

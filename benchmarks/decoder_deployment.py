@@ -18,11 +18,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from turbovaed import presets  # noqa: E402
 from turbovaed.decoders import flash_vaed, flash_vaed_ltx, taehv, turbo_vaed  # noqa: E402
-from turbovaed.export.backends import BACKENDS  # noqa: E402
 from turbovaed.io import atomic_file  # noqa: E402
 from turbovaed.profile import calibration  # noqa: E402
 from turbovaed.profile.devices import load_catalog  # noqa: E402
-from turbovaed.profile.estimate import decoder_costs, device_estimates, layer_costs  # noqa: E402
+from turbovaed.profile.estimate import best_cell, costs_of  # noqa: E402
 from turbovaed.teachers import TEACHERS  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results" / "decoder_deployment.json"
@@ -33,24 +32,6 @@ DECODERS = [taehv.VARIANTS[n] for n in ("taehv", "taew2_2", "taeltx_2")] + \
     [flash_vaed.VARIANTS["flash-vaed-wan2_1"], flash_vaed_ltx.VARIANTS["flash-vaed-ltx"]]
 STUDENTS = {"turbovaed wan21 (nano)": ("wan21", "nano"), "turbovaed wan21-turbo": ("wan21", "turbo"),
             "turbovaed wan22 (nano)": ("wan22", "nano"), "turbovaed ltx (nano)": ("ltx", "nano")}
-
-
-def candidates(float_only: bool = False) -> list[tuple[str, str]]:
-    return [(b.name, p) for b in BACKENDS.values() for p in b.precisions
-            if "dynamic" not in p and (not float_only or p in ("fp32", "fp16"))]
-
-
-def best_cell(device, costs, frames: int, fits: dict, float_only: bool = False) -> dict:
-    cal, bound = None, None
-    for backend, precision in candidates(float_only):
-        for unit, est in device_estimates(device, costs, backend, precision, fits).items():
-            cell = {"fps": frames / est["seconds"], "runtime": backend, "precision": precision, "unit": unit,
-                    "loo": (est["calibration"] or {}).get("worst_leave_one_out_ratio")}
-            if est["calibration"]:
-                cal = cell if cal is None or cell["fps"] > cal["fps"] else cal
-            elif bound is None or cell["fps"] > bound["fps"]:
-                bound = cell
-    return {"estimate": cal, "roofline_bound": bound if bound and (cal is None or bound["fps"] > cal["fps"]) else None}
 
 
 def rows() -> list[dict]:
@@ -66,7 +47,7 @@ def rows() -> list[dict]:
     for name, kind, spec, ratio, frames, channels in models:
         for size, (h, w) in SIZES.items():
             shape = (LATENT_FRAMES, math.ceil(h / ratio), math.ceil(w / ratio))
-            costs = layer_costs(spec, shape) if kind == "turbovaed" else decoder_costs(spec, shape)
+            costs = costs_of(spec, shape)
             print(f"{name} {size}: {sum(c['macs'] for c in costs) / 1e9 / frames:.1f} GMACs/frame", flush=True)
             out.append({"decoder": name, "kind": kind, "latent_channels": channels, "spatial_ratio": ratio,
                         "size": size, "frames": frames, "gmacs_per_frame": sum(c["macs"] for c in costs) / 1e9 / frames,

@@ -51,6 +51,7 @@ CANDIDATES = {  # name -> (kind, builder(weights)); every one takes the referenc
     "nano": ("turbovaed", lambda w=None: StudentDecoder(presets.student_config(SPEC, size="nano"))),
     "base": ("turbovaed", lambda w=None: StudentDecoder(presets.student_config(SPEC, size="base"))),
     "turbo": ("turbovaed", lambda w=None: StudentDecoder(presets.student_config(SPEC, size="turbo"))),
+    "phone": ("turbovaed", lambda w=None: StudentDecoder(presets.student_config(SPEC, size="phone"))),
     "taehv": ("peer", lambda w=None: TAEHVDecoder(16, weights=w)),
     "turbo-vaed": ("peer", lambda w=None: TurboVAEDDecoder("turbo-vaed-hunyuan", weights=w)),
     "flash-vaed": ("peer", lambda w=None: FlashVAEDDecoder(weights=w)),

@@ -1,4 +1,5 @@
-"""The preset ladder (mini/nano/base/turbo) and the peers in benchmarks/peers: sizes, exactness, export, training."""
+"""The preset ladder (mini/nano/base/turbo, and the phone-first rung) and the peers in benchmarks/peers: sizes,
+exactness, export, training."""
 
 import json
 import sys
@@ -33,7 +34,8 @@ def test_every_rung_keeps_the_teacher_compression_and_grows():
             cfg = presets.student_config(spec, size=size)
             assert (cfg.spatial_ratio, cfg.temporal_ratio, cfg.latent_channels) == \
                 (spec.spatial, spec.temporal, spec.latent_channels), (name, size)
-            sizes.append(params(lambda c=cfg: StudentDecoder(c)))
+            if size != "phone":  # the phone rung is a design of its own, not a step on the ladder
+                sizes.append(params(lambda c=cfg: StudentDecoder(c)))
         assert sizes == sorted(sizes) and sizes[0] * 4 < sizes[1], (name, sizes)
         assert 38e6 <= sizes[-1] <= 45e6, (name, "turbo should be about Turbo-VAED's 40M parameters", sizes[-1])
 
@@ -43,6 +45,56 @@ def test_turbo_rung_has_turbo_vaed_layout():
     assert cfg.kernel_dw == 5 and not cfg.dense[0] and all(cfg.dense[1:]) and all(cfg.dense_upsample)
     assert cfg.patch == 1  # the last stages run at 1/2 and full resolution
     assert [s for _, s in cfg.upsample] == [2, 2, 2]
+
+
+@pytest.mark.parametrize("family", ["wan21", "wan22", "ltx"])
+def test_phone_rung_lowers_and_streams_exactly_with_plain_2d_convs(family):
+    """The phone rung (MemBlocks: the neighbour frame by channel concat, no norm): its mobile form and a
+    chunked stream (eager and the exported step graph's module) equal the reference decode; every conv is a
+    plain dense 2D conv (no temporal taps, no depthwise) and the graph exports 2D-only."""
+    from conftest import assert_exports_2d
+
+    from turbovaed.student import StreamingStep
+
+    cfg = presets.student_config(TEACHERS[family], size="phone")
+    assert cfg.block == "mem" and cfg.kernel_t == 1 and all(cfg.dense)
+    model = randomize(StudentDecoder(cfg), std=0.01).eval()
+    z = torch.randn(1, cfg.latent_channels, 3, 3, 4)
+    mobile = model.to_mobile().eval()
+    with torch.no_grad():
+        ref = model(z)
+        scale = ref.abs().max()
+        assert ((mobile(z) - ref).abs().max() / scale).item() <= 1e-5
+        state, chunks = None, []
+        for i in range(3):
+            frames, state = model.step(z[:, :, i:i + 1], state)
+            chunks.append(frames)
+        assert ((torch.cat(chunks, 2) - ref).abs().max() / scale).item() <= 1e-5
+        assert ((StreamingStep(mobile).stream(z, 1) - ref).abs().max() / scale).item() <= 1e-5
+    convs = [m for m in mobile.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(m.groups == 1 for m in convs)
+    assert all(len(m.taps) == 1 for m in mobile.modules() if type(m).__name__ == "TapConv2d")
+    assert not any(type(m).__name__ == "MobileRMSNorm" for m in mobile.modules())
+    assert_exports_2d(mobile, z)
+
+
+def test_phone_rung_estimates_beat_taehv_on_both_phones_at_720p():
+    """The rung's purpose, by the project's estimator: at 720p on Wan latents, at least 2x TAEHV's FPS on the
+    iPhone 16 Pro and the Galaxy S24 (each decoder's fastest cell, calibrated estimate or labelled bound)."""
+    from turbovaed.decoders import taehv
+    from turbovaed.profile import calibration
+    from turbovaed.profile.devices import load_catalog
+    from turbovaed.profile.estimate import best_cell, costs_of
+
+    catalog, fits = load_catalog(), calibration.fits()
+    cfg, variant, shape = presets.student_config(TEACHERS["wan21"], size="phone"), taehv.VARIANTS["taew2_1"], (5, 90, 160)
+    ours, theirs = costs_of(cfg, shape), costs_of(variant, shape)
+    for device in ("iphone-16-pro", "galaxy-s24"):
+        for kind in ("estimate", "roofline_bound"):
+            a = best_cell(catalog[device], ours, cfg.frames_for(5), fits)[kind]
+            b = best_cell(catalog[device], theirs, variant.output_frames(5), fits)[kind]
+            if a and b:
+                assert a["fps"] >= 2 * b["fps"], (device, kind, a, b)
 
 
 def test_preset_names_parse_and_fail_clearly():

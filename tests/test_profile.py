@@ -284,9 +284,9 @@ def test_estimates_move_activations_at_the_compute_dtype():
     """W4A16 / W8A16 weight-only artifacts and GPU/ANE units move 2-byte activations; only W8A8 CPU artifacts
     move 1-byte ones (the old estimate gave every int4/int8 artifact 1-byte activations)."""
     from turbovaed.presets import family_preset
-    from turbovaed.profile.estimate import device_estimates, layer_costs
+    from turbovaed.profile.estimate import costs_of, device_estimates
 
-    costs = layer_costs(family_preset(16, 8, 4, mini=True), (3, 16, 16))
+    costs = costs_of(family_preset(16, 8, 4, mini=True), (3, 16, 16))
     catalog = load_catalog()
     for precision in ("int4", "int8", "palettize4"):
         for unit, est in device_estimates(catalog["iphone-16-pro"], costs, "coreml", precision, {}).items():
@@ -300,13 +300,13 @@ def test_catalog_is_consistent_with_its_own_derivations():
     """Newer SoCs are not listed slower than older ones, CPU peaks equal the derivation in their source,
     and the NPU rows are used (W8A8 LiteRT/ONNX artifacts on phones with an NPU)."""
     from turbovaed.presets import family_preset
-    from turbovaed.profile.estimate import device_estimates, layer_costs
+    from turbovaed.profile.estimate import costs_of, device_estimates
 
     c = load_catalog()
     assert c["galaxy-s25"].units["gpu"].peak_gflops("fp32") > c["galaxy-s24"].units["gpu"].peak_gflops("fp32")
     assert c["galaxy-s25"].units["cpu"].peak_gflops("fp32") == pytest.approx((2 * 4.32 + 6 * 3.53) * 32, rel=0.01)
     assert c["mac-m2"].units["cpu"].peak_gflops("fp32") == pytest.approx(4 * 3.49 * 32 + 4 * 2.42 * 16, rel=0.01)
-    costs = layer_costs(family_preset(16, 8, 4, mini=True), (3, 16, 16))
+    costs = costs_of(family_preset(16, 8, 4, mini=True), (3, 16, 16))
     assert "npu" in device_estimates(c["galaxy-s24"], costs, "litert", "int8", {})
     assert "npu" not in device_estimates(c["galaxy-s24"], costs, "litert", "int4", {})  # weight-only: not an NPU graph
 
@@ -354,10 +354,10 @@ def test_calibration_meets_its_target_on_the_committed_points():
 def test_estimates_are_calibrated_where_a_class_has_points_and_labelled_bounds_elsewhere():
     from turbovaed.presets import family_preset
     from turbovaed.profile import calibration
-    from turbovaed.profile.estimate import device_estimates, layer_costs
+    from turbovaed.profile.estimate import costs_of, device_estimates
 
     fits = calibration.fits()
-    costs = layer_costs(family_preset(16, 8, 4, mini=True), (5, 64, 64))
+    costs = costs_of(family_preset(16, 8, 4, mini=True), (5, 64, 64))
     s24 = device_estimates(load_catalog()["galaxy-s24"], costs, "litert", "int8", fits)
     npu, gpu = s24["npu"], s24["gpu"]
     fit = fits["npu-int8"]
@@ -476,11 +476,11 @@ def test_profile_device_core_ml_off_macos_fails_clearly(coreml_stand_in, monkeyp
 def test_dispatched_op_count_matches_the_exported_graph(artifacts):
     """The per-op term of the calibration multiplies the operators a runtime dispatches: counted on the
     meta device, the student's count is within 10% of its exported ONNX graph's node count."""
-    from turbovaed.profile.estimate import layer_costs
+    from turbovaed.profile.estimate import costs_of
     from turbovaed.student import StudentConfig
 
     manifest = json.loads((artifacts / "t-onnx-fp32" / "manifest.json").read_text())
-    costs = layer_costs(StudentConfig.from_dict(manifest["student"]["config"]), tuple(manifest["inputs"][0]["shape"][2:]))
+    costs = costs_of(StudentConfig.from_dict(manifest["student"]["config"]), tuple(manifest["inputs"][0]["shape"][2:]))
     onnx_nodes = manifest["ops"]["total"]
     assert abs(costs.ops - onnx_nodes) <= 0.1 * onnx_nodes, (costs.ops, manifest["ops"]["op_types"])
 
@@ -501,10 +501,10 @@ def test_profile_calibrate_times_the_calibration_nets_on_a_phone(tmp_path, fake_
     fits = calibration.fits(loaded)
     assert "gpu-fp16-litert" in fits  # the phone's GPU now has a calibration class
     from turbovaed.presets import family_preset
-    from turbovaed.profile.estimate import device_estimates, layer_costs
+    from turbovaed.profile.estimate import costs_of, device_estimates
     from turbovaed.profile.host import estimate_note
 
-    costs = layer_costs(family_preset(16, 8, 4, mini=True), (3, 16, 16))
+    costs = costs_of(family_preset(16, 8, 4, mini=True), (3, 16, 16))
     gpu = device_estimates(load_catalog()["galaxy-s24"], costs, "litert", "fp32", fits)["gpu"]
     assert "2 points, worst leave-one-out not computable" in estimate_note(gpu)  # too few to leave one out
     with pytest.raises(InputError, match="unknown calibration nets"):

@@ -277,3 +277,55 @@ class MobilePixelShuffle3d(nn.Module):
         # (B*T, s_t*C', H, W) -> (B*T*s_t, C', H, W) is a plain reshape: frame order is (i, j).
         y = y.reshape(n * self.scale_t, self.cout * self.scale_s * self.scale_s, h, w)
         return F.pixel_shuffle(y, self.scale_s) if self.scale_s > 1 else y
+
+
+class MemBlock(nn.Module):
+    """x + conv2(ReLU(conv1(cat(x, neighbour frame)))): TAEHV's memory idea in a residual block with no norm.
+
+    Built for phone NPUs, which pay for every pass over an activation: the temporal mix is one conv over a
+    channel concatenation (not a conv per temporal tap plus adds), both convs are plain 2D with a ReLU every
+    runtime fuses into the conv, and there is no norm. The neighbour is the previous frame (causal, the first
+    frame is its own) or the next one (replicate padding, the last frame is its own)."""
+
+    def __init__(self, channels: int, kernel_s: int, padding: str) -> None:
+        super().__init__()
+        self.pad = time_padding(2, padding)
+        k = (1, kernel_s, kernel_s)
+        self.conv1 = nn.Conv3d(2 * channels, channels, k, padding=(0, kernel_s // 2, kernel_s // 2))
+        self.conv2 = nn.Conv3d(channels, channels, k, padding=(0, kernel_s // 2, kernel_s // 2))
+
+    def forward(self, x: torch.Tensor, cache: TimeCache | None = None) -> torch.Tensor:
+        padded = cache.pad(x, 1, dim=2) if cache is not None and self.pad[0] else pad_time(x, *self.pad, dim=2)
+        neighbour = padded.narrow(2, self.pad[1], x.shape[2])
+        return x + self.conv2(F.relu(self.conv1(torch.cat([x, neighbour], dim=1))))
+
+    def to_mobile(self, linear_pointwise: bool = False) -> MobileMemBlock:
+        return MobileMemBlock(self)
+
+
+class MobileMemBlock(nn.Module):
+    """MemBlock on frames folded into the batch: the neighbour frame by a reshape and a one-frame shift."""
+
+    def __init__(self, block: MemBlock) -> None:
+        super().__init__()
+        self.pad = block.pad
+        self.conv1, self.conv2 = (conv2d_of(c) for c in (block.conv1, block.conv2))
+
+    def forward(self, x: torch.Tensor, t: int, cache: TimeCache | None = None) -> torch.Tensor:
+        n, c, h, w = x.shape
+        frames = x.reshape(n // t, t, c, h, w)
+        frames = cache.pad(frames, 1, dim=1) if cache is not None and self.pad[0] else pad_time(frames, *self.pad, dim=1)
+        neighbour = frames.narrow(1, self.pad[1], t).reshape(n, c, h, w)
+        return x + self.conv2(F.relu(self.conv1(torch.cat([x, neighbour], dim=1))))
+
+
+def conv2d_of(conv: nn.Conv3d) -> nn.Conv2d:
+    """The Conv2d of a Conv3d with one temporal tap (same weights)."""
+    k = conv.kernel_size[1]
+    out = nn.Conv2d(conv.in_channels, conv.out_channels, k, padding=k // 2, groups=conv.groups,
+                    bias=conv.bias is not None)
+    with torch.no_grad():
+        out.weight.copy_(conv.weight[:, :, 0])
+        if conv.bias is not None:
+            out.bias.copy_(conv.bias)
+    return out

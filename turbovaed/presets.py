@@ -18,7 +18,10 @@ from turbovaed.teachers import TEACHERS, Teacher, TeacherSpec
 #           dense 3D convs (and dense shuffles) in the upsampled stages, work at 1/2 and full resolution.
 #           Frames are trimmed once at the output (Turbo-VAED trims after each temporal shuffle), so one
 #           static step graph serves every streamed chunk.
-SIZES = ("mini", "nano", "base", "turbo")
+#   phone - phone-first (nn.MemBlock): dense 2D convs with fused ReLUs, no norms, the temporal mix by
+#           concatenating the neighbour frame; few, wide layers below the output's 1/4 resolution. Phone NPUs
+#           pay per pass over an activation, not per MAC: this rung spends MACs to save passes.
+SIZES = ("mini", "nano", "base", "turbo", "phone")
 
 # size -> spatial ratio -> (channels, blocks, dense, spatial shuffles, patch)
 _LADDER: dict[str, dict[int, tuple]] = {
@@ -33,6 +36,11 @@ _LADDER: dict[str, dict[int, tuple]] = {
         8: ((512, 320, 160, 32), (6, 4, 2, 1), (False, False, False, True), (2, 2, 2), 1),
         16: ((512, 384, 192, 32), (5, 3, 2, 1), (False, False, False, True), (2, 2, 2), 2),
         32: ((768, 512, 256, 96, 32), (5, 3, 2, 2, 1), (False,) * 5, (2, 2, 2, 2), 2),
+    },
+    "phone": {
+        8: ((256, 96), (3, 3), (True, True), (2,), 4),
+        16: ((256, 128, 64), (3, 2, 2), (True,) * 3, (2, 2), 4),
+        32: ((384, 256, 128, 64), (3, 2, 2, 1), (True,) * 4, (2, 2, 2), 4),
     },
     # Turbo-VAED (benchmarks/peers): 40.7M parameters for 8x latents, 41.9M for LTX. turbo: 41.2, 40.0, 41.4M.
     "turbo": {
@@ -72,12 +80,13 @@ def family_preset(latent_channels: int, spatial: int, temporal: int, first_frame
     if size == "mini":
         channels = tuple(max(c // 4, 16) for c in channels)
         blocks = tuple(min(b, 1) for b in blocks)
-    turbo = size == "turbo"
+    turbo, phone = size == "turbo", size == "phone"
     return StudentConfig(
         latent_channels=latent_channels, channels=channels, blocks=blocks, dense=dense,
         upsample=tuple(zip(temporal_ups, spatial_ups)), patch=patch, final_temporal=rest,
         temporal_padding=temporal_padding, first_frame=first_frame, kernel_dw=5 if turbo else None,
         dense_upsample=tuple(dense[1:]) if turbo else None,
+        block="mem" if phone else "resnet", kernel_t=1 if phone else 3,  # phone: time mixes in the blocks only
     )
 
 

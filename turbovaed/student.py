@@ -2,8 +2,11 @@
 
 Layout, top to bottom: conv_in at latent resolution -> stages of residual blocks, with a decoupled
 3D pixel shuffle between stages -> RMSNorm/SiLU/conv_out at the last stage's resolution -> a final
-2D depth-to-space by `patch`. Heavy work sits at low resolution and the full-resolution output is
-only a depth-to-space, which is what makes the student fast on CPUs and NPUs.
+2D depth-to-space by `patch`. Blocks are Turbo-VAED's (`block="resnet"`: RMSNorm, SiLU, dense or
+depthwise-separable 3D convs) or phone-first (`block="mem"`: no norm, ReLU, 2D convs, the temporal mix
+by concatenating the neighbour frame; then no norm before conv_out either). Heavy work sits at low
+resolution and the full-resolution output is only a depth-to-space, which is what makes the student fast
+on CPUs and NPUs.
 
 Frame rule: with `first_frame=True` (causal teachers: LTX, Wan, Hunyuan, ...) 1+k latent frames
 decode to 1 + r_t*k frames: the decoder makes r_t frames per latent and drops the first r_t-1.
@@ -29,8 +32,9 @@ from turbovaed.io import (
     load_safetensors,
     save_pretrained,
 )
-from turbovaed.nn import PADDING_MODES, Conv3d, PixelShuffle3d, ResBlock, RMSNorm, TimeCache
+from turbovaed.nn import PADDING_MODES, Conv3d, MemBlock, PixelShuffle3d, ResBlock, RMSNorm, TimeCache
 
+BLOCKS = ("resnet", "mem")
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
@@ -52,6 +56,7 @@ class StudentConfig:
     temporal_padding: str = "causal"
     first_frame: bool = True  # 1+k latents -> 1 + r_t*k frames (drop the first r_t - 1 frames)
     eps: float = 1e-6
+    block: str = "resnet"  # BLOCKS: "resnet" (Turbo-VAED's) or "mem" (phone-first, see nn.MemBlock)
 
     def __post_init__(self) -> None:
         self.channels = tuple(int(c) for c in self.channels)
@@ -77,6 +82,8 @@ class StudentConfig:
             problems.append("channels, factors and kernel sizes must be positive")
         if self.kernel_s % 2 == 0 or (self.kernel_dw is not None and (self.kernel_dw < 1 or self.kernel_dw % 2 == 0)):
             problems.append(f"kernel_s and kernel_dw must be odd and positive, got {self.kernel_s}, {self.kernel_dw}")
+        if self.block not in BLOCKS:
+            problems.append(f"block must be one of {BLOCKS}, got {self.block!r}")
         if problems:
             raise ValueError("invalid StudentConfig: " + "; ".join(problems))
 
@@ -135,7 +142,8 @@ class StudentDecoder(nn.Module):
         p, kt, ks = c.temporal_padding, c.kernel_t, c.kernel_s
         self.conv_in = Conv3d(c.latent_channels, c.channels[0], kt, ks, padding=p)
         self.stages = nn.ModuleList(
-            nn.Sequential(*[ResBlock(ch, d, *c.kernels(d), p, c.eps) for _ in range(n)])
+            nn.Sequential(*[MemBlock(ch, ks, p) if c.block == "mem" else ResBlock(ch, d, *c.kernels(d), p, c.eps)
+                            for _ in range(n)])
             for ch, n, d in zip(c.channels, c.blocks, c.dense)
         )
         self.upsamplers = nn.ModuleList(
@@ -143,7 +151,7 @@ class StudentDecoder(nn.Module):
                            *c.kernels(c.upsample_dense(i)), p)
             for i, (st, ss) in enumerate(c.upsample)
         )
-        self.norm_out = RMSNorm(c.channels[-1], c.eps)
+        self.norm_out = RMSNorm(c.channels[-1], c.eps) if c.block == "resnet" else None
         self.conv_out = PixelShuffle3d(c.channels[-1], c.out_channels, c.final_temporal, c.patch,
                                        c.dense[-1], kt, ks, p)
 
@@ -158,7 +166,7 @@ class StudentDecoder(nn.Module):
             features.append(x)
             if i < len(self.upsamplers):
                 x = self.upsamplers[i](x, cache)
-        x = self.conv_out(F.silu(self.norm_out(x)), cache)
+        x = self.conv_out(F.silu(self.norm_out(x)) if self.norm_out is not None else x, cache)
         x = x[:, :, dropped_frames(self.config, cache):]
         return (x, features) if return_features else x
 
@@ -313,7 +321,7 @@ class MobileDecoder(nn.Module):
         self.conv_in = ref.conv_in.to_mobile(lp)
         self.stages = nn.ModuleList(nn.ModuleList(b.to_mobile(lp) for b in stage) for stage in ref.stages)
         self.upsamplers = nn.ModuleList(u.to_mobile(lp) for u in ref.upsamplers)
-        self.norm_out = ref.norm_out.to_mobile()
+        self.norm_out = ref.norm_out.to_mobile() if ref.norm_out is not None else None
         self.conv_out = ref.conv_out.to_mobile(lp)
         self.register_buffer("input_scale", None)  # set by fold_denormalization
         self.register_buffer("input_shift", None)
@@ -342,7 +350,7 @@ class MobileDecoder(nn.Module):
             if i < len(self.upsamplers):
                 x = self.upsamplers[i](x, t, cache)
                 t = t * self.upsamplers[i].scale_t
-        x = self.conv_out(F.silu(self.norm_out(x, t)), t, cache)
+        x = self.conv_out(F.silu(self.norm_out(x, t)) if self.norm_out is not None else x, t, cache)
         t = t * self.conv_out.scale_t
         n, c, h, w = x.shape
         x = x.reshape(b, t, c, h, w)

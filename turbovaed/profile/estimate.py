@@ -115,41 +115,41 @@ def _tap_passes(m: nn.Module):
     return (lambda x, y: 2 * x.numel() * (1 + 2 / max(1, x.shape[0])) + 3 * (k - 1) * y.numel()) if k > 1 else 0
 
 
-STUDENT_PASSES = {"MobileRMSNorm": 5,  # x*x, its channel-mean conv, rsqrt, scale, multiply
-                  "TapConv2d": _tap_passes,
-                  "MobileResBlock": 7,  # two SiLUs (2 passes each) and the residual add (3)
-                  "MobilePixelShuffle3d": 2}  # the depth-to-space copy
-DECODER_PASSES = {**STUDENT_PASSES,
-                  "MobileStandardize": 7,  # subtract the mean, square, its mean conv, rsqrt, multiply
-                  "MobileResnetBlock": 7, "MobileUpsampler": 2, "MobileFrameUpsampler": 4,
-                  "MemBlock": 4,  # the cat with the past frame, the residual add, ReLU
-                  "SuperMemBlock": 3,  # the cat with the past frame, the residual add
-                  "PixelShuffle": 2,  # the depth-to-space copy
-                  "MobileResidualBlockFast": 7, "MobileResidualBlock2D": 7, "MobileResample": 3,
-                  "CausalTaps": _tap_passes,
-                  "Upsample": 1, "Clamp": 2}
+def _mem_passes(m: nn.Module):
+    """A memory block (ours or TAEHV's): the input one frame earlier (a cat over frames: read x, write x and
+    one frame), the channel cat with it (read 2x, write 2x) and the residual add (3 passes; an activation after
+    it fuses into the add on every runtime)."""
+    return lambda x, y: 2 * x.numel() * (1 + 1 / max(1, x.shape[0])) + 4 * x.numel() + 3 * y.numel()
 
 
-def layer_costs(config: StudentConfig, latent_shape: tuple[int, int, int]) -> Costs:
-    """Per-layer costs of one decode of latents (T, h, w) by the mobile (exported) form of the student."""
-    import torch
+# Memory-only passes per module type of any decoder's 2D graph (ours and the decoders people use), counted
+# alike for all: elementwise ops read and write (2 passes), binary ops read two and write one (3), copies 2.
+PASSES = {"MobileRMSNorm": 5,  # x*x, its channel-mean conv, rsqrt, scale, multiply
+          "TapConv2d": _tap_passes, "CausalTaps": _tap_passes,
+          "MobileResBlock": 7,  # two SiLUs (2 passes each) and the residual add (3)
+          "MobilePixelShuffle3d": 2, "PixelShuffle": 2,  # the depth-to-space copy
+          "MobileMemBlock": _mem_passes, "MemBlock": _mem_passes, "SuperMemBlock": _mem_passes,
+          "MobileStandardize": 7,  # subtract the mean, square, its mean conv, rsqrt, multiply
+          "MobileResnetBlock": 7, "MobileUpsampler": 2, "MobileFrameUpsampler": 4,
+          "MobileResidualBlockFast": 7, "MobileResidualBlock2D": 7, "MobileResample": 3,
+          "Upsample": 1, "Clamp": 2}
 
-    with torch.device("meta"):
-        model = StudentDecoder(config).to_mobile()
-    return traced_costs(model, torch.empty(1, config.latent_channels, *latent_shape, device="meta"), STUDENT_PASSES)
 
-
-def decoder_costs(variant, latent_shape: tuple[int, int, int]) -> Costs:
-    """Per-layer costs of one decode of latents (T, h, w) by the exported 2D graph of a decoder family's
-    variant (turbovaed.decoders): what a decoder file's artifacts run, without the file."""
+def costs_of(decoder, latent_shape: tuple[int, int, int]) -> Costs:
+    """Per-layer costs of one decode of latents (T, h, w) by the exported 2D graph of a decoder: a student
+    (its StudentConfig) or a decoder family's variant (turbovaed.decoders, what a decoder file's artifacts
+    run, without the file). One code path for both, so their estimates compare."""
     import torch
 
     from turbovaed import decoders
 
     with torch.device("meta"):
-        module = decoders.build(variant)
-        model = module.to_mobile() if hasattr(module, "to_mobile") else decoders.canonical(module)
-    return traced_costs(model, torch.empty(1, variant.latent_channels, *latent_shape, device="meta"), DECODER_PASSES)
+        if isinstance(decoder, StudentConfig):
+            model = StudentDecoder(decoder).to_mobile()
+        else:
+            module = decoders.build(decoder)
+            model = module.to_mobile() if hasattr(module, "to_mobile") else decoders.canonical(module)
+    return traced_costs(model, torch.empty(1, decoder.latent_channels, *latent_shape, device="meta"), PASSES)
 
 
 def roofline(costs: list[dict], unit: Unit, w_bits: float, a_bits: int) -> dict:
@@ -213,3 +213,27 @@ def device_estimates(device: Device, costs: list[dict], runtime: str, precision:
     dynamic = "dynamic" in backend.meaning(precision)
     return {u: estimate(costs, device.units[u], *weight_activation_bits(runtime, precision, u), u, runtime, fits, dynamic,
                         device.id) for u in units if u in device.units}
+
+
+def candidates(float_only: bool = False) -> list[tuple[str, str]]:
+    """Every (backend, precision) a decoder deploys as, static quantization only."""
+    from turbovaed.export.backends import BACKENDS
+
+    return [(b.name, p) for b in BACKENDS.values() for p in b.precisions
+            if "dynamic" not in p and (not float_only or p in ("fp32", "fp16"))]
+
+
+def best_cell(device: Device, costs: list[dict], frames: int, fits: dict, float_only: bool = False) -> dict:
+    """A decoder's fastest deployment on a device: {"estimate": the best calibrated cell, "roofline_bound": the
+    best uncalibrated bound where it beats that (labelled, not an estimate)}; each cell has fps, runtime,
+    precision, unit and the calibration's worst leave-one-out ratio."""
+    cal, bound = None, None
+    for backend, precision in candidates(float_only):
+        for unit, est in device_estimates(device, costs, backend, precision, fits).items():
+            cell = {"fps": frames / est["seconds"], "runtime": backend, "precision": precision, "unit": unit,
+                    "loo": (est["calibration"] or {}).get("worst_leave_one_out_ratio")}
+            if est["calibration"]:
+                cal = cell if cal is None or cell["fps"] > cal["fps"] else cal
+            elif bound is None or cell["fps"] > bound["fps"]:
+                bound = cell
+    return {"estimate": cal, "roofline_bound": bound if bound and (cal is None or bound["fps"] > cal["fps"]) else None}

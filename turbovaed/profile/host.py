@@ -24,7 +24,7 @@ from turbovaed.export import backends
 from turbovaed.export.core import ExportRecipe, backend_module, model_of, precision_meaning
 from turbovaed.io import InputError, TurboVAEDError
 from turbovaed.profile import devices as catalog_mod
-from turbovaed.profile.estimate import device_estimates, layer_costs
+from turbovaed.profile.estimate import costs_of, device_estimates
 from turbovaed.profile.schema import Latency, Ops, Record, save
 from turbovaed.recipes import build
 from turbovaed.student import StreamingStep, StudentConfig, StudentDecoder
@@ -280,7 +280,7 @@ def estimate_records(manifests: list[dict], devices: dict, fits: dict | None = N
         if model_of(m)["kind"] != "student":
             continue  # the per-layer cost model covers students; decoder files are measured, not estimated
         cfg = StudentConfig.from_dict(m["student"]["config"])  # the manifest carries it: no weights to load
-        costs = layer_costs(cfg, tuple(m["inputs"][0]["shape"][2:]))
+        costs = costs_of(cfg, tuple(m["inputs"][0]["shape"][2:]))
         frames = m["outputs"][0]["shape"][2]
         for dev in devices.values():
             for unit, est in device_estimates(dev, costs, m["backend"], m["precision"], fits).items():

@@ -114,13 +114,13 @@ def deployment_table(manifests: list[dict], catalog: dict, fits: dict,
 
 def _deployment_rows(label: str, cfg: StudentConfig, ms: list[dict], catalog: dict, fits: dict) -> list[list[str]]:
     """One row per deployment size: per device, the fastest estimate over the runtimes / precisions of `ms`."""
-    from turbovaed.profile.estimate import device_estimates, layer_costs
+    from turbovaed.profile.estimate import costs_of, device_estimates
 
     t, s = DEPLOYMENT_LATENT_FRAMES, cfg.spatial_ratio
     frames = cfg.frames_for(t)
     rows = []
     for size, (h, w) in DEPLOYMENT_SIZES.items():
-        costs = layer_costs(cfg, (t, -(-h // s), -(-w // s)))
+        costs = costs_of(cfg, (t, -(-h // s), -(-w // s)))
         cells = []
         for dev in catalog.values():
             cal, bound = None, None

@@ -30,8 +30,10 @@ LATENT_FRAMES = 5
 DECODERS = [taehv.VARIANTS[n] for n in ("taehv", "taew2_2", "taeltx_2")] + \
     [turbo_vaed.VARIANTS[n] for n in ("turbo-vaed-hunyuan", "turbo-vaed-ltx")] + \
     [flash_vaed.VARIANTS["flash-vaed-wan2_1"], flash_vaed_ltx.VARIANTS["flash-vaed-ltx"]]
-STUDENTS = {"turbovaed wan21 (nano)": ("wan21", "nano"), "turbovaed wan21-turbo": ("wan21", "turbo"),
-            "turbovaed wan22 (nano)": ("wan22", "nano"), "turbovaed ltx (nano)": ("ltx", "nano")}
+STUDENTS = {"turbovaed wan21 (nano)": ("wan21", "nano"), "turbovaed wan21-phone": ("wan21", "phone"),
+            "turbovaed wan21-turbo": ("wan21", "turbo"), "turbovaed wan22 (nano)": ("wan22", "nano"),
+            "turbovaed wan22-phone": ("wan22", "phone"), "turbovaed ltx (nano)": ("ltx", "nano"),
+            "turbovaed ltx-phone": ("ltx", "phone")}
 
 
 def rows() -> list[dict]:

@@ -9,8 +9,12 @@ form at 17x256x256 through ONNX Runtime and ExecuTorch XNNPACK (fp32, random wei
 across decoders and runtimes, median), and held-out PSNR / SSIM / LPIPS against ground truth and against
 the teacher (9x128x128 windows of turbovaed.reference.HELD_OUT, 3 per clip), beside per-frame bicubic 8x.
 Every decoder is distilled once per wall-clock budget (--minutes 4 20), so the table shows which rung
-pays off with time. Writes benchmarks/results/pareto.json and pareto.png. Training one decoder adds it to its
-budget folder's runs.json, so `--skip-train` then scores and times every decoder trained there, interleaved.
+pays off with time. Each row also carries the project's estimate of its 720p FPS on the iPhone 16 Pro and the
+Galaxy S24 (Wan-geometry latents 5x90x160; the fastest calibrated cell, or the roofline bound, labelled).
+Writes benchmarks/results/pareto.json and pareto.png. Training one decoder adds it to its budget folder's
+runs.json, so `--skip-train` then scores and times every decoder trained there, interleaved. Rows of
+decoders and budgets not scored in this run are kept from the previous pareto.json (same teacher, same
+windows), marked with the run that scored them; latency is measured for every row in this run.
 
     python benchmarks/pareto.py --lpips runs/lpips/lpips_vgg.safetensors [--minutes 4 20] [--runs 3]
         [--only nano taehv] [--skip-train] [--weights taehv=taew2_1.safetensors flash-vaed=Flash_VAED_Wan.pth]
@@ -38,10 +42,14 @@ from peers.turbo_vaed import TurboVAEDDecoder  # noqa: E402
 from train_reference_teacher import bicubic_baseline  # noqa: E402
 
 from turbovaed import data, metrics, presets, reference, teachers  # noqa: E402
+from turbovaed.decoders import flash_vaed, turbo_vaed  # noqa: E402
 from turbovaed.distill.recipe import DistillRecipe  # noqa: E402
 from turbovaed.distill.trainer import distill  # noqa: E402
 from turbovaed.evaluate import EvalClip, prepare, score  # noqa: E402
 from turbovaed.io import atomic_file, load_safetensors  # noqa: E402
+from turbovaed.profile import calibration  # noqa: E402
+from turbovaed.profile.devices import load_catalog  # noqa: E402
+from turbovaed.profile.estimate import best_cell, costs_of  # noqa: E402
 from turbovaed.recipes import build, to_toml  # noqa: E402
 from turbovaed.student import StudentDecoder, load_state, module_macs  # noqa: E402
 
@@ -57,6 +65,30 @@ CANDIDATES = {  # name -> (kind, builder(weights)); every one takes the referenc
     "flash-vaed": ("peer", lambda w=None: FlashVAEDDecoder(weights=w)),
 }
 LATENTS = (1, 16, 5, 32, 32)  # -> 17 x 256 x 256
+PHONES, PHONE_LATENTS = ("iphone-16-pro", "galaxy-s24"), (5, 90, 160)  # 720p from Wan-geometry latents
+
+
+def estimate_spec(name: str):
+    """What the estimator traces for a candidate: a student's config, or the published variant of a peer's
+    architecture at this latent geometry (16 channels, 8x / 4x: Wan 2.1's)."""
+    if CANDIDATES[name][0] == "turbovaed":
+        return presets.student_config(SPEC, size=name)
+    return {"taehv": lambda: TAEHVDecoder(16).net.variant, "turbo-vaed": lambda: turbo_vaed.VARIANTS["turbo-vaed-hunyuan"],
+            "flash-vaed": lambda: flash_vaed.VARIANTS["flash-vaed-wan2_1"]}[name]()
+
+
+def phone_fps(name: str) -> dict[str, dict]:
+    """Estimated 720p FPS per phone: the fastest calibrated cell (estimate) and, where faster, the roofline bound."""
+    spec, catalog, fits = estimate_spec(name), load_catalog(), calibration.fits()
+    frames = spec.frames_for(5) if hasattr(spec, "frames_for") else spec.output_frames(5)
+    costs = costs_of(spec, PHONE_LATENTS)
+    return {d: best_cell(catalog[d], costs, frames, fits) for d in PHONES}
+
+
+def fps_of(cell: dict) -> tuple[float, str]:
+    """The figure a table shows for a phone cell, and its label: 'est.' (calibrated) or 'bound' (roofline)."""
+    best = max((c for c in (cell["estimate"], cell["roofline_bound"]) if c), key=lambda c: c["fps"])
+    return best["fps"], "est." if best is cell["estimate"] else "bound"
 
 
 def recipe(name: str, out: Path, minutes: float, threads: int) -> DistillRecipe:
@@ -185,28 +217,50 @@ def latency(names: list[str], runs: int, threads: int) -> dict[str, dict]:
 
 
 def plot(results: dict, path: Path) -> Path:
+    """Held-out PSNR at the last budget against measured CPU time (ONNX Runtime, ExecuTorch) and against the
+    estimated 720p FPS on each phone; every budget of a decoder on one vertical line."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, runtime in zip(axes, ("onnxruntime", "executorch-xnnpack")):
+    panels = [("onnxruntime", "ms, ONNX Runtime"), ("executorch-xnnpack", "ms, ExecuTorch XNNPACK")] + \
+        [(d, f"720p FPS on {d} (est.)") for d in PHONES]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.2))
+    for ax, (key, label) in zip(axes, panels):
         for name, row in results["decoders"].items():
-            x = row["latency"][runtime]["median_ms"]
+            x = row["latency"][key]["median_ms"] if key in row["latency"] else fps_of(row["phone_720p"][key])[0]
             ys = [b["quality"]["vs_ground_truth"]["psnr"] for b in row["budgets"].values()]
-            ax.plot([x] * len(ys), ys, marker="o" if row["kind"] == "turbovaed" else "s")  # one point per budget
-            ax.annotate(f"{name} ({row['params'] / 1e6:.1f}M)", (x, ys[-1]), textcoords="offset points",
-                        xytext=(4, 4))
+            ax.plot([x] * len(ys), ys, marker="o" if row["kind"] == "turbovaed" else "s")
+            ax.annotate(f"{name} ({row['params'] / 1e6:.1f}M)", (x, ys[-1]), textcoords="offset points", xytext=(4, 4))
         ax.axhline(results["bicubic_8x_psnr"], color="grey", ls="--", label="bicubic 8x")
         ax.axhline(results["teacher"]["teacher_psnr"], color="k", ls=":", label="teacher")
-        ax.set(xscale="log", xlabel=f"{runtime} ms per 17x256x256 decode ({results['threads']} threads, this CPU)",
-               ylabel="held-out PSNR dB", title=f"quality vs latency ({runtime}); budgets {results['budgets']} min")
-        ax.legend(loc="lower left")
+        ax.set(xscale="log", xlabel=label + (" per 17x256² decode, this CPU" if "ms" in label else ""),
+               ylabel="held-out PSNR dB", title=("faster: left" if "ms" in label else "faster: right"))
+        ax.legend(loc="lower left", fontsize=8)
+    fig.suptitle(f"quality vs speed; distillation budgets {results['budgets']} min (1 point per budget)")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def earlier_rows(names: list[str]) -> dict[str, dict]:
+    """Rows of the previous pareto.json (same teacher and windows) for decoders and budgets this run did not
+    score, each budget marked with the run that scored it."""
+    path = RESULTS / "pareto.json"
+    if not path.is_file():
+        return {}
+    old = json.loads(path.read_text())
+    kept = {}
+    for name, row in old["decoders"].items():
+        if name not in CANDIDATES:
+            continue
+        budgets = {b: {**v, "scored": v.get("scored", old.get("scored", "an earlier run"))}
+                   for b, v in row["budgets"].items() if name not in names}
+        if budgets:
+            kept[name] = budgets
+    return kept
 
 
 def main() -> None:
@@ -240,18 +294,23 @@ def main() -> None:
                 tmp.write_text(json.dumps(kept | trained, indent=1))
         runs[f"{minutes:g}"] = json.loads((folder / "runs.json").read_text())
     scores, bicubic = quality(names, runs, args.lpips)
-    timings = latency(names, args.runs, args.threads)
+    kept = earlier_rows(names)
+    everyone = names + [n for n in kept if n not in names]
+    timings = latency(everyone, args.runs, args.threads)
+    scored = time.strftime("%Y-%m-%d")
     decoders = {}
-    for name in names:
+    for name in everyone:
         kind, make = CANDIDATES[name]
         with torch.device("meta"):  # sizes and MACs need no weights
             model = make()
+        budgets = {b: {"quality": scores[name][b], "distillation": runs[b][name], "scored": scored}
+                   for b in runs if name in names}
         decoders[name] = {
             "kind": kind, "params": model.num_parameters(),
             "gmacs_per_frame_256": module_macs(model, LATENTS) / 1e9 / 17,
             "gmacs_per_frame_512": module_macs(model, (1, 16, 5, 64, 64)) / 1e9 / 17,
-            "latency": timings[name],
-            "budgets": {b: {"quality": scores[name][b], "distillation": runs[b][name]} for b in runs}}
+            "latency": timings[name], "phone_720p": phone_fps(name),
+            "budgets": dict(sorted((kept.get(name, {}) | budgets).items(), key=lambda kv: float(kv[0])))}
     results = {
         "what": "quality vs latency on the shipped reference teacher (16-channel, 8x spatial, 4x temporal latents)",
         "teacher": scores["teacher"], "bicubic_8x_psnr": bicubic,
@@ -259,7 +318,11 @@ def main() -> None:
                 f"{', '.join(reference.HELD_OUT)}; LPIPS {'VGG16 v0.1' if args.lpips else 'not measured'}",
         "latency_setup": f"2D-only form, fp32, latents {LATENTS} -> 17x256x256, {args.threads} threads, median of "
                          f"{args.runs} interleaved rounds after one warm-up, random weights",
-        "threads": args.threads, "budgets": list(runs),
+        "threads": args.threads, "scored": scored,
+        "budgets": sorted({b for d in decoders.values() for b in d["budgets"]}, key=float),
+        "phone_setup": f"720p from latents {PHONE_LATENTS} (Wan geometry), the fastest deployment per phone by the "
+                       "project's estimator (turbovaed.profile.estimate.best_cell): calibrated estimate, or roofline "
+                       "bound where no calibration covers the unit (labelled)",
         "distillation_setup": {"minutes_each": args.minutes,
                                "recipe": to_toml(recipe("NAME", args.out, args.minutes[-1], args.threads))},
         "decoders": decoders}
@@ -267,14 +330,16 @@ def main() -> None:
     (RESULTS / "pareto.json").write_text(json.dumps(results, indent=1, default=str))
     print(f"plot: {plot(results, RESULTS / 'pareto.png')}")
     print(f"{'decoder':12s} {'budget':>6s} {'params':>8s} {'GMAC/f':>7s} {'ORT ms':>8s} {'ET ms':>8s} {'PSNR':>6s} "
-          f"{'SSIM':>6s} {'LPIPS':>6s} {'vsT':>6s} steps")
+          f"{'SSIM':>6s} {'LPIPS':>6s} {'vsT':>6s} {'iPhone':>7s} {'S24':>7s} steps")
     for name, d in decoders.items():
         for budget, b in d["budgets"].items():
             g, t = b["quality"]["vs_ground_truth"], b["quality"]["vs_teacher"]
             print(f"{name:12s} {budget:>5s}m {d['params'] / 1e6:7.2f}M {d['gmacs_per_frame_256']:7.2f} "
                   f"{d['latency']['onnxruntime']['median_ms']:8.0f} "
                   f"{d['latency']['executorch-xnnpack']['median_ms']:8.0f} {g['psnr']:6.2f} {g['ssim']:6.4f} "
-                  f"{g.get('lpips', float('nan')):6.4f} {t['psnr']:6.2f} {b['distillation']['steps']}")
+                  f"{g.get('lpips', float('nan')):6.4f} {t['psnr']:6.2f} "
+                  f"{fps_of(d['phone_720p'][PHONES[0]])[0]:7.1f} {fps_of(d['phone_720p'][PHONES[1]])[0]:7.1f} "
+                  f"{b['distillation']['steps']}")
     print(f"teacher {scores['teacher']['teacher_psnr']:.2f} dB; bicubic 8x {bicubic:.2f} dB")
 
 

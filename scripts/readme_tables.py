@@ -37,26 +37,37 @@ def load(name: str) -> dict:
 def pareto() -> str:
     r = load("pareto.json")
     budgets, last = r["budgets"], r["budgets"][-1]
+    phones = ("iphone-16-pro", "galaxy-s24")
     psnr_cols = " | ".join(f"PSNR dB @{b} min" for b in budgets)
-    rows = [f"| decoder | params | GMACs/frame 256² | ONNX Runtime ms | ExecuTorch XNNPACK ms | {psnr_cols} | "
-            f"SSIM @{last} | LPIPS @{last} | PSNR vs teacher @{last} | steps in budget |",
-            "|---" * (9 + len(budgets)) + "|"]
+    rows = [f"| decoder | params | GMACs/frame 256² | ONNX Runtime ms | ExecuTorch XNNPACK ms | iPhone 16 Pro 720p FPS | "
+            f"Galaxy S24 720p FPS | {psnr_cols} | SSIM @{last} | LPIPS @{last} | PSNR vs teacher @{last} | "
+            "steps in budget |", "|---" * (11 + len(budgets)) + "|"]
+
+    def fps(cell: dict) -> str:
+        best = max((c for c in (cell["estimate"], cell["roofline_bound"]) if c), key=lambda c: c["fps"])
+        return f"{best['fps']:.1f} {'est.' if best is cell['estimate'] else 'bound'}"
+
     for name, d in r["decoders"].items():
         lat, at = d["latency"], d["budgets"]
-        g, t = at[last]["quality"]["vs_ground_truth"], at[last]["quality"]["vs_teacher"]
+        q = at.get(last, {}).get("quality")
+        g, t = (q["vs_ground_truth"], q["vs_teacher"]) if q else ({}, {})
         lp = f"{g['lpips']:.3f}" if "lpips" in g else "—"
-        psnrs = " | ".join(f"{at[b]['quality']['vs_ground_truth']['psnr']:.2f}" for b in budgets)
-        steps = " / ".join(str(at[b]["distillation"]["steps"]) for b in budgets)
+        psnrs = " | ".join(f"{at[b]['quality']['vs_ground_truth']['psnr']:.2f}" if b in at else "—" for b in budgets)
+        steps = " / ".join(str(at[b]["distillation"]["steps"]) if b in at else "—" for b in budgets)
+        phone = " | ".join(fps(d["phone_720p"][p]) if "phone_720p" in d else "—" for p in phones)
+        tail = f"{g['ssim']:.3f} | {lp} | {t['psnr']:.2f}" if g else "— | — | —"
         rows.append(f"| {name}{'' if d['kind'] == 'turbovaed' else ' (peer)'} | {d['params'] / 1e6:.2f}M | "
                     f"{d['gmacs_per_frame_256']:.2f} | {lat['onnxruntime']['median_ms']:.0f} | "
-                    f"{lat['executorch-xnnpack']['median_ms']:.0f} | {psnrs} | {g['ssim']:.3f} | {lp} | "
-                    f"{t['psnr']:.2f} | {steps} |")
+                    f"{lat['executorch-xnnpack']['median_ms']:.0f} | {phone} | {psnrs} | {tail} | {steps} |")
     teacher = r["teacher"]
+    earlier = sorted({b.get("scored", "") for d in r["decoders"].values() for b in d["budgets"].values()} - {r.get("scored")})
     rows.append("")
     rows.append(f"Teacher {teacher['teacher_psnr']:.2f} dB, per-frame bicubic 8× {r['bicubic_8x_psnr']:.2f} dB on the "
-                f"same windows ({r['eval']}). Latency: {r['latency_setup']}. Budgets: "
-                f"{' and '.join(budgets)} min of distillation per decoder on {r['threads']} thread(s) of this 2-core "
-                "CPU. Source: `benchmarks/results/pareto.json` (plot: `pareto.png`).")
+                f"same windows ({r['eval']}). Latency: {r['latency_setup']} (every row in one interleaved run). Phone "
+                f"FPS: {r.get('phone_setup', 'not estimated')}. Budgets: {' and '.join(budgets)} min of distillation "
+                f"per decoder on {r['threads']} thread(s) of this 2-core CPU; — = not distilled at that budget"
+                + (f"; quality of some rows scored by {', '.join(earlier)} (same teacher and windows)" if earlier else "")
+                + ". Source: `benchmarks/results/pareto.json` (plot: `pareto.png`).")
     return "\n".join(rows)
 
 

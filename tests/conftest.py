@@ -6,7 +6,13 @@ import torch
 
 from turbovaed.data import bundled_videos, shared_videos_dir
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+WORKERS = max(1, min(2, os.cpu_count() or 1))  # pytest-xdist workers (-n auto, see pyproject.toml)
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, os.cpu_count() or 1))
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    """Two workers at most: each holds torch, the converters and their runtimes (about 2 GB)."""
+    return WORKERS
 
 
 # The project's real clips (../shared/videos), by the names the tests use.

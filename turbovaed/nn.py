@@ -313,9 +313,11 @@ class MobileMemBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, t: int, cache: TimeCache | None = None) -> torch.Tensor:
         n, c, h, w = x.shape
-        frames = x.reshape(n // t, t, c, h, w)
-        frames = cache.pad(frames, 1, dim=1) if cache is not None and self.pad[0] else pad_time(frames, *self.pad, dim=1)
-        neighbour = frames.narrow(1, self.pad[1], t).reshape(n, c, h, w)
+        # one clip (every exported graph): the frames are the batch axis, so the shift stays 4-D (a 5-D
+        # detour makes LiteRT's layout pass fail on int8 graphs and costs ONNX Runtime layout reorders)
+        frames, dim = (x, 0) if n == t else (x.reshape(n // t, t, c, h, w), 1)
+        frames = cache.pad(frames, 1, dim) if cache is not None and self.pad[0] else pad_time(frames, *self.pad, dim)
+        neighbour = frames.narrow(dim, self.pad[1], t).reshape(n, c, h, w)
         return x + self.conv2(F.relu(self.conv1(torch.cat([x, neighbour], dim=1))))
 
 

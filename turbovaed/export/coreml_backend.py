@@ -20,7 +20,7 @@ from turbovaed.export.recipe import ConvertOptions
 # fp16 on GPU and ANE whatever the weight format.
 
 # MIL ops that run on the Neural Engine in mlprogram form for these graphs; anything else is flagged.
-ANE_FRIENDLY = {"const", "conv", "add", "mul", "sub", "rsqrt", "silu", "sigmoid", "reshape", "transpose", "concat",
+ANE_FRIENDLY = {"const", "conv", "add", "mul", "sub", "rsqrt", "silu", "sigmoid", "relu", "reshape", "transpose", "concat",
                 "slice_by_index", "pixel_shuffle", "cast", "linear", "matmul", "real_div",
                 "constexpr_blockwise_shift_scale", "constexpr_lut_to_dense", "constexpr_affine_dequantize"}
 

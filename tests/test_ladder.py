@@ -89,6 +89,12 @@ def test_phone_rung_estimates_beat_taehv_on_both_phones_at_720p():
     catalog, fits = load_catalog(), calibration.fits()
     cfg, variant, shape = presets.student_config(TEACHERS["wan21"], size="phone"), taehv.VARIANTS["taew2_1"], (5, 90, 160)
     ours, theirs = costs_of(cfg, shape), costs_of(variant, shape)
+    from turbovaed.export.backends import BACKENDS
+    from turbovaed.profile.estimate import for_backend
+
+    fused, passes = for_backend(ours, BACKENDS["litert"]), for_backend(ours, BACKENDS["coreml"])
+    relus = sum(cfg.blocks)  # one ReLU per MemBlock: no pass where the runtime fuses it, 2 passes where not
+    assert passes.ops == fused.ops + relus and len(passes) == len(fused) + relus
     for device in ("iphone-16-pro", "galaxy-s24"):
         for kind in ("estimate", "roofline_bound"):
             a = best_cell(catalog[device], ours, cfg.frames_for(5), fits)[kind]
@@ -208,3 +214,45 @@ def test_taehv_peer_is_the_real_architecture_and_takes_published_weights(tmp_pat
         frames, features = peer(z, return_features=True)
         assert torch.equal(frames, published(z.transpose(1, 2)).transpose(1, 2) * 2 - 1)
     assert frames.shape == (1, 3, 9, 32, 32) and len(features) == 3 and features[0].shape[:3] == (1, 256, 3)
+
+
+def test_phone_rung_exports_on_every_backend_and_each_backends_fusion_statement_matches_its_graph(tmp_path):
+    """The phone rung (random weights, the tiny wan21 teacher's 4 latent channels) converts and verifies on every
+    backend, fully delegated to XNNPACK, with int8 where the phone NPUs run it. Each Backend's ReLU statement (what
+    the estimator's passes follow) is checked against the converted graph: no ReLU op where it says "fused"
+    (LiteRT's ops, ONNX Runtime's optimised graph), ReLU ops where it says "pass" (Core ML's MIL, Core AI)."""
+    import onnx
+    import onnxruntime as ort
+
+    from turbovaed.export.backends import BACKENDS
+
+    cfg = family_preset(4, 8, 4, size="phone")
+    cfg.channels = (32, 16)
+    folder = randomize(StudentDecoder(cfg), std=0.02).save_pretrained(tmp_path / "s")
+    blocks = sum(cfg.blocks)
+    relu_ops = {}
+    for backend, precision in (("executorch", "int8"), ("litert", "int8"), ("onnx", "fp32"), ("coreml", "fp16"),
+                               ("coreai", "fp16")):
+        recipe = build(ExportRecipe, {"name": f"p-{backend}", "backend": backend, "precision": precision,
+                                      "teacher": "wan21", "teacher_tiny": True,
+                                      "shape": {"latent_frames": 2, "height": 16, "width": 16},
+                                      "calibration": {"synthetic": True, "clips": 2, "verify_clips": 1}})
+        manifest = export(recipe, folder, tmp_path / "out")
+        assert manifest["numerics"]["status"] in ("pass", "pass-weights"), (backend, manifest["numerics"])
+        ops = manifest["ops"]
+        if backend == "executorch":
+            assert ops["conv_not_delegated"] == 0 and ops["not_delegated_ops"] == []
+            continue
+        if backend == "onnx":  # what ONNX Runtime runs: its optimised graph
+            options = ort.SessionOptions()
+            options.optimized_model_filepath = str(tmp_path / "optimised.onnx")
+            ort.InferenceSession(str(tmp_path / "out" / "p-onnx" / manifest["artifact"]), options,
+                                 providers=["CPUExecutionProvider"])
+            types = [n.op_type for n in onnx.load(str(tmp_path / "optimised.onnx")).graph.node]
+            ops = {"op_types": {t: types.count(t) for t in set(types)}}
+        counts = {k.lower(): v for k, v in ops["op_types"].items()}
+        relu_ops[backend] = counts.get("relu", 0)
+        assert counts.get("concat", counts.get("concatenation", 0)) >= blocks, (backend, counts)  # concat: a copy
+    for backend, n in relu_ops.items():
+        assert (n == 0) == (BACKENDS[backend].fusion.relu == "fused"), (backend, n, BACKENDS[backend].fusion)
+    assert relu_ops["coreml"] == blocks

@@ -310,6 +310,7 @@ class MobileMemBlock(nn.Module):
         super().__init__()
         self.pad = block.pad
         self.conv1, self.conv2 = (conv2d_of(c) for c in (block.conv1, block.conv2))
+        self.act = nn.ReLU()  # a module, so estimates see it (fused into conv1 where the runtime does)
 
     def forward(self, x: torch.Tensor, t: int, cache: TimeCache | None = None) -> torch.Tensor:
         n, c, h, w = x.shape
@@ -318,7 +319,7 @@ class MobileMemBlock(nn.Module):
         frames, dim = (x, 0) if n == t else (x.reshape(n // t, t, c, h, w), 1)
         frames = cache.pad(frames, 1, dim) if cache is not None and self.pad[0] else pad_time(frames, *self.pad, dim)
         neighbour = frames.narrow(dim, self.pad[1], t).reshape(n, c, h, w)
-        return x + self.conv2(F.relu(self.conv1(torch.cat([x, neighbour], dim=1))))
+        return x + self.conv2(self.act(self.conv1(torch.cat([x, neighbour], dim=1))))
 
 
 def conv2d_of(conv: nn.Conv3d) -> nn.Conv2d:

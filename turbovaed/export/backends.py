@@ -17,6 +17,18 @@ class MissingDependency(TurboVAEDError):
 
 
 @dataclass(frozen=True)
+class Fusion:
+    """What a runtime does with the memory-only work around convs, which is what a memory-bound phone pays for.
+    The estimator's passes follow these statements; tests check them against the converted graphs."""
+
+    relu: str  # "fused": a ReLU runs inside the conv before it; "pass": a ReLU is an op of its own (2 passes)
+    seen_in: str  # where the statement is checked
+    concat: str = "copy"  # a channel or frame concat writes a new tensor on every runtime here
+    depth_to_space: str = "copy"  # the pixel shuffle is a copy (one op, or a reshape/transpose pair)
+    norm: str = "ops"  # RMSNorm runs as its elementwise ops (no fused norm kernel)
+
+
+@dataclass(frozen=True)
 class Backend:
     name: str
     precisions: dict[str, str]  # precision -> what it means in weight / activation bits
@@ -32,6 +44,7 @@ class Backend:
     host_label: str | None = None  # how host records name the runtime when it is not what a device runs
     cpu_library: str = ""  # the CPU kernel library its runtime uses (estimates fit one class per library)
     extra: str = "export"  # the pip extra that brings its packages
+    fusion: Fusion = Fusion("pass", "not stated")
 
     def module(self):
         """The backend's convert / runner module, imported on first use; a missing package is one message."""
@@ -57,14 +70,17 @@ BACKENDS: dict[str, Backend] = {b.name: b for b in (
         "int4": "W4A8 dynamic (4-bit groupwise pointwise weights, int8 activations per call; depthwise convs fp32)"},
         runtime="executorch", host_unit="cpu/xnnpack", runtime_module="executorch.runtime",
         version_package="executorch", device_units=("cpu",), phone_runner="executor_runner", phone_units=("cpu",),
-        cpu_library="xnnpack",
-        linear_pointwise=frozenset({"int4"})),  # torchao's int4 path quantizes nn.Linear only
+        cpu_library="xnnpack", linear_pointwise=frozenset({"int4"}),  # torchao's int4 path quantizes nn.Linear only
+        fusion=Fusion("fused", "XNNPACK's partitioner fuses the ReLU into the conv's output clamp (stated by "
+                               "executorch's FuseActivationPass; the delegate payload is not inspected)")),
     Backend("coreml", {
         "fp16": "W16A16", "int8": "W8A16 weight-only (int8 weights, fp16 compute)",
         "int4": "W4A16 weight-only (4-bit per-block weights, fp16 compute)",
         "palettize4": "W4A16 weight-only (4-bit k-means palette, fp16 compute)"},
         runtime="coreml", host_unit="ane", runtime_module=None, version_package="coremltools",
-        device_units=("ane", "gpu", "cpu"), cpu_library="coreml"),
+        device_units=("ane", "gpu", "cpu"), cpu_library="coreml",
+        fusion=Fusion("pass", "the MIL program after coremltools' passes keeps `relu` ops (the Neural Engine "
+                              "compiler may fuse them later, which cannot be seen here: counted)")),
     Backend("litert", {
         "fp32": "W32A32", "fp16": "W16A32 weight-only (fp16 weights, fp32 compute on CPU)",
         "int8": "W8A8 full-integer static (int8 inputs/outputs)",
@@ -72,13 +88,15 @@ BACKENDS: dict[str, Backend] = {b.name: b for b in (
         "int4": "W4A32 weight-only (4-bit channel-wise weights, float compute)"},
         runtime="litert", host_unit="cpu/xnnpack", runtime_module="ai_edge_litert.interpreter",
         version_package="ai-edge-litert", device_units=("cpu", "gpu"), phone_runner="benchmark_model",
-        phone_units=("cpu", "gpu"), npu=True, cpu_library="xnnpack"),
+        phone_units=("cpu", "gpu"), npu=True, cpu_library="xnnpack",
+        fusion=Fusion("fused", "the .tflite holds no RELU op: CONV_2D carries it as its fused activation")),
     Backend("onnx", {
         "fp32": "W32A32", "fp16": "W16A16 (fp32 graph inputs/outputs)",
         "int8": "W8A8 static QDQ (per-channel weights, calibrated activations)",
         "int4": "W4A16 QDQ (4-bit weights, 16-bit activations)"},
         runtime="onnxruntime", host_unit="cpu", runtime_module="onnxruntime", version_package="onnxruntime",
-        device_units=("cpu",), npu=True, cpu_library="onnxruntime"),
+        device_units=("cpu",), npu=True, cpu_library="onnxruntime",
+        fusion=Fusion("fused", "ONNX Runtime's optimised graph holds FusedConv with the activation, no Relu")),
     Backend("coreai", {
         "fp32": "W32A32 (fp32 weights and compute)", "fp16": "W16A16 (fp16 weights and compute)",
         "int8": "W8A16 weight-only (int8 per-channel weights, fp16 compute)",
@@ -87,7 +105,8 @@ BACKENDS: dict[str, Backend] = {b.name: b for b in (
                       "output channels are not a multiple of 16 keep fp16 weights)"},
         runtime="coreai", host_unit="cpu", runtime_module="coreai.runtime", version_package="coreai-core",
         device_units=("ane", "gpu", "cpu"), host_label="coreai (Linux CPU reference runtime)", extra="coreai",
-        cpu_library="coreai"),
+        cpu_library="coreai",
+        fusion=Fusion("pass", "the Core AI program keeps `relu` ops")),
 )}
 
 

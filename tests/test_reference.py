@@ -56,5 +56,6 @@ def test_the_shipped_teacher_beats_per_frame_bicubic_by_a_db_on_held_out_clips(v
     ours = sum(metrics.psnr(teacher.decode(teacher.encode(c)), c) for c in clips) / len(clips)
     interpolated = sum(metrics.psnr(metrics.bicubic(c, 8), c) for c in clips) / len(clips)
     assert ours >= interpolated + 1.0, (ours, interpolated)
-    shipped = json.loads((reference.ASSET_DIR / "metrics.json").read_text())
-    assert abs(shipped["psnr"] - ours) < 0.1 and abs(shipped["bicubic_8x_psnr"] - interpolated) < 0.01
+    if data.shared_videos_dir() is not None:  # the clips it was measured on (a fresh clone has stand-ins)
+        shipped = json.loads((reference.ASSET_DIR / "metrics.json").read_text())
+        assert abs(shipped["psnr"] - ours) < 0.1 and abs(shipped["bicubic_8x_psnr"] - interpolated) < 0.01

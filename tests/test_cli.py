@@ -237,7 +237,7 @@ def test_export_and_profile_keep_third_party_output_off_the_terminal(tmp_path, s
     """Converters, runtimes and their native logs write to turbovaed.log in the output folder (named at the
     end); the terminal holds our stages and tables only, under a line budget. -v shows the noise live."""
     out = tmp_path / "exports"
-    recipes = ["host-executorch-fp32", "android-litert-int8", "iphone-coreml-fp16"]
+    recipes = ["host-executorch-fp32", "android-litert-int8"]  # the noisiest converters: ExecuTorch, TF/LiteRT
     tiny = ("--checkpoint", str(student_dir), "--teacher", "wan21", "--tiny-teacher", "--synthetic", "--height", "32",
             "--width", "32")
     first = run("export", *recipes, *tiny, "--out", str(out))
@@ -246,7 +246,7 @@ def test_export_and_profile_keep_third_party_output_off_the_terminal(tmp_path, s
     from turbovaed.quickstart import artifact_summary
 
     manifests = [json.loads(p.read_text()) for p in sorted(out.glob("*/manifest.json"))]
-    assert len(artifacts_table([artifact_summary(m) for m in manifests], "quickstart").rows) == 3
+    assert len(artifacts_table([artifact_summary(m) for m in manifests], "quickstart").rows) == 2
     second = run("profile", str(out), "--runs", "2", "--warmup", "0", "--results", str(tmp_path / "profiles"))
     assert second.returncode == 0, second.stderr[-3000:]
     for result, log in ((first, out / "turbovaed.log"), (second, tmp_path / "profiles" / "turbovaed.log")):

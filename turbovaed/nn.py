@@ -283,9 +283,9 @@ class MemBlock(nn.Module):
     """x + conv2(ReLU(conv1(cat(x, neighbour frame)))): TAEHV's memory idea in a residual block with no norm.
 
     Built for phone NPUs, which pay for every pass over an activation: the temporal mix is one conv over a
-    channel concatenation (not a conv per temporal tap plus adds), both convs are plain 2D with a ReLU every
-    runtime fuses into the conv, and there is no norm. The neighbour is the previous frame (causal, the first
-    frame is its own) or the next one (replicate padding, the last frame is its own)."""
+    channel concatenation (not a conv per temporal tap plus adds), both convs are plain 2D with a ReLU that
+    fusing runtimes run inside the conv (Backend.fusion), and there is no norm. The neighbour is the previous
+    frame (causal, the first frame is its own) or the next one (replicate padding, the last frame is its own)."""
 
     def __init__(self, channels: int, kernel_s: int, padding: str) -> None:
         super().__init__()

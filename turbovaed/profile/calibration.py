@@ -34,7 +34,7 @@ from torch import nn
 
 from turbovaed.io import InputError
 from turbovaed.profile.devices import Device, Unit, load_catalog
-from turbovaed.profile.estimate import calibration_class, roofline, traced_costs  # noqa: F401 - re-exported
+from turbovaed.profile.estimate import calibration_class, relus_fused, roofline, traced_costs  # noqa: F401 - re-exported
 from turbovaed.resources import data_dir
 
 POINTS_DIR = data_dir("calibration")
@@ -171,9 +171,7 @@ def net_costs(name: str, input_chw: tuple[int, int, int]):
         model = NETS[name]()
         costs = traced_costs(model, torch.empty(1, *input_chw), NET_PASSES)
     # the published points come from runtimes that fuse a conv's ReLU (TFLite, Core ML, ONNX Runtime, QNN)
-    kept = type(costs)(c for c in costs if not c.get("relu"))
-    kept.ops = costs.ops
-    return kept
+    return relus_fused(costs, fused=True)
 
 
 # ---- points and fits ----------------------------------------------------------------------------------------

@@ -124,8 +124,8 @@ def _tap_passes(m: nn.Module):
 
 def _mem_passes(m: nn.Module):
     """A memory block (ours or TAEHV's): the input one frame earlier (a cat over frames: read x, write x and
-    one frame), the channel cat with it (read 2x, write 2x) and the residual add (3 passes; an activation after
-    it fuses into the add on every runtime)."""
+    one frame), the channel cat with it (read 2x, write 2x) and the residual add (3 passes). Its ReLUs are
+    entries of their own (`relus_fused`)."""
     return lambda x, y: 2 * x.numel() * (1 + 1 / max(1, x.shape[0])) + 4 * x.numel() + 3 * y.numel()
 
 
@@ -206,15 +206,17 @@ def estimate(costs: list[dict], unit: Unit, w_bits: float, a_bits: int, unit_nam
     return est
 
 
-def for_backend(costs: Costs, backend) -> Costs:
-    """The costs as `backend`'s runtime runs them (Backend.fusion): a ReLU it fuses is no pass and no op."""
-    if backend.fusion.relu == "fused":
-        kept = Costs(c for c in costs if not c.get("relu"))
-        kept.ops = getattr(costs, "ops", len(costs))
-    else:
-        kept = Costs(costs)
-        kept.ops = getattr(costs, "ops", len(costs)) + sum(1 for c in costs if c.get("relu"))
+def relus_fused(costs: Costs, fused: bool) -> Costs:
+    """The costs on a runtime that runs each ReLU inside the conv before it (no pass, no op) or not (its entry's
+    passes and one dispatched op each)."""
+    kept = Costs(c for c in costs if not (fused and c.get("relu")))
+    kept.ops = getattr(costs, "ops", len(costs)) + (0 if fused else sum(1 for c in costs if c.get("relu")))
     return kept
+
+
+def for_backend(costs: Costs, backend) -> Costs:
+    """The costs as `backend`'s runtime runs them (Backend.fusion)."""
+    return relus_fused(costs, backend.fusion.relu == "fused")
 
 
 def device_estimates(device: Device, costs: list[dict], runtime: str, precision: str, fits: dict) -> dict[str, dict]:

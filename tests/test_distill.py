@@ -387,9 +387,6 @@ def _torchrun(recipe: Path, port: int, *extra: str) -> Child:
                  env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
-@pytest.mark.skip(reason="OPEN (#31): in a freshly bootstrapped .venv the two-rank run stalls at its first cache "
-                         "refresh (step 3) and never finishes; it passes in 82 s in the development .venv. Skipped so "
-                         "the rest of the suite can land, until the package difference is found")
 def test_two_rank_run_killed_past_its_second_cache_refresh_resumes_exactly(tmp_path):
     """The shipped GPU recipes' shape in miniature: cache refreshes, feature alignment, GAN, grad_accum and a
     sampled posterior, two gloo ranks. Killed (whole process group, SIGKILL) past the second refresh, resumed:

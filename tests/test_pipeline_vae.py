@@ -162,3 +162,17 @@ def test_pipeline_vae_attributes_tiling_and_refusals(tmp_path):
     with pytest.raises(InputError, match="no latent_norm.json"):
         StudentVAE.from_student(folder)
     assert StudentVAE.from_student(folder, like=vae).config.scaling_factor == 0.476986  # the pipeline's own
+
+
+def test_model_cpu_offload_hooks_the_decode(tmp_path):
+    """pipe.enable_model_cpu_offload() hooks the VAE's decode (the method pipelines call, not forward): the hook
+    runs before it and the video is the same as without offloading."""
+    _, folder = student_folder(tmp_path, "wan21")
+    pipe = wan_pipeline(StudentVAE.from_student(folder))
+    video, _ = run_twice(pipe, "wan21", 32, 9)
+    pipe.enable_model_cpu_offload(device="cpu")  # what a GPU user calls with device="cuda"
+    hook, calls = pipe.vae._hf_hook, []
+    real = hook.pre_forward
+    hook.pre_forward = lambda module, *a, **k: (calls.append(module), real(module, *a, **k))[1]
+    offloaded, _ = run_twice(pipe, "wan21", 32, 9)
+    assert calls == [pipe.vae] and torch.equal(offloaded, video)

@@ -247,7 +247,10 @@ class TAEHVStep(nn.Module):
 
         def past(frames: torch.Tensor) -> torch.Tensor:  # the state is the previous call's last frame here
             new_states.append(frames[:, -1])
-            return torch.cat([next(carried)[:, None], frames[:, :-1]], 1)
+            before = next(carried)[:, None]
+            # one frame at this stage: no empty slice in the graph (Core ML's converter reads [:, :-1] of one frame
+            # as the whole frame)
+            return before if frames.shape[1] == 1 else torch.cat([before, frames[:, :-1]], 1)
 
         return (self.net.frames(latent, past), *new_states)
 

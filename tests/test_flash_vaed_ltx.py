@@ -8,6 +8,7 @@ import functools
 
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import assert_exports_2d
 from diffusers.models.autoencoders import autoencoder_kl_ltx as ltx
 
@@ -115,6 +116,94 @@ def test_the_depthwise_convs_are_causal_and_the_rest_are_not():
     with torch.no_grad():
         assert torch.equal(dw(x)[:, :, :3], dw(later)[:, :, :3])
         assert not torch.equal(dense(x)[:, :, 2], dense(later)[:, :, 2])
+
+
+def _reference_decode(sd: dict[str, torch.Tensor], z: torch.Tensor) -> tuple[torch.Tensor, set[str]]:
+    """Upstream's whole decoder forward in plain torch ops, its structure written from `ltx_prune_1_4.py` (not read
+    from `sd`): returns the frames and the tensor names it used."""
+    used = set()
+
+    def p(k):
+        used.add(k)
+        return sd[k]
+
+    def pad_t(x, front, back):  # edge frames repeated, as upstream's convs pad time
+        return torch.cat([x[:, :, :1]] * front + [x] + [x[:, :, -1:]] * back, dim=2)
+
+    def dense(x, k):  # LTXVideoCausalConv3d(is_causal=False): (k - 1) // 2 edge copies each side, zero-padded H, W
+        w = p(k + ".conv.weight")
+        n = (w.shape[2] - 1) // 2
+        return F.conv3d(pad_t(x, n, n), w, p(k + ".conv.bias"), padding=(0, w.shape[3] // 2, w.shape[4] // 2))
+
+    def depthwise(x, k):  # LTXVideoDepthwiseCausalConv3d: k - 1 first-frame copies in front, always; then 1x1x1
+        w = p(k + ".depthwise.weight")
+        x = F.conv3d(pad_t(x, w.shape[2] - 1, 0), w, p(k + ".depthwise.bias"), padding=(0, w.shape[3] // 2,
+                     w.shape[4] // 2), groups=x.shape[1])
+        return F.conv3d(x, p(k + ".pointwise.weight"), p(k + ".pointwise.bias"))
+
+    def frame(x, k):  # LTXVideoSpatialResnetBlock3d's nn.Conv2d(padding=k // 2) on (B * T, C, H, W)
+        b, c, t, h, w = x.shape
+        wt = p(k + ".weight")
+        y = F.conv2d(x.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w), wt, p(k + ".bias"), padding=wt.shape[-1] // 2)
+        return y.view(b, t, -1, h, w).permute(0, 2, 1, 3, 4)
+
+    def rms(x):  # upstream RMSNorm(eps=1e-8, no affine) over channels, in fp32
+        x = x.movedim(1, -1).float()
+        return (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-8)).movedim(-1, 1)
+
+    def resnet(x, k, conv, shortcut):  # norm1, SiLU, conv1, norm2, SiLU, conv2 + (LayerNorm(eps=1e-6), 1x1 conv)(x)
+        h = conv(F.silu(rms(conv(F.silu(rms(x)), k + ".conv1"))), k + ".conv2")
+        if shortcut:
+            x = F.layer_norm(x.movedim(1, -1), x.shape[1:2], p(k + ".norm3.weight"), p(k + ".norm3.bias"), 1e-6)
+            x = conv(x.movedim(-1, 1), k + ".conv_shortcut")
+        return h + x
+
+    def upsample(x, k):  # LTXVideoUpsampler3d(stride 2, no residual): (C, t, y, x) sub-positions, first frame dropped
+        b, _, t, h, w = x.shape
+        x = dense(x, k).reshape(b, -1, 2, 2, 2, t, h, w).permute(0, 1, 5, 2, 6, 3, 7, 4)
+        return x.flatten(6, 7).flatten(4, 5).flatten(2, 3)[:, :, 1:]
+
+    # infer.py: block_out_channels (128, 256, 512, 512), layers (4, 3, 3, 3, 4), scaling (True, True, True, False),
+    # decoder_causal False, no timestep conditioning / noise; the decoder reverses them and keeps 1/4 from i >= 2
+    widths, layers, scaling = (512, 512, 256 // 4, 128 // 4), (3, 3, 3, 4), (False, True, True, True)
+    x = dense(z, "conv_in")
+    for j in range(4):
+        x = resnet(x, f"mid_block.resnets.{j}", depthwise, False)
+    cin = 512
+    for i, cout in enumerate(widths):  # use_depthwise = i < 2, use_spatial = i == 3, force_shortcut = i >= 2
+        k, conv = f"up_blocks.{i}", depthwise if i < 2 else frame if i == 3 else dense
+        if cin != cout or i >= 2:  # conv_in: depthwise if use_depthwise else the dense LTXVideoResnetBlock3d
+            x = resnet(x, k + ".conv_in", depthwise if i < 2 else dense, True)
+        if scaling[i]:
+            x = upsample(x, k + ".upsamplers.0.conv")
+        for j in range(layers[i]):
+            x = resnet(x, f"{k}.resnets.{j}", conv, i >= 2)
+        cin = cout
+    x = dense(F.silu(rms(x)), "conv_out")  # norm_out, conv_act, conv_out, then unpatchify (p = 4, p_t = 1)
+    b, _, t, h, w = x.shape
+    x = x.reshape(b, -1, 1, 4, 4, t, h, w).permute(0, 1, 5, 2, 6, 4, 7, 3)
+    return x.flatten(6, 7).flatten(4, 5).flatten(2, 3), used
+
+
+def test_the_whole_decoder_equals_an_independent_reference_of_the_published_forward(tmp_path):
+    """The loaded file's forward (raw latents, BCTHW, unclamped: infer.py divides by scaling_factor 1.0, passes a
+    temb the decoder ignores without timestep conditioning, and clamps after) against `_reference_decode`, written
+    from Aoko955/Flash-VAED models/ltx/ltx_prune_1_4.py as infer.py builds it, commit 54a27aaa2d11db5e9c52a0be075ec0500f8e13b3:
+    every block, shortcut, norm eps, upsampler, the head, unpatchify and the 8T - 7 frame rule, same tensors."""
+    sd = random_state()
+    torch.save(sd, tmp_path / "Flash_VAED_LTX.pth")
+    ours = load(tmp_path / "Flash_VAED_LTX.pth").canonical()
+    torch.manual_seed(0)
+    for t in (1, 3):
+        z = torch.randn(1, 128, t, 2, 3)
+        with torch.no_grad():
+            got = ours(z)
+            want, used = _reference_decode(sd, z / 1.0)
+        assert used == set(sd)  # the reference's structure uses every tensor of ours, and ours has no other
+        assert got.shape == want.shape == (1, 3, 8 * t - 7, 64, 96) and V.output_frames(t) == 8 * t - 7
+        err = (got - want).abs().max().item()
+        # 0.0 here (the same ops); a wrong LayerNorm eps (1e-5) or RMSNorm eps (1e-6) moves it by 4e-6 to 7e-6 x max
+        assert err <= 1e-6 * want.abs().max().item(), (t, err, want.abs().max().item())
 
 
 @pytest.mark.parametrize("t", [1, 2])

@@ -107,6 +107,100 @@ def test_upsampler_follows_the_published_op_sequence():
         assert torch.equal(up(x), y)
 
 
+# --- an independent reference of the published forward (facts from upstream, code written here) -----------------
+# hustvl/Turbo-VAED @ 9268488 (HEAD; the decoder file last changed in 32be94c "fix norm"): configs/Turbo-VAED-*.json,
+# the decoder's fields (lists highest resolution first; LTX has no decoder_spatio_only: the default, all False)
+UPSTREAM_CONFIGS = {
+    "turbo-vaed-hunyuan": dict(block_out_channels=[16, 32, 256, 512], layers_per_block=[5, 4, 4, 4, 5],
+                               spatio_temporal_scaling=[True, True, True, False], spatio_only=[True, False, False, False],
+                               is_dw_conv=[False, False, False, True, True], dw_kernel_size=5, patch_size=1),
+    "turbo-vaed-ltx": dict(block_out_channels=[64, 128, 256, 512], layers_per_block=[3, 2, 3, 1, 1],
+                           spatio_temporal_scaling=[True, True, True, False], spatio_only=[False, False, False, False],
+                           is_dw_conv=[False, False, False, True, True], dw_kernel_size=5, patch_size=4),
+}
+
+
+def upstream_decode(sd: dict[str, torch.Tensor], cfg: dict, z: torch.Tensor) -> tuple[torch.Tensor, set[str]]:
+    """TurboVAEDDecoder3d.forward of autoencoder_kl_turbo_vaed.py (decoder_causal false, is_video_dc_ae false) in
+    plain torch ops, reading the decoder's tensors from `sd`; returns the frames and the tensor names it read."""
+    used = set()
+
+    def p(name):
+        used.add(name)
+        return sd[name]
+
+    def rms(x):  # diffusers RMSNorm(eps=1e-8, elementwise_affine=False) over channels; norm_out's inline one alike
+        return x * torch.rsqrt(x.float().pow(2).mean(1, keepdim=True) + 1e-8)
+
+    def conv3d(x, name, k, groups=1):  # non-causal: (k - 1) // 2 copies of the edge frames each side, zeros in space
+        n = (k - 1) // 2
+        x = torch.cat([x[:, :, :1]] * n + [x] + [x[:, :, -1:]] * n, dim=2)
+        return F.conv3d(x, p(f"{name}.weight"), p(f"{name}.bias"), padding=(0, k // 2, k // 2), groups=groups)
+
+    def op(x, name, k, dw):  # TurboVAEDCausalConv3d, or TurboVAEDCausalDepthwiseSeperableConv3d (dw, then 1x1x1)
+        if not dw:
+            return conv3d(x, f"{name}.conv", k)
+        return conv3d(conv3d(x, f"{name}.depthwise_conv", k, groups=x.shape[1]), f"{name}.pointwise_conv", 1)
+
+    def resnet(x, name, cin, cout, dw, relu_first):  # TurboVAEDResnetBlock3d (is_upsampler_modified: ReLU first)
+        k = cfg["dw_kernel_size"] if dw else 3
+        h = F.relu(rms(x)) if relu_first else F.silu(rms(x))
+        h = op(F.silu(rms(op(h, f"{name}.conv1", k, dw))), f"{name}.conv2", k, dw)
+        if cin != cout:  # norm3: LayerNorm(eps=resnet_norm_eps 1e-6, affine), conv_shortcut: kernel 1
+            x = F.layer_norm(x.movedim(1, -1), (cin,), p(f"{name}.norm3.weight"), p(f"{name}.norm3.bias"), 1e-6)
+            x = op(x.movedim(-1, 1), f"{name}.conv_shortcut", 1, dw)
+        return h + x
+
+    def upsample3d(x, name, st):  # TurboVAEDUpsampler3d: conv, temporal split, 2D pixel shuffle, slice
+        b, _, t, h, w = x.shape
+        x = conv3d(x, f"{name}.conv.conv", 3)  # a TurboVAEDCausalConv3d: C -> C * st * 2 * 2
+        x = x.reshape(b, -1, st, t, h, w).permute(0, 1, 3, 2, 4, 5).reshape(b, -1, t * st, h, w)
+        x = F.pixel_shuffle(x.permute(0, 2, 1, 3, 4).reshape(b * t * st, -1, h, w), 2)
+        return x.reshape(b, t * st, *x.shape[1:]).permute(0, 2, 1, 3, 4)[:, :, st - 1:]
+
+    def upsample2d(x, name):  # norm_up_i -> SiLU -> per-frame Conv2d(3x3, pad 1) -> pixel_shuffle(2)
+        x = F.silu(rms(x))
+        return torch.stack([F.pixel_shuffle(F.conv2d(x[:, :, i], p(f"{name}.conv.weight"), p(f"{name}.conv.bias"),
+                                                     padding=1), 2) for i in range(x.shape[2])], dim=2)
+
+    widths, layers = cfg["block_out_channels"][::-1], cfg["layers_per_block"][::-1]
+    scaling, only, dw = cfg["spatio_temporal_scaling"][::-1], cfg["spatio_only"][::-1], cfg["is_dw_conv"][::-1]
+    x = conv3d(z, "conv_in.conv", 3)
+    for j in range(layers[0]):
+        x = resnet(x, f"mid_block.resnets.{j}", widths[0], widths[0], dw[0], False)
+    cin = widths[0]
+    for i, cout in enumerate(widths):
+        if cin != cout:
+            x = resnet(x, f"up_blocks.{i}.conv_in", cin, cout, dw[i + 1], False)
+        if scaling[i]:
+            x = upsample3d(x, f"up_blocks.{i}.upsamplers.0", 1 if only[i] else 2)
+        for j in range(layers[i + 1]):
+            x = resnet(x, f"up_blocks.{i}.resnets.{j}", cout, cout, dw[i + 1], scaling[i])
+        cin = cout
+    if cfg["patch_size"] >= 2:
+        x = upsample2d(x, "upsampler2d_1")
+    if cfg["patch_size"] >= 4:
+        x = upsample2d(x, "upsampler2d_2")
+    return conv3d(F.silu(rms(x)), "conv_out.conv", 3), used  # norm_out (RMS for every patch size since 32be94c)
+
+
+@pytest.mark.parametrize("name,frames,ratio", [("turbo-vaed-hunyuan", 5, 8), ("turbo-vaed-ltx", 9, 32)])
+def test_loaded_decoder_equals_an_independent_reference_of_the_published_forward(tmp_path, name, frames, ratio):
+    """The loaded module (raw latents BCTHW in, frames BCTHW out) against `upstream_decode` above, written from
+    hustvl/Turbo-VAED @ 9268488 `autoencoder_kl_turbo_vaed.py` (TurboVAEDDecoder3d.forward, current since 32be94c)
+    and configs/Turbo-VAED-{Hunyuan,LTX}.json, sharing no code with turbovaed: whole clip, every tensor read, same
+    numbers to float32 summation order; 2 latent frames -> 2T-1 per temporal upsampler (Hunyuan 5, LTX 9)."""
+    sd = random_state(name)
+    loaded = load(save(sd, tmp_path / f"{name.replace('-', '_')}.safetensors"), name)
+    z = torch.randn(2, sd["conv_in.conv.weight"].shape[1], 2, 2, 3, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        got = loaded.canonical()(z)
+        ref, used = upstream_decode(sd, UPSTREAM_CONFIGS[name], z)
+    assert used == set(sd)
+    assert ref.shape == got.shape == (2, 3, frames, 2 * ratio, 3 * ratio) and loaded.variant.output_frames(2) == frames
+    assert (got - ref).abs().max() <= 1e-4 * ref.abs().max(), ((got - ref).abs().max(), ref.abs().max())
+
+
 def test_non_causal_padding_repeats_edge_frames_on_both_sides():
     """decoder_causal is false in every released config: a frame's output sees the frame after it."""
     model = TurboVAED(VARIANTS["turbo-vaed-hunyuan"]).eval()

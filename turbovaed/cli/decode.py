@@ -63,7 +63,8 @@ def decode(out_path: Annotated[Path, typer.Option("--out", help="output .mp4 (wh
            overlap: Annotated[int, typer.Option(help="latent pixels shared by neighbouring tiles")] = 2,
            layout: Layout = None, decoder: DecoderFile = None, variant: Variant = None, normalized: Normalized = None,
            ) -> None:
-    """Decode latents (or a video's teacher latents) with the teacher, a student or a decoder file; write mp4 + PNG."""
+    """Decode latents (or a video's teacher latents) with the teacher, a student or a decoder file to an mp4 (whole-clip
+    decodes with a teacher add a PNG comparison)."""
     from turbovaed.decode import DecodeRequest, run
 
     request = DecodeRequest(out_path, latents, video, teacher, teacher_path, tiny_teacher, student, mobile, frames,

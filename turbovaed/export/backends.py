@@ -72,8 +72,8 @@ BACKENDS: dict[str, Backend] = {b.name: b for b in (
         runtime="executorch", host_unit="cpu/xnnpack", runtime_module="executorch.runtime",
         version_package="executorch", device_units=("cpu",), phone_runner="executor_runner", phone_units=("cpu",),
         cpu_library="xnnpack", linear_pointwise=frozenset({"int4"}),  # torchao's int4 path quantizes nn.Linear only
-        fusion=Fusion("fused", "XNNPACK's partitioner fuses the ReLU into the conv's output clamp (stated by "
-                               "executorch's FuseActivationPass; the delegate payload is not inspected)")),
+        fusion=Fusion("fused", "the XNNPACK delegate's payload: each ReLU is the output clamp of the conv before "
+                               "it, no Clamp node (manifest ops.xnnpack)")),
     Backend("coreml", {
         "fp16": "W16A16", "int8": "W8A16 weight-only (int8 weights, fp16 compute)",
         "int4": "W4A16 weight-only (4-bit per-block weights, fp16 compute)",

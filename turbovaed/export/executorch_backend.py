@@ -55,6 +55,40 @@ def delegation(edge) -> dict:
             "not_delegated_ops": sorted(k for k, (_, n) in rows.items() if n and k != "getitem")}
 
 
+def xnnpack_nodes(edge) -> dict:
+    """What the XNNPACK delegate will run, read from its serialized payloads (decompiled with ExecuTorch's own
+    flatc and schema): node kinds, and how many nodes carry a fused output clamp (a ReLU folded into a conv)."""
+    import importlib.resources
+    import json
+    import re
+    import tempfile
+
+    from executorch.backends.xnnpack import serialization
+    from executorch.backends.xnnpack.serialization.xnnpack_graph_serialize import XNNHeader
+    from executorch.exir._serialize._flatbuffer import _flatc_decompile
+    from executorch.exir.lowered_backend_module import LoweredBackendModule
+
+    kinds: dict[str, int] = {}
+    fused = 0
+    for module in edge.exported_program().graph_module.children():
+        if not isinstance(module, LoweredBackendModule) or module.backend_id != "XnnpackBackend":
+            continue
+        payload = module.processed_bytes
+        header = XNNHeader.from_bytes(payload[:XNNHeader.EXPECTED_LENGTH])
+        with tempfile.TemporaryDirectory() as d:
+            schema = Path(d) / "schema.fbs"
+            schema.write_bytes(importlib.resources.files(serialization).joinpath("schema.fbs").read_bytes())
+            (Path(d) / "graph.bin").write_bytes(
+                payload[header.flatbuffer_offset:header.flatbuffer_offset + header.flatbuffer_size])
+            _flatc_decompile(d, str(schema), str(Path(d) / "graph.bin"), ["--raw-binary"])
+            text = re.sub(r"(-?)\binf\b", r"\1Infinity", (Path(d) / "graph.json").read_text())  # flatc's inf
+            graph = json.loads(text)
+        for node in graph.get("xnodes", []):
+            kinds[node["xnode_union_type"]] = kinds.get(node["xnode_union_type"], 0) + 1
+            fused += "output_min_max" in node
+    return {"nodes": kinds, "fused_output_clamps": fused}
+
+
 def convert(model: torch.nn.Module, example: tuple, options: ConvertOptions, calib: list[tuple], out: Path,
             names: tuple[list[str], list[str]]) -> dict:
     from executorch.exir import to_edge_transform_and_lower
@@ -74,6 +108,8 @@ def convert(model: torch.nn.Module, example: tuple, options: ConvertOptions, cal
         partitioner = XnnpackPartitioner()
     edge = to_edge_transform_and_lower(program, partitioner=[partitioner])
     ops = delegation(edge)
+    if options.delegate != "coreml":
+        ops["xnnpack"] = xnnpack_nodes(edge)
     (out / "decoder.pte").write_bytes(edge.to_executorch().buffer)
     info = {"artifact": "decoder.pte", "ops": ops}
     if options.delegate == "coreml":

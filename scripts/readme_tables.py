@@ -363,12 +363,28 @@ def decoder_deployment() -> str:
     return "\n".join(rows)
 
 
+def estimator_ranking() -> str:
+    r = load("estimator_ranking.json")
+    runtimes = r["runtimes"]
+    names = sorted(next(iter(runtimes.values()))["measured_ms"], key=next(iter(runtimes.values()))["measured_ms"].get)
+    rows = ["| decoder | " + " | ".join(f"{k} measured ms | estimated ms | est./measured" for k in runtimes) + " |",
+            "|---" * (1 + 3 * len(runtimes)) + "|"]
+    for name in names:
+        rows.append(f"| {name} | " + " | ".join(f"{v['measured_ms'][name]:.0f} | {v['estimated_ms'][name]:.0f} | "
+                                                f"{v['estimated_over_measured'][name]:.2f}" for v in runtimes.values()) + " |")
+    verdicts = "; ".join(f"{k}: Spearman {v['spearman']:.2f}, ordered differently: "
+                         f"{', '.join(v['pairs_ordered_differently']) or 'no pair'}" for k, v in runtimes.items())
+    rows += ["", f"{verdicts}. Measured: {r['measured']} (pareto.json, {r['measured_on']}). Estimated: {r['estimated']}. "
+             "Source: `benchmarks/results/estimator_ranking.json` (`benchmarks/estimator_ranking.py`)."]
+    return "\n".join(rows)
+
+
 BLOCKS: dict[str, Callable[[], str]] = {
     "pareto": pareto, "teacher-runs": teacher_runs, "ladder": ladder, "decode-speed": decode_speed,
     "teacher-cost": teacher_cost, "data-throughput": data_throughput, "index-scale": index_scale,
     "train-overhead": train_overhead, "quickstart": quickstart, "fidelity": fidelity,
     "export-quality": export_quality, "streaming": streaming, "profiling": profiling, "calibration": calibration,
-    "deployment": deployment, "decoder-deployment": decoder_deployment}
+    "deployment": deployment, "decoder-deployment": decoder_deployment, "estimator-ranking": estimator_ranking}
 PATTERN = re.compile(r"(<!-- results:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(?:\n)?(<!-- /results:(?P=name) -->)", re.S)
 
 

@@ -60,7 +60,8 @@ def main() -> None:
             measured[name] = d["latency"][key]["median_ms"]
         out["runtimes"][key] = compare(estimated, measured)
         r = out["runtimes"][key]
-        print(f"{key}: Spearman {r['spearman']:.2f}; ordered differently: {', '.join(r['pairs_ordered_differently']) or 'none'}")
+        swapped = ", ".join(r["pairs_ordered_differently"]) or "none"
+        print(f"{key}: Spearman {r['spearman']:.2f}; ordered differently: {swapped}")
         for name in sorted(measured, key=measured.get):
             print(f"  {name:11s} measured {measured[name]:8.0f} ms  estimated {estimated[name]:8.0f} ms  "
                   f"({estimated[name] / measured[name]:.2f}x)")

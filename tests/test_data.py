@@ -1,5 +1,6 @@
 import os
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -228,3 +229,19 @@ def test_a_data_folder_with_a_symlink_loop_lists_each_real_file_once(tmp_path):
     listed = data.list_videos(root)
     assert sorted(p.name for p in listed) == ["alias.mp4", "v1.mp4", "v2.mp4"]  # each real file by its first path
     assert len({os.path.realpath(p) for p in listed}) == 3
+
+
+def _read_small(path: Path) -> tuple[int, ...]:
+    return data.read_frames(path, 0, 3, size=(32, 32)).shape
+
+
+def test_a_worker_forked_after_the_parent_converted_frames_still_decodes(tmp_path):
+    """DataLoader workers are forked from a process that has already decoded and scaled frames (every cache
+    refresh). PyAV >= 18.1.1 keeps a swscale context per thread whose worker threads a fork does not copy: a
+    child converting through it hung for good. Each read converts through a context of its own."""
+    import multiprocessing
+
+    clip = data.write_video(tmp_path / "a.mp4", data.synthetic_clip(9, 64, 64))
+    assert _read_small(clip) == (3, 32, 32, 3)  # the parent converts first
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        assert pool.apply_async(_read_small, (clip,)).get(timeout=120) == (3, 32, 32, 3)

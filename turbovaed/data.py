@@ -142,6 +142,9 @@ def read_frames(path: str | Path, start: int = 0, count: int | None = None, allo
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
+            # A converter of this read's own: PyAV >= 18.1.1 otherwise reuses one per thread, whose swscale worker
+            # threads a forked DataLoader worker inherits without the threads, and hangs in its first conversion.
+            reformatter = av.video.reformatter.VideoReformatter()
             fps = float(stream.average_rate or stream.guessed_rate or 0)
             tb = float(stream.time_base or 0)
             t0 = stream.start_time or 0
@@ -158,11 +161,12 @@ def read_frames(path: str | Path, start: int = 0, count: int | None = None, allo
                 if i < start:
                     continue
                 if size is None:
-                    out.append(frame.to_ndarray(format="rgb24"))
+                    rgb = reformatter.reformat(frame, format="rgb24")
                 else:
                     shrink = size[0] * size[1] < frame.width * frame.height
-                    out.append(frame.to_ndarray(format="rgb24", height=size[0], width=size[1],
-                                                interpolation="AREA" if shrink else "BICUBIC"))
+                    rgb = reformatter.reformat(frame, format="rgb24", height=size[0], width=size[1],
+                                               interpolation="AREA" if shrink else "BICUBIC")
+                out.append(rgb.to_ndarray())
                 if count is not None and len(out) == count:
                     break
     except (av.error.FFmpegError, IndexError, OSError, EOFError, ValueError) as err:

@@ -132,11 +132,8 @@ class LatentCache:
         if not todo:
             return
         part = self.parts.setdefault(rank, {"version": CACHE_VERSION, "identity": identity, "shards": []})
-        # Spawned, not forked: a worker forked from a process that has already decoded with PyAV (its FFmpeg
-        # threads and locks) can hang in its first decode, as every first cache refresh did under PyAV 18.1.1.
         loader = torch.utils.data.DataLoader(_Clips(sampler, todo), batch_size=batch, num_workers=workers,
-                                             worker_init_fn=_one_thread if workers else None, collate_fn=_columns,
-                                             multiprocessing_context="spawn" if workers else None)
+                                             worker_init_fn=_one_thread if workers else None, collate_fn=_columns)
         pending: dict[str, list] = {"items": [], "latents": [], "logvar": [], "frames": [], "teacher": [], "src": []}
         for indices, frames, sources in loader:
             with torch.no_grad():

@@ -45,7 +45,6 @@ class Backend:
     cpu_library: str = ""  # the CPU kernel library its runtime uses (estimates fit one class per library)
     extra: str = "export"  # the pip extra that brings its packages
     fusion: Fusion = Fusion("pass", "not stated")
-    channel_mean: str = "conv"  # RMSNorm's channel mean: a fixed 1x1 conv, or "reduce" where a reduction is faster
 
     def module(self):
         """The backend's convert / runner module, imported on first use; a missing package is one message."""

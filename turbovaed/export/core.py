@@ -123,8 +123,7 @@ def graph(student: StudentDecoder, recipe: ExportRecipe) -> tuple[torch.nn.Modul
     output (`first` = 1.0 on the first chunk; then drop the first r_t - 1 output frames)."""
     s, cfg = recipe.shape, student.config
     shape = latent_shape(cfg, s.latent_frames, s.height, s.width)
-    backend = backends.get(recipe.backend)
-    mobile = mobile_graph(student, recipe.precision in backend.linear_pointwise, backend.channel_mean)
+    mobile = mobile_graph(student, linear_pointwise=recipe.precision in backends.get(recipe.backend).linear_pointwise)
     check_keep_float(recipe.keep_float, mobile)
     if not s.stream_chunk:
         return mobile, (torch.zeros(shape),), {"inputs": ["latents"], "outputs": ["frames"]}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from turbovaed.io import InputError
-from turbovaed.nn import MobileRMSNorm
 from turbovaed.student import MobileDecoder, StudentConfig, StudentDecoder
 
 
@@ -17,12 +16,7 @@ def latent_shape(config: StudentConfig, latent_frames: int, height: int, width: 
     return (1, config.latent_channels, latent_frames, height // r, width // r)
 
 
-def mobile_graph(student: StudentDecoder, linear_pointwise: bool = False, channel_mean: str = "conv") -> MobileDecoder:
-    """The 2D-only form in eval mode, fp32: what every backend converts. `channel_mean` ("conv" or "reduce"): how
-    the RMSNorms take their channel mean (the backend's `channel_mean`)."""
-    mobile = student.float().eval().to_mobile(linear_pointwise=linear_pointwise).eval()
-    for norm in mobile.modules():
-        if isinstance(norm, MobileRMSNorm):
-            norm.reduce = channel_mean == "reduce"
-    return mobile
+def mobile_graph(student: StudentDecoder, linear_pointwise: bool = False) -> MobileDecoder:
+    """The 2D-only form in eval mode, fp32: what every backend converts."""
+    return student.float().eval().to_mobile(linear_pointwise=linear_pointwise).eval()
 

@@ -366,7 +366,8 @@ def decoder_deployment() -> str:
 def estimator_ranking() -> str:
     r = load("estimator_ranking.json")
     runtimes = r["runtimes"]
-    names = sorted(next(iter(runtimes.values()))["measured_ms"], key=next(iter(runtimes.values()))["measured_ms"].get)
+    measured = next(iter(runtimes.values()))["measured_ms"]
+    names = sorted(measured, key=measured.get)
     rows = ["| decoder | " + " | ".join(f"{k} measured ms | estimated ms | est./measured" for k in runtimes) + " |",
             "|---" * (1 + 3 * len(runtimes)) + "|"]
     for name in names:

@@ -86,9 +86,9 @@ class RMSNorm(nn.Module):
 
 class MobileRMSNorm(nn.Module):
     """RMSNorm whose channel mean is a fixed 1x1 conv (weights 1/C): XNNPACK, Core ML and LiteRT all
-    run convs, while a mean over the channel axis falls back to slow portable kernels. ONNX Runtime, which has a
-    fast ReduceMean, runs both within its run-to-run noise (benchmarks/rmsnorm_mean.py), so every backend gets
-    the conv."""
+    run convs, while a mean over the channel axis falls back to slow portable kernels. ONNX Runtime's ReduceMean was 0.96x
+    of the conv over a whole decoder but not faster in every quarter of the run (benchmarks/rmsnorm_mean.py), so
+    every backend gets the conv."""
 
     def __init__(self, norm: RMSNorm) -> None:
         super().__init__()

@@ -62,31 +62,30 @@ def xnnpack_nodes(edge) -> dict:
     import json
     import re
     import tempfile
+    from collections import Counter
 
     from executorch.backends.xnnpack import serialization
     from executorch.backends.xnnpack.serialization.xnnpack_graph_serialize import XNNHeader
     from executorch.exir._serialize._flatbuffer import _flatc_decompile
     from executorch.exir.lowered_backend_module import LoweredBackendModule
 
-    kinds: dict[str, int] = {}
+    kinds: Counter[str] = Counter()
     fused = 0
-    for module in edge.exported_program().graph_module.children():
-        if not isinstance(module, LoweredBackendModule) or module.backend_id != "XnnpackBackend":
-            continue
-        payload = module.processed_bytes
-        header = XNNHeader.from_bytes(payload[:XNNHeader.EXPECTED_LENGTH])
-        with tempfile.TemporaryDirectory() as d:
-            schema = Path(d) / "schema.fbs"
-            schema.write_bytes(importlib.resources.files(serialization).joinpath("schema.fbs").read_bytes())
-            (Path(d) / "graph.bin").write_bytes(
-                payload[header.flatbuffer_offset:header.flatbuffer_offset + header.flatbuffer_size])
-            _flatc_decompile(d, str(schema), str(Path(d) / "graph.bin"), ["--raw-binary"])
-            text = re.sub(r"(-?)\binf\b", r"\1Infinity", (Path(d) / "graph.json").read_text())  # flatc's inf
-            graph = json.loads(text)
-        for node in graph.get("xnodes", []):
-            kinds[node["xnode_union_type"]] = kinds.get(node["xnode_union_type"], 0) + 1
-            fused += "output_min_max" in node
-    return {"nodes": kinds, "fused_output_clamps": fused}
+    with tempfile.TemporaryDirectory() as d:
+        schema, blob, decoded = Path(d) / "schema.fbs", Path(d) / "graph.bin", Path(d) / "graph.json"
+        schema.write_bytes(importlib.resources.files(serialization).joinpath("schema.fbs").read_bytes())
+        for module in edge.exported_program().graph_module.children():
+            if not isinstance(module, LoweredBackendModule) or module.backend_id != "XnnpackBackend":
+                continue
+            payload = module.processed_bytes
+            header = XNNHeader.from_bytes(payload[:XNNHeader.EXPECTED_LENGTH])
+            blob.write_bytes(payload[header.flatbuffer_offset:header.flatbuffer_offset + header.flatbuffer_size])
+            _flatc_decompile(d, str(schema), str(blob), ["--raw-binary"])
+            graph = json.loads(re.sub(r"(-?)\binf\b", r"\1Infinity", decoded.read_text()))  # flatc writes inf
+            for node in graph.get("xnodes", []):
+                kinds[node["xnode_union_type"]] += 1
+                fused += "output_min_max" in node
+    return {"nodes": dict(kinds), "fused_output_clamps": fused}
 
 
 def convert(model: torch.nn.Module, example: tuple, options: ConvertOptions, calib: list[tuple], out: Path,
